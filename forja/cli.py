@@ -1,0 +1,164 @@
+"""The `forja` command. Each subcommand parses its flags and calls one function; no logic lives here."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lm.errors import ForjaError
+
+app = typer.Typer(
+    name="forja",
+    help="Forja: raw text in, a trained, tracked, reproducible causal language model out.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+bench_app = typer.Typer(
+    help="Benchmarks that print measured figures (see bench/README.md).", no_args_is_help=True
+)
+app.add_typer(bench_app, name="bench")
+
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override any config field: --set max_steps=200 --set model.n_layer=2"),
+]
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    """Entry point: user errors (ForjaError) print one clear line instead of a traceback."""
+    try:
+        app()
+    except ForjaError as e:
+        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Option(help="Token folder written by `forja tokenize`.")],
+    out: Annotated[Path, typer.Option(help="Run folder: checkpoints, config, metrics.")],
+    preset: Annotated[str, typer.Option(help="Named preset: tiny, small, gpt2-124m.")] = "tiny",
+    set_: SetOpt = None,
+    resume: Annotated[
+        bool, typer.Option(help="Continue from the newest complete checkpoint in --out.")
+    ] = False,
+) -> None:
+    """Train a model on a token folder (runs under torchrun too)."""
+    from lm.config import apply_overrides, get_preset
+    from lm.train import resume_configs
+    from lm.train import train as run_training
+
+    _setup_logging()
+    p = get_preset(preset)
+    base = resume_configs(out, p.model, p.train) if resume else (p.model, p.train)
+    model_cfg, train_cfg = apply_overrides(*base, set_ or [])
+    result = run_training(model_cfg, train_cfg, data, out, resume=resume)
+    summary = {
+        "run_dir": str(result.run_dir),
+        "step": result.step,
+        "checkpoint": str(result.checkpoint),
+        **{k: round(v, 6) for k, v in result.metrics.items()},
+    }
+    typer.echo(json.dumps(summary, indent=2))
+
+
+@app.command("eval")
+def eval_(
+    model: Annotated[str, typer.Argument(help="Run folder, checkpoint folder, or models:/ / runs:/ URI.")],
+    text: Annotated[Path, typer.Option(help="UTF-8 text file to evaluate.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    seq_len: Annotated[int, typer.Option(help="Context per window (0: the model's).")] = 0,
+) -> None:
+    """Loss per token, perplexity and bits per byte of a text."""
+    from forja.models import load_model_ref
+    from lm.evaluate import evaluate_text
+    from lm.tokenizer import Tokenizer
+
+    if not text.is_file():
+        _fail(f"--text {text} is not a file")
+    try:
+        body = text.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        _fail(f"--text {text} is not UTF-8 ({e}); convert it or run it through `forja ingest`")
+    loaded = load_model_ref(model)
+    tok = Tokenizer(loaded.tokenizer_path)
+    result = evaluate_text(loaded.model, tok, body, seq_len or loaded.model_cfg.max_seq_len)
+    if as_json:
+        typer.echo(
+            json.dumps({"model": model, "checkpoint": str(loaded.checkpoint), **result.to_dict()}, indent=2)
+        )
+    else:
+        typer.echo(
+            f"{text}: {result.tokens:,} tokens, {result.bytes:,} bytes\n"
+            f"  loss        {result.loss:.4f} nats/token\n"
+            f"  perplexity  {result.perplexity:.2f}\n"
+            f"  bits/byte   {result.bits_per_byte:.4f}"
+        )
+
+
+@app.command()
+def sample(
+    model: Annotated[str, typer.Argument(help="Run folder, checkpoint folder, or models:/ / runs:/ URI.")],
+    prompt: Annotated[str, typer.Option(help="Text to continue.")] = "",
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 100,
+    temperature: Annotated[float, typer.Option(min=0.0, help="0: greedy.")] = 0.8,
+    top_k: Annotated[int | None, typer.Option(min=1)] = None,
+    top_p: Annotated[float | None, typer.Option(min=0.0, max=1.0)] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+) -> None:
+    """Generate a continuation of a prompt."""
+    from forja.models import load_model_ref
+    from lm.generate import generate
+    from lm.tokenizer import Tokenizer
+
+    loaded = load_model_ref(model)
+    tok = Tokenizer(loaded.tokenizer_path)
+    prompt_ids = tok.encode(prompt)
+    ids = generate(
+        loaded.model,
+        prompt_ids,
+        max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+        eos_id=tok.eos_id,
+    )
+    typer.echo(tok.decode(prompt_ids + [i for i in ids if i != tok.eos_id]))
+
+
+@bench_app.command("train")
+def bench_train(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+    quick: Annotated[bool, typer.Option(help="Fewer steps (a smoke run, not a measurement).")] = False,
+) -> None:
+    """Matmul peak, training tokens/s and MFU, transformer vs LSTM step time."""
+    from lm.bench import format_report, run_train_bench
+
+    _setup_logging()
+    report = run_train_bench(quick=quick)
+    typer.echo(json.dumps(report, indent=2) if as_json else format_report(report))
+
+
+if __name__ == "__main__":
+    main()

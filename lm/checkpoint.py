@@ -1,0 +1,242 @@
+"""Checkpoints: complete or absent, verified on load, never unpickled with code.
+
+A checkpoint is a folder `RUN_DIR/checkpoints/step-0000200/` holding
+
+    model.safetensors   the weights (safetensors: plain tensors, no code)
+    optimizer.pt        AdamW state, read back with torch.load(weights_only=True)
+    rng.safetensors     torch (and CUDA) random generator states
+    trainer.json        step, sampler position, configs, tokenizer digest, last metrics
+    tokenizer.model     the SentencePiece model, so the checkpoint alone can generate
+    manifest.json       sha256 and size of every file above; written last
+
+It is written into a temporary folder and renamed, so a folder named `step-*` is always complete;
+a corrupted one (a flipped byte, a truncated file) fails its manifest check with an error naming
+the file, and resuming falls back to the newest checkpoint that passes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, load_model, save_file, save_model
+
+from lm.config import ModelConfig, TrainConfig, from_dict, to_dict
+from lm.errors import CheckpointError, NonFiniteLossError
+from lm.fileio import atomic_dir, atomic_write_json, read_json, remove_stale_tmp, sha256_file
+
+log = logging.getLogger("forja.checkpoint")
+
+CKPT_DIR = "checkpoints"
+STEP_RE = re.compile(r"^step-(\d+)$")
+MODEL_FILE, OPTIM_FILE, RNG_FILE, STATE_FILE, TOKENIZER_FILE, MANIFEST_FILE = (
+    "model.safetensors",
+    "optimizer.pt",
+    "rng.safetensors",
+    "trainer.json",
+    "tokenizer.model",
+    "manifest.json",
+)
+
+
+def step_dir(run_dir: str | os.PathLike, step: int) -> Path:
+    return Path(run_dir) / CKPT_DIR / f"step-{step:07d}"
+
+
+def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    """Checkpoint folders of a run, oldest first (by step)."""
+    root = Path(run_dir) / CKPT_DIR
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_RE.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found)]
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):  # DDP, torch.compile
+        model = getattr(model, "module", None) or model._orig_mod
+    return model
+
+
+def check_finite(model: torch.nn.Module) -> None:
+    for name, p in _unwrap(model).named_parameters():
+        if not torch.isfinite(p).all():
+            raise NonFiniteLossError(f"parameter {name} holds NaN or Inf; refusing to write a checkpoint")
+
+
+def save_checkpoint(
+    run_dir: str | os.PathLike,
+    step: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    state: dict[str, Any],
+    tokenizer_path: str | os.PathLike | None,
+    keep_last: int | None = None,
+) -> Path:
+    """Write the checkpoint of `step` atomically, then apply `keep_last` retention. Returns its folder."""
+    model = _unwrap(model)
+    check_finite(model)
+    final = step_dir(run_dir, step)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_tmp(final.parent)
+    if final.exists():  # same step saved before (e.g. a retried flow): already complete
+        verify_checkpoint(final)
+        return final
+    with atomic_dir(final) as tmp:
+        save_model(model, str(tmp / MODEL_FILE))
+        if optimizer is not None:
+            torch.save(optimizer.state_dict(), tmp / OPTIM_FILE)
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            rng["cuda"] = torch.cuda.get_rng_state()
+        save_file(rng, str(tmp / RNG_FILE))
+        (tmp / STATE_FILE).write_text(
+            json.dumps({"step": step, **state}, indent=2, sort_keys=True, default=str)
+        )
+        if tokenizer_path is not None:
+            shutil.copyfile(tokenizer_path, tmp / TOKENIZER_FILE)
+        files = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in sorted(tmp.iterdir())}
+        atomic_write_json(tmp / MANIFEST_FILE, {"step": step, "files": files})
+    if keep_last:
+        for old in list_checkpoints(run_dir)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def verify_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Check the manifest and every file's size and sha256; return the manifest or raise."""
+    path = Path(path)
+    mpath = path / MANIFEST_FILE
+    if not mpath.is_file():
+        raise CheckpointError(f"{mpath} is missing: the checkpoint is incomplete")
+    try:
+        manifest = read_json(mpath)
+        files = manifest["files"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{mpath} is not a valid checkpoint manifest: {e}") from e
+    for name in (MODEL_FILE, STATE_FILE):
+        if name not in files:
+            raise CheckpointError(f"{mpath} does not list {name}")
+    for name, info in files.items():
+        f = path / name
+        if not f.is_file():
+            raise CheckpointError(f"{f} is missing")
+        if f.stat().st_size != info["bytes"]:
+            raise CheckpointError(
+                f"{f} has {f.stat().st_size} bytes, manifest says {info['bytes']}: truncated"
+            )
+        if sha256_file(f) != info["sha256"]:
+            raise CheckpointError(f"{f} does not match its sha256 in {mpath}: the file is corrupted")
+    return manifest
+
+
+def latest_checkpoint(
+    run_dir: str | os.PathLike, on_refused: Callable[[str], None] | None = None
+) -> Path | None:
+    """The newest checkpoint that passes verification; refused ones are reported, then skipped."""
+    refused = []
+    for path in reversed(list_checkpoints(run_dir)):
+        try:
+            verify_checkpoint(path)
+            return path
+        except CheckpointError as e:
+            refused.append(str(e))
+            (on_refused or log.warning)(f"refusing checkpoint {path.name}: {e}; trying an older one")
+    if refused:
+        raise CheckpointError(f"no usable checkpoint in {Path(run_dir) / CKPT_DIR}: " + " | ".join(refused))
+    return None
+
+
+def read_state(path: str | os.PathLike) -> dict[str, Any]:
+    return read_json(Path(path) / STATE_FILE)
+
+
+def read_configs(path: str | os.PathLike) -> tuple[ModelConfig, TrainConfig]:
+    return from_dict(read_state(path)["config"])
+
+
+def load_weights(path: str | os.PathLike, model: torch.nn.Module) -> None:
+    f = Path(path) / MODEL_FILE
+    try:
+        missing, unexpected = load_model(_unwrap(model), str(f), strict=False)
+    except (SafetensorError, OSError, RuntimeError) as e:
+        raise CheckpointError(f"cannot load weights from {f}: {e}") from e
+    if missing or unexpected:
+        raise CheckpointError(f"{f} does not fit the model: missing {missing}, unexpected {unexpected}")
+
+
+def load_optimizer(path: str | os.PathLike, optimizer: torch.optim.Optimizer) -> None:
+    f = Path(path) / OPTIM_FILE
+    try:
+        # weights_only=True: tensors and plain containers only; a pickled payload is refused, never run.
+        state = torch.load(f, map_location="cpu", weights_only=True)
+        optimizer.load_state_dict(state)
+    except Exception as e:
+        raise CheckpointError(f"cannot load optimizer state from {f}: {e}") from e
+
+
+def load_rng(path: str | os.PathLike) -> None:
+    f = Path(path) / RNG_FILE
+    if not f.is_file():
+        return
+    try:
+        rng = load_file(str(f))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"cannot load RNG state from {f}: {e}") from e
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state(rng["cuda"])
+
+
+def configs_dict(model_cfg: ModelConfig, train_cfg: TrainConfig) -> dict[str, Any]:
+    return to_dict(model_cfg, train_cfg)
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for inference, with what is needed to use it."""
+
+    model: torch.nn.Module
+    model_cfg: ModelConfig
+    train_cfg: TrainConfig
+    tokenizer_path: Path
+    checkpoint: Path
+    state: dict[str, Any]
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A run folder (its newest valid checkpoint) or a checkpoint folder itself."""
+    path = Path(path)
+    if (path / MANIFEST_FILE).is_file() and (path / STATE_FILE).is_file():
+        verify_checkpoint(path)
+        return path
+    if not path.exists():
+        raise CheckpointError(f"{path} does not exist")
+    ckpt = latest_checkpoint(path)
+    if ckpt is None:
+        raise CheckpointError(f"{path} holds no checkpoint (expected {path / CKPT_DIR}/step-*/)")
+    return ckpt
+
+
+def load_for_inference(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
+    from lm.model import build_model
+
+    ckpt = resolve_checkpoint(path)
+    state = read_state(ckpt)
+    model_cfg, train_cfg = from_dict(state["config"])
+    model = build_model(model_cfg)
+    load_weights(ckpt, model)
+    model.to(device).eval()
+    tok = ckpt / TOKENIZER_FILE
+    if not tok.is_file():
+        raise CheckpointError(f"{tok} is missing: this checkpoint cannot tokenize text")
+    return LoadedModel(model, model_cfg, train_cfg, tok, ckpt, state)

@@ -1,0 +1,417 @@
+"""The training loop: self-supervised next-token prediction with teacher forcing.
+
+Each step draws windows of seq_len + 1 tokens, feeds x = w[:-1] (the gold prefix) and scores the
+logits against y = w[1:] with the mean cross-entropy -log p(w(t+1)) over every position, then
+backpropagates and takes an AdamW step. Everything a run needs to continue exactly where it stopped
+(weights, optimizer, sampler position, RNG) goes into each checkpoint.
+
+`train(...)` is the whole API. It reports through callbacks, `on_metrics(metrics, step)` and
+`on_checkpoint(path, step)`, and knows nothing of Prefect or MLflow. Under `torchrun` it runs
+data-parallel (DDP): every rank reads a disjoint slice of the same global batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from lm import checkpoint as ckpt
+from lm.config import ModelConfig, TrainConfig, to_dict
+from lm.data import TokenData, WindowSampler, sequential_windows, window_batch
+from lm.errors import CheckpointError, ConfigError, NonFiniteLossError
+from lm.fileio import atomic_write_json
+from lm.model import build_model
+from lm.runtime import (
+    Dist,
+    all_reduce_mean,
+    autocast,
+    barrier,
+    init_distributed,
+    matmul_peak_flops,
+    pick_device,
+    pick_dtype,
+)
+
+log = logging.getLogger("forja.train")
+
+MetricsCallback = Callable[[dict[str, float], int], None]
+CheckpointCallback = Callable[[Path, int], None]
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Learning rate of optimiser step `step` (0-based): linear warmup, then the decay schedule."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return cfg.lr
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    floor = cfg.lr * cfg.min_lr_ratio
+    if cfg.schedule == "linear":
+        return floor + (cfg.lr - floor) * (1.0 - progress)
+    return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW; weight decay on the weight matrices only (not on norms or embeddings); fused if possible."""
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    decay, no_decay = [], []
+    for p in model.parameters():  # parameters() yields a tied weight once
+        if not p.requires_grad:
+            continue
+        (decay if p.dim() >= 2 and id(p) not in embeddings else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    kwargs = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps)
+    try:
+        return torch.optim.AdamW(groups, fused=True, **kwargs)
+    except (RuntimeError, TypeError):  # no fused kernel for this device or dtype
+        return torch.optim.AdamW(groups, **kwargs)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    checkpoint: Path | None
+    metrics: dict[str, float] = field(default_factory=dict)
+    tokens_seen: int = 0
+    elapsed_s: float = 0.0
+    stopped_early: bool = False
+
+
+def resolve_configs(
+    model_cfg: ModelConfig, train_cfg: TrainConfig, data: TokenData
+) -> tuple[ModelConfig, TrainConfig]:
+    """Fill what the data decides (vocab size, sequence length) and check the two agree."""
+    if model_cfg.vocab_size == 0:
+        model_cfg = replace(model_cfg, vocab_size=data.vocab_size)
+    elif model_cfg.vocab_size < data.vocab_size:
+        raise ConfigError(
+            f"invalid value {model_cfg.vocab_size} for 'vocab_size': the tokenizer of {data.root} has "
+            f"{data.vocab_size} tokens (use 0 to take the tokenizer's size)"
+        )
+    if train_cfg.seq_len == 0:
+        train_cfg = replace(train_cfg, seq_len=model_cfg.max_seq_len)
+    if train_cfg.seq_len > model_cfg.max_seq_len:
+        raise ConfigError(
+            f"invalid value {train_cfg.seq_len} for 'seq_len': larger than max_seq_len={model_cfg.max_seq_len}"
+        )
+    return model_cfg, train_cfg
+
+
+class Trainer:
+    def __init__(
+        self,
+        model_cfg: ModelConfig,
+        train_cfg: TrainConfig,
+        data: TokenData | str | os.PathLike,
+        run_dir: str | os.PathLike,
+        *,
+        resume: bool = False,
+        on_metrics: MetricsCallback | None = None,
+        on_checkpoint: CheckpointCallback | None = None,
+        batch_hook: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
+    ):
+        self.data = data if isinstance(data, TokenData) else TokenData.open(data)
+        self.run_dir = Path(run_dir)
+        self.on_metrics = on_metrics or (lambda metrics, step: None)
+        self.on_checkpoint = on_checkpoint or (lambda path, step: None)
+        self.batch_hook = batch_hook  # test seam: lets a test corrupt a batch (e.g. inject a NaN)
+        self.device = pick_device(train_cfg.device)
+        self.dist: Dist = init_distributed(self.device)
+        self.start_step = 0
+        self.resumed_from: Path | None = None
+
+        existing = ckpt.latest_checkpoint(self.run_dir) if resume else None
+        if not resume and ckpt.list_checkpoints(self.run_dir):
+            raise CheckpointError(
+                f"{self.run_dir} already holds checkpoints; pass --resume to continue that run "
+                "or choose another --out folder"
+            )
+        self.model_cfg, self.cfg = resolve_configs(model_cfg, train_cfg, self.data)
+        if existing is not None:  # the checkpoint fixes the model's shape; training settings may change
+            saved, _ = ckpt.read_configs(existing)
+            diff = [
+                f"{k}: {v} -> {getattr(self.model_cfg, k)}"
+                for k, v in vars(saved).items()
+                if getattr(self.model_cfg, k) != v
+            ]
+            if diff:
+                raise ConfigError(
+                    f"cannot resume {existing} with a different model ({'; '.join(diff)}); "
+                    "start from the run's saved config (resume_configs) or use a new --out"
+                )
+        self.dtype = pick_dtype(self.cfg.dtype, self.device)
+
+        torch.manual_seed(self.cfg.seed)  # same init on every rank and every run with this seed
+        self.model = build_model(self.model_cfg).to(self.device)
+        self.optimizer = make_optimizer(self.model, self.cfg, self.device)
+        train_split = self.data.splits["train"]
+        self.sampler = WindowSampler(
+            train_split.shards, self.cfg.seq_len, self.cfg.seed, self.dist.rank, self.dist.world_size
+        )
+        if existing is not None:
+            self._load(existing)
+        self.forward_model: torch.nn.Module = self.model
+        if self.cfg.compile:
+            self.forward_model = torch.compile(self.forward_model)
+        if self.dist.enabled:
+            self.forward_model = DistributedDataParallel(
+                self.forward_model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        self.flops_per_token = self.model.flops_per_token(self.cfg.seq_len)
+        self._val_windows = self._pick_val_windows()
+
+    # ------------------------------------------------------------------ setup helpers
+
+    def _load(self, path: Path) -> None:
+        state = ckpt.read_state(path)
+        if state.get("tokenizer_sha256") != self.data.tokenizer_sha256:
+            raise CheckpointError(
+                f"{path} was trained with tokenizer {state.get('tokenizer_sha256', '?')[:12]}, but "
+                f"{self.data.root} uses {self.data.tokenizer_sha256[:12]}; resume on data tokenized with the same tokenizer"
+            )
+        ckpt.load_weights(path, self.model)
+        ckpt.load_optimizer(path, self.optimizer)
+        ckpt.load_rng(path)
+        self.sampler.load_state_dict(state["sampler"])
+        self.start_step = int(state["step"])
+        self.resumed_from = path
+        log.info("resumed from %s (step %d)", path, self.start_step)
+
+    def _pick_val_windows(self) -> list[tuple[int, int]]:
+        val = self.data.splits.get("val")
+        if val is None or val.n_tokens <= self.cfg.seq_len:
+            return []
+        windows = sequential_windows(val.shards, self.cfg.seq_len)
+        n = self.cfg.eval_batches * self.cfg.batch_size * self.dist.world_size
+        if self.cfg.eval_batches and n < len(windows):  # spread evenly over the whole split
+            windows = [windows[i] for i in np.linspace(0, len(windows) - 1, n).round().astype(int)]
+        return windows
+
+    # ------------------------------------------------------------------ evaluation
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Validation loss (nats/token), perplexity and bits per byte on the fixed validation windows."""
+        if not self._val_windows:
+            return {}
+        val = self.data.splits["val"]
+        self.model.eval()
+        total, count = torch.zeros((), device=self.device, dtype=torch.float64), 0
+        per_rank = self._val_windows[self.dist.rank :: self.dist.world_size]
+        for i in range(0, len(per_rank), self.cfg.batch_size):
+            w = torch.from_numpy(
+                window_batch(val.shards, per_rank[i : i + self.cfg.batch_size], self.cfg.seq_len)
+            )
+            w = w.to(self.device)
+            with autocast(self.device, self.dtype):
+                _, loss = self.model(w[:, :-1], w[:, 1:])
+            total += loss.double() * w.shape[0]
+            count += w.shape[0]
+        self.model.train()
+        stats = torch.tensor([total.item(), count], dtype=torch.float64, device=self.device)
+        if self.dist.enabled:
+            torch.distributed.all_reduce(stats)
+        loss = (stats[0] / stats[1]).item()
+        # bits per byte: nats per token x tokens per byte of the split / ln 2
+        bpb = loss * val.n_tokens / max(1, val.n_bytes) / math.log(2)
+        return {"val_loss": loss, "val_perplexity": math.exp(min(loss, 50.0)), "val_bpb": bpb}
+
+    # ------------------------------------------------------------------ the loop
+
+    def _micro_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        w = torch.from_numpy(self.sampler.next_batch(self.cfg.batch_size))
+        if self.batch_hook is not None:
+            w = self.batch_hook(step, w)
+        w = w.to(self.device, non_blocking=True)
+        return w[:, :-1], w[:, 1:]  # teacher forcing: x is the gold prefix, y the next tokens
+
+    def train_step(self, step: int) -> tuple[float, float]:
+        """One optimiser step over grad_accum micro-batches; returns (loss, grad norm)."""
+        lr = lr_at(step, self.cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = torch.zeros((), device=self.device)
+        for micro in range(self.cfg.grad_accum):
+            x, y = self._micro_batch(step)
+            last = micro == self.cfg.grad_accum - 1
+            sync = contextlib.nullcontext() if last or not self.dist.enabled else self.forward_model.no_sync()
+            with sync:
+                with autocast(self.device, self.dtype):
+                    _, loss = self.forward_model(x, y)
+                (loss / self.cfg.grad_accum).backward()
+            loss_sum += loss.detach()
+        loss = all_reduce_mean(loss_sum / self.cfg.grad_accum, self.dist).item()
+        if not math.isfinite(loss):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteLossError(
+                f"loss is {loss} at step {step + 1}; training stopped before the optimizer step and no "
+                "checkpoint was written. Lower lr (--set lr=...) or check the data for bad tokens"
+            )
+        max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm).item()
+        if not math.isfinite(grad_norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteLossError(f"gradient norm is {grad_norm} at step {step + 1}; training stopped")
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss, grad_norm
+
+    def save(self, step: int, metrics: dict[str, float]) -> Path | None:
+        path = None
+        if self.dist.is_main:
+            state = {
+                "config": to_dict(self.model_cfg, self.cfg),
+                "sampler": self.sampler.state_dict(),
+                "tokenizer_sha256": self.data.tokenizer_sha256,
+                "data_manifest_sha256": self.data.manifest.get("digest"),
+                "metrics": metrics,
+                "torch": torch.__version__,
+            }
+            path = ckpt.save_checkpoint(
+                self.run_dir,
+                step,
+                self.model,
+                self.optimizer,
+                state,
+                self.data.tokenizer_path,
+                self.cfg.keep_last,
+            )
+            self.on_checkpoint(path, step)
+        barrier(self.dist)
+        return path
+
+    def _emit(self, metrics: dict[str, float], step: int) -> None:
+        if not self.dist.is_main:
+            return
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({"step": step, **metrics}) + "\n")
+        self.on_metrics(metrics, step)
+
+    def fit(self) -> TrainResult:
+        cfg = self.cfg
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(
+                self.run_dir / "config.json",
+                {
+                    **to_dict(self.model_cfg, cfg),
+                    "data": str(self.data.root),
+                    "tokenizer_sha256": self.data.tokenizer_sha256,
+                    "world_size": self.dist.world_size,
+                    "device": str(self.device),
+                    "dtype": str(self.dtype).removeprefix("torch."),
+                },
+            )
+        tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.seq_len * self.dist.world_size
+        peak = (
+            matmul_peak_flops(self.device.type, self.dtype) * self.dist.world_size
+            if self.dist.is_main
+            else 0.0
+        )
+        log.info(
+            "training %s (%s parameters, %s) on %s/%s from step %d to %d, %d tokens per step",
+            self.model_cfg.shape,
+            f"{self.model.num_params():,}",
+            self.model_cfg.arch,
+            self.device,
+            str(self.dtype).removeprefix("torch."),
+            self.start_step,
+            cfg.max_steps,
+            tokens_per_step,
+        )
+        self.model.train()
+        t_start = t_last = time.perf_counter()
+        metrics: dict[str, float] = {}
+        last_saved = self.resumed_from
+        step = self.start_step
+        stopped_early = False
+        while step < cfg.max_steps:
+            loss, grad_norm = self.train_step(step)
+            step += 1
+            metrics = {"loss": loss, "lr": lr_at(step - 1, cfg), "grad_norm": grad_norm}
+            if step % cfg.log_every == 0 or step == cfg.max_steps:
+                now = time.perf_counter()
+                steps_done = (step - self.start_step) % cfg.log_every or cfg.log_every
+                tps = tokens_per_step * steps_done / max(now - t_last, 1e-9)
+                t_last = now
+                metrics |= {"tokens_per_s": tps, "mfu": self.flops_per_token * tps / peak if peak else 0.0}
+                if self.dist.is_main:
+                    log.info(
+                        "step %d/%d  loss %.4f  lr %.2e  grad norm %.3f  %.0f tokens/s  mfu %.1f%%",
+                        step,
+                        cfg.max_steps,
+                        loss,
+                        metrics["lr"],
+                        grad_norm,
+                        tps,
+                        100 * metrics["mfu"],
+                    )
+            out_of_time = cfg.max_time_s > 0 and time.perf_counter() - t_start >= cfg.max_time_s
+            last = step == cfg.max_steps or out_of_time
+            if (cfg.eval_every and step % cfg.eval_every == 0) or last:
+                val = self.evaluate()
+                metrics |= val
+                if val and self.dist.is_main:
+                    log.info("step %d  val loss %.4f  val bpb %.4f", step, val["val_loss"], val["val_bpb"])
+            self._emit(metrics, step)
+            if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or last:
+                last_saved = self.save(step, metrics) or last_saved
+            if out_of_time and step < cfg.max_steps:
+                log.info("max_time_s=%s reached at step %d; stopping", cfg.max_time_s, step)
+                stopped_early = True
+                break
+        elapsed = time.perf_counter() - t_start
+        return TrainResult(
+            self.run_dir,
+            step,
+            last_saved,
+            metrics,
+            (step - self.start_step) * tokens_per_step,
+            elapsed,
+            stopped_early,
+        )
+
+
+def resume_configs(
+    run_dir: str | os.PathLike, model_cfg: ModelConfig, train_cfg: TrainConfig
+) -> tuple[ModelConfig, TrainConfig]:
+    """The configs a resumed run starts from: those saved in its newest checkpoint, if it has one."""
+    latest = ckpt.latest_checkpoint(run_dir)
+    return ckpt.read_configs(latest) if latest is not None else (model_cfg, train_cfg)
+
+
+def train(
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    data: TokenData | str | os.PathLike,
+    run_dir: str | os.PathLike,
+    *,
+    resume: bool = False,
+    on_metrics: MetricsCallback | None = None,
+    on_checkpoint: CheckpointCallback | None = None,
+    **kwargs: Any,
+) -> TrainResult:
+    """Train (or resume) a model on a token folder and return where it ended."""
+    return Trainer(
+        model_cfg,
+        train_cfg,
+        data,
+        run_dir,
+        resume=resume,
+        on_metrics=on_metrics,
+        on_checkpoint=on_checkpoint,
+        **kwargs,
+    ).fit()

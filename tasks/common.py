@@ -1,0 +1,181 @@
+"""What every data stage shares: its manifest, Parquet writing, progress reporting.
+
+A stage is a plain function: paths and a pydantic config in, files out, a small manifest back.
+The manifest (`manifest.json` in the stage's output folder) is written last, atomically; a folder
+with a manifest is complete. It records
+
+    stage, format version, the config and its digest, the upstream manifest's digest,
+    outputs (relative path, sha256, rows, bytes), counts (in, out, dropped by reason),
+    and `digest`: a sha256 over the config, the upstream digest and every output's sha256.
+
+`digest` is the stage output's identity: the next stage keys its cache on it, MLflow records it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel
+
+from lm.errors import DataError, ForjaError
+from lm.fileio import atomic_path, atomic_write_json, read_json, sha256_file, sha256_json
+
+MANIFEST = "manifest.json"
+ROW_GROUP_ROWS = 8192  # bounded row groups: readers never need a whole file in memory
+
+T = TypeVar("T")
+
+
+class StageError(ForjaError):
+    """A stage cannot run or must fail (bad input folder, reject ratio exceeded, ...)."""
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def write_parquet(
+    table: pa.Table, path: str | os.PathLike, row_group_rows: int = ROW_GROUP_ROWS
+) -> dict[str, Any]:
+    """Write a table atomically with zstd; return its output record (path, sha256, rows, bytes)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd", row_group_size=row_group_rows, write_statistics=True)
+    return {
+        "path": path.name,
+        "sha256": sha256_file(path),
+        "rows": table.num_rows,
+        "bytes": path.stat().st_size,
+    }
+
+
+def output_record(
+    path: str | os.PathLike, root: str | os.PathLike, rows: int | None = None
+) -> dict[str, Any]:
+    """The manifest entry of a file already written under `root`."""
+    path = Path(path)
+    rec = {"path": str(path.relative_to(root)), "sha256": sha256_file(path), "bytes": path.stat().st_size}
+    if rows is not None:
+        rec["rows"] = rows
+    return rec
+
+
+def config_dict(config: BaseModel | dict[str, Any]) -> dict[str, Any]:
+    return config.model_dump(mode="json") if isinstance(config, BaseModel) else dict(config)
+
+
+def make_manifest(
+    stage: str,
+    config: BaseModel | dict[str, Any],
+    outputs: list[dict[str, Any]],
+    counts: dict[str, Any],
+    upstream: str | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    cfg = config_dict(config)
+    outputs = sorted(outputs, key=lambda o: o["path"])
+    digest = sha256_json(
+        {
+            "stage": stage,
+            "config": cfg,
+            "upstream": upstream,
+            "outputs": [(o["path"], o["sha256"]) for o in outputs],
+        }
+    )
+    return {
+        "stage": stage,
+        "version": 1,
+        "created_at": utcnow().isoformat(),
+        "config": cfg,
+        "config_sha256": sha256_json(cfg),
+        "upstream": upstream,
+        "outputs": outputs,
+        "counts": counts,
+        "digest": digest,
+        **extra,
+    }
+
+
+def write_manifest(out_dir: str | os.PathLike, manifest: dict[str, Any]) -> dict[str, Any]:
+    atomic_write_json(Path(out_dir) / MANIFEST, manifest)
+    return manifest
+
+
+def read_manifest(folder: str | os.PathLike, stage: str | None = None) -> dict[str, Any]:
+    """The manifest of a finished stage folder, or a DataError saying which stage to run."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        hint = f" (run `forja {stage}` to make it)" if stage else ""
+        raise DataError(f"{folder} is not a finished stage output: {path} is missing{hint}")
+    m = read_json(path)
+    if stage is not None and m.get("stage") != stage:
+        raise DataError(f"{path} is the output of stage {m.get('stage')!r}, expected {stage!r}")
+    return m
+
+
+def verify_outputs(folder: str | os.PathLike, manifest: dict[str, Any]) -> None:
+    """Check that every output a manifest lists exists with its recorded sha256."""
+    for o in manifest["outputs"]:
+        p = Path(folder) / o["path"]
+        if not p.is_file():
+            raise DataError(f"{p} is listed in {Path(folder) / MANIFEST} but missing; re-run the stage")
+        if sha256_file(p) != o["sha256"]:
+            raise DataError(f"{p} does not match its sha256 in the manifest; re-run the stage")
+
+
+class Progress:
+    """Progress as log lines (readable in a terminal, a CI log and the Prefect UI alike).
+
+    `update(n, nbytes)` after each item; a line goes out at most every `every_s` seconds and at the end.
+    """
+
+    def __init__(
+        self,
+        desc: str,
+        total: int | None = None,
+        unit: str = "items",
+        logger: logging.Logger | None = None,
+        every_s: float = 5.0,
+    ):
+        self.desc, self.total, self.unit = desc, total, unit
+        self.log = logger or logging.getLogger("forja.progress")
+        self.every_s = every_s
+        self.n = self.nbytes = 0
+        self.t0 = self.t_last = time.perf_counter()
+
+    def update(self, n: int = 1, nbytes: int = 0) -> None:
+        self.n += n
+        self.nbytes += nbytes
+        now = time.perf_counter()
+        if now - self.t_last >= self.every_s:
+            self.t_last = now
+            self._emit(now)
+
+    def _emit(self, now: float) -> None:
+        elapsed = max(now - self.t0, 1e-9)
+        parts = [f"{self.desc}: {self.n:,}" + (f"/{self.total:,}" if self.total else "") + f" {self.unit}"]
+        if self.total:
+            parts.append(f"{100 * self.n / self.total:.1f}%")
+        if self.nbytes:
+            parts.append(f"{self.nbytes / 1e6 / elapsed:.1f} MB/s")
+        if self.total and self.n:
+            parts.append(f"eta {elapsed * (self.total - self.n) / self.n:.0f}s")
+        parts.append(f"{elapsed:.1f}s")
+        self.log.info(", ".join(parts))
+
+    def close(self) -> None:
+        self._emit(time.perf_counter())
+
+    def wrap(self, items: Iterable[T]) -> Iterator[T]:
+        for item in items:
+            yield item
+            self.update()
+        self.close()
