@@ -88,9 +88,13 @@ def save_checkpoint(
     final = step_dir(run_dir, step)
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_tmp(final.parent)
-    if final.exists():  # same step saved before (e.g. a retried flow): already complete
-        verify_checkpoint(final)
-        return final
+    if final.exists():
+        try:  # the same step saved before (e.g. a retried flow): already complete
+            verify_checkpoint(final)
+            return final
+        except CheckpointError as e:  # a damaged copy that resume skipped: replace it
+            log.warning("replacing damaged checkpoint %s: %s", final, e)
+            shutil.rmtree(final)
     with atomic_dir(final) as tmp:
         save_model(model, str(tmp / MODEL_FILE))
         if optimizer is not None:

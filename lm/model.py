@@ -231,8 +231,10 @@ class Transformer(nn.Module):
         """
         c = self.cfg
         t = seq_len or c.max_seq_len
-        n_matmul = self.num_params() - self.embed_tokens.weight.numel() + self.lm_head.weight.numel()
-        n_matmul -= sum(p.numel() for p in self.parameters() if p.dim() == 1)
+        emb = self.embed_tokens.weight
+        n_matmul = sum(p.numel() for p in self.parameters() if p.dim() >= 2 and p is not emb)
+        if c.tie_embeddings:  # the shared matrix is also the output head, which is a matmul
+            n_matmul += emb.numel()
         return 6.0 * n_matmul + 12.0 * c.n_layer * c.d_model * t
 
 

@@ -21,7 +21,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -121,13 +120,13 @@ class Trainer:
         resume: bool = False,
         on_metrics: MetricsCallback | None = None,
         on_checkpoint: CheckpointCallback | None = None,
-        batch_hook: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
+        should_stop: Callable[[int], bool] | None = None,
     ):
         self.data = data if isinstance(data, TokenData) else TokenData.open(data)
         self.run_dir = Path(run_dir)
         self.on_metrics = on_metrics or (lambda metrics, step: None)
         self.on_checkpoint = on_checkpoint or (lambda path, step: None)
-        self.batch_hook = batch_hook  # test seam: lets a test corrupt a batch (e.g. inject a NaN)
+        self.should_stop = should_stop or (lambda step: False)  # e.g. a cancelled flow: checkpoint, then stop
         self.device = pick_device(train_cfg.device)
         self.dist: Dist = init_distributed(self.device)
         self.start_step = 0
@@ -231,10 +230,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
 
-    def _micro_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _micro_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         w = torch.from_numpy(self.sampler.next_batch(self.cfg.batch_size))
-        if self.batch_hook is not None:
-            w = self.batch_hook(step, w)
         w = w.to(self.device, non_blocking=True)
         return w[:, :-1], w[:, 1:]  # teacher forcing: x is the gold prefix, y the next tokens
 
@@ -245,7 +242,7 @@ class Trainer:
             group["lr"] = lr
         loss_sum = torch.zeros((), device=self.device)
         for micro in range(self.cfg.grad_accum):
-            x, y = self._micro_batch(step)
+            x, y = self._micro_batch()
             last = micro == self.cfg.grad_accum - 1
             sync = contextlib.nullcontext() if last or not self.dist.enabled else self.forward_model.no_sync()
             with sync:
@@ -360,7 +357,8 @@ class Trainer:
                         100 * metrics["mfu"],
                     )
             out_of_time = cfg.max_time_s > 0 and time.perf_counter() - t_start >= cfg.max_time_s
-            last = step == cfg.max_steps or out_of_time
+            stop = out_of_time or self.should_stop(step)
+            last = step == cfg.max_steps or stop
             if (cfg.eval_every and step % cfg.eval_every == 0) or last:
                 val = self.evaluate()
                 metrics |= val
@@ -369,8 +367,10 @@ class Trainer:
             self._emit(metrics, step)
             if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or last:
                 last_saved = self.save(step, metrics) or last_saved
-            if out_of_time and step < cfg.max_steps:
-                log.info("max_time_s=%s reached at step %d; stopping", cfg.max_time_s, step)
+            if stop and step < cfg.max_steps:
+                log.info(
+                    "stopping at step %d (%s)", step, "max_time_s reached" if out_of_time else "asked to"
+                )
                 stopped_early = True
                 break
         elapsed = time.perf_counter() - t_start
