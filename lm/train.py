@@ -402,7 +402,7 @@ def train(
     resume: bool = False,
     on_metrics: MetricsCallback | None = None,
     on_checkpoint: CheckpointCallback | None = None,
-    **kwargs: Any,
+    should_stop: Callable[[int], bool] | None = None,
 ) -> TrainResult:
     """Train (or resume) a model on a token folder and return where it ended."""
     return Trainer(
@@ -413,5 +413,5 @@ def train(
         resume=resume,
         on_metrics=on_metrics,
         on_checkpoint=on_checkpoint,
-        **kwargs,
+        should_stop=should_stop,
     ).fit()

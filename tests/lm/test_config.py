@@ -98,7 +98,7 @@ def test_config_round_trips_through_dict_and_flattens_for_tracking():
     flat = flatten(p.model, p.train)
     assert flat["model.d_model"] == 384 and flat["train.lr"] == p.train.lr
     assert len(flat) == len(dataclasses.fields(ModelConfig)) + len(dataclasses.fields(TrainConfig))
-    with pytest.raises(ConfigError, match="unknown model setting.*n_layers"):
+    with pytest.raises(ConfigError, match=r"unknown model setting.*n_layers"):
         from_dict({"model": {"n_layers": 3}, "train": {}})
 
 

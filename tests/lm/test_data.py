@@ -71,7 +71,7 @@ def test_sampler_is_deterministic_and_resumes_exactly():
 def test_an_epoch_visits_every_window_once():
     s = WindowSampler(shards(), 16, seed=1)
     n = len(s._starts)
-    seen = {tuple(w[:3]) + (len(w),) for w in s.next_batch(n)}
+    seen = {(*w[:3].tolist(), len(w)) for w in s.next_batch(n)}
     assert len(seen) == n and s.epoch == 0
     s.next_batch(1)
     assert s.epoch == 1
