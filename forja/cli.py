@@ -147,6 +147,30 @@ def sample(
     typer.echo(tok.decode(prompt_ids + [i for i in ids if i != tok.eos_id]))
 
 
+@app.command("export-hf")
+def export_hf(
+    model: Annotated[str, typer.Argument(help="Run folder, checkpoint folder, or models:/ / runs:/ URI.")],
+    out: Annotated[Path, typer.Option(help="Folder to write the Hugging Face model into.")],
+) -> None:
+    """Write a Hugging Face transformers model folder (config, safetensors, tokenizer)."""
+    from forja.hf import export_hf as do_export
+
+    _setup_logging()
+    typer.echo(json.dumps(do_export(model, out), indent=2, default=str))
+
+
+@app.command("import-hf")
+def import_hf(
+    src: Annotated[Path, typer.Argument(help="A Llama-style Hugging Face model folder.")],
+    out: Annotated[Path, typer.Option(help="Run folder to create, holding one checkpoint.")],
+) -> None:
+    """Load a compatible Llama-style HF checkpoint as a Forja run (e.g. to continue pretraining)."""
+    from forja.hf import import_hf as do_import
+
+    _setup_logging()
+    typer.echo(json.dumps(do_import(src, out), indent=2, default=str))
+
+
 @bench_app.command("train")
 def bench_train(
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,

@@ -121,6 +121,7 @@ class Trainer:
         on_metrics: MetricsCallback | None = None,
         on_checkpoint: CheckpointCallback | None = None,
         should_stop: Callable[[int], bool] | None = None,
+        init_from: str | os.PathLike | None = None,
     ):
         self.data = data if isinstance(data, TokenData) else TokenData.open(data)
         self.run_dir = Path(run_dir)
@@ -131,6 +132,7 @@ class Trainer:
         self.dist: Dist = init_distributed(self.device)
         self.start_step = 0
         self.resumed_from: Path | None = None
+        self.initialised_from: Path | None = None
 
         existing = ckpt.latest_checkpoint(self.run_dir) if resume else None
         if not resume and ckpt.list_checkpoints(self.run_dir):
@@ -139,18 +141,11 @@ class Trainer:
                 "or choose another --out folder"
             )
         self.model_cfg, self.cfg = resolve_configs(model_cfg, train_cfg, self.data)
-        if existing is not None:  # the checkpoint fixes the model's shape; training settings may change
-            saved, _ = ckpt.read_configs(existing)
-            diff = [
-                f"{k}: {v} -> {getattr(self.model_cfg, k)}"
-                for k, v in vars(saved).items()
-                if getattr(self.model_cfg, k) != v
-            ]
-            if diff:
-                raise ConfigError(
-                    f"cannot resume {existing} with a different model ({'; '.join(diff)}); "
-                    "start from the run's saved config (resume_configs) or use a new --out"
-                )
+        if existing is not None:  # a checkpoint fixes the model's shape and the tokenizer
+            self._check_compatible(existing)
+        elif init_from is not None:
+            init_from = ckpt.resolve_checkpoint(init_from)
+            self._check_compatible(init_from)
         self.dtype = pick_dtype(self.cfg.dtype, self.device)
 
         torch.manual_seed(self.cfg.seed)  # same init on every rank and every run with this seed
@@ -162,6 +157,10 @@ class Trainer:
         )
         if existing is not None:
             self._load(existing)
+        elif init_from is not None:  # start from trained weights, with a fresh optimizer and schedule
+            ckpt.load_weights(init_from, self.model)
+            self.initialised_from = init_from
+            log.info("initialised weights from %s", init_from)
         self.forward_model: torch.nn.Module = self.model
         if self.cfg.compile:
             self.forward_model = torch.compile(self.forward_model)
@@ -174,13 +173,27 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup helpers
 
+    def _check_compatible(self, path: Path) -> None:
+        saved, _ = ckpt.read_configs(path)
+        diff = [
+            f"{k}: {v} -> {getattr(self.model_cfg, k)}"
+            for k, v in vars(saved).items()
+            if getattr(self.model_cfg, k) != v
+        ]
+        if diff:
+            raise ConfigError(
+                f"cannot continue from {path} with a different model ({'; '.join(diff)}); "
+                "start from the checkpoint's saved config (resume_configs) or use a new --out"
+            )
+        digest = ckpt.read_state(path).get("tokenizer_sha256", "?")
+        if digest != self.data.tokenizer_sha256:
+            raise CheckpointError(
+                f"{path} was trained with tokenizer {digest[:12]}, but {self.data.root} uses "
+                f"{self.data.tokenizer_sha256[:12]}; continue on data tokenized with the checkpoint's tokenizer"
+            )
+
     def _load(self, path: Path) -> None:
         state = ckpt.read_state(path)
-        if state.get("tokenizer_sha256") != self.data.tokenizer_sha256:
-            raise CheckpointError(
-                f"{path} was trained with tokenizer {state.get('tokenizer_sha256', '?')[:12]}, but "
-                f"{self.data.root} uses {self.data.tokenizer_sha256[:12]}; resume on data tokenized with the same tokenizer"
-            )
         ckpt.load_weights(path, self.model)
         ckpt.load_optimizer(path, self.optimizer)
         ckpt.load_rng(path)
@@ -403,8 +416,14 @@ def train(
     on_metrics: MetricsCallback | None = None,
     on_checkpoint: CheckpointCallback | None = None,
     should_stop: Callable[[int], bool] | None = None,
+    init_from: str | os.PathLike | None = None,
 ) -> TrainResult:
-    """Train (or resume) a model on a token folder and return where it ended."""
+    """Train (or resume) a model on a token folder and return where it ended.
+
+    `resume`: continue the run in `run_dir` from its newest complete checkpoint (or start it).
+    `init_from`: a checkpoint (or run folder) whose weights a new run starts from, e.g. to continue
+    training the current champion on new data; optimizer, schedule and sampler start fresh.
+    """
     return Trainer(
         model_cfg,
         train_cfg,
@@ -414,4 +433,5 @@ def train(
         on_metrics=on_metrics,
         on_checkpoint=on_checkpoint,
         should_stop=should_stop,
+        init_from=init_from,
     ).fit()

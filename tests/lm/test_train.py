@@ -187,3 +187,25 @@ def test_hostile_pickle_in_a_checkpoint_is_refused_and_never_runs(token_dir, tmp
     with pytest.raises(CheckpointError, match=r"optimizer\.pt"):
         train(model, dataclasses.replace(cfg, max_steps=6), token_dir, tmp_path / "run", resume=True)
     assert not Payload.marker.exists()
+
+
+def test_init_from_starts_a_new_run_from_trained_weights(token_dir, tmp_path):
+    model, cfg = small_configs(max_steps=20, checkpoint_every=20)
+    first = train(model, cfg, token_dir, tmp_path / "first")
+    seen, cb = collect()
+    second = Trainer(model, cfg, token_dir, tmp_path / "second", init_from=tmp_path / "first", on_metrics=cb)
+    w0 = weights(first.checkpoint)
+    assert all(torch.equal(p, w0[k]) for k, p in second.model.state_dict().items() if k in w0)
+    second.fit()
+    assert min(seen) == 1  # a fresh schedule: the new run counts its own steps
+    fresh, cb_fresh = collect()
+    train(model, cfg, token_dir, tmp_path / "fresh", on_metrics=cb_fresh)
+    assert seen[1]["loss"] < fresh[1]["loss"] - 0.5  # it starts where the first run ended
+    with pytest.raises(ConfigError, match="d_model"):
+        Trainer(
+            dataclasses.replace(model, d_model=32),
+            cfg,
+            token_dir,
+            tmp_path / "x",
+            init_from=tmp_path / "first",
+        )

@@ -1,0 +1,94 @@
+"""Forja's home folder: where data, runs, the MLflow store and the Prefect database live by default.
+
+Nothing needs to be started: with no settings, everything goes under `./.forja/`
+
+    .forja/data/<dataset>/ingest/           incremental Parquet snapshot of the sources
+    .forja/data/<dataset>/clean/<key>/      cleaned Parquet, one folder per (input digest, rules)
+    .forja/data/<dataset>/tokens/<key>/     token shards, one folder per (input digest, tokenizer config)
+    .forja/data/<dataset>/eval/             the fixed evaluation set models are compared on
+    .forja/runs/<run>/                      training runs (checkpoints, metrics)
+    .forja/mlflow.db, .forja/mlartifacts/   MLflow: SQLite backend and artifact folder
+    .forja/prefect/                         PREFECT_HOME: the embedded server's SQLite database
+
+`FORJA_HOME` moves all of it. A real server replaces the embedded defaults through the usual
+variables: `MLFLOW_TRACKING_URI` (and the server's artifact store) and `PREFECT_API_URL`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_HOME = ".forja"
+UI_STATE = "ui.json"  # written by `forja ui`: the URLs of the servers it started
+
+
+@dataclass(frozen=True)
+class Home:
+    root: Path
+
+    @classmethod
+    def from_env(cls) -> Home:
+        return cls(Path(os.environ.get("FORJA_HOME", DEFAULT_HOME)).expanduser().resolve())
+
+    def dataset(self, name: str) -> Path:
+        return self.root / "data" / name
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
+
+    @property
+    def mlflow_db(self) -> Path:
+        return self.root / "mlflow.db"
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        return self.root / "mlartifacts"
+
+    @property
+    def prefect_home(self) -> Path:
+        return self.root / "prefect"
+
+    @property
+    def default_tracking_uri(self) -> str:
+        return f"sqlite:///{self.mlflow_db}"
+
+    def ui_state(self) -> dict | None:
+        """What a running `forja ui` left behind (its URLs), if it is still running."""
+        path = self.root / UI_STATE
+        if not path.is_file():
+            return None
+        try:
+            state = json.loads(path.read_text())
+            os.kill(int(state["pid"]), 0)  # raises if that process is gone
+        except (ValueError, KeyError, OSError):
+            return None
+        return state
+
+
+def configure(home: Home | None = None) -> Home:
+    """Point Prefect and MLflow at the Forja home, unless the environment already names servers.
+
+    Call this before importing prefect: Prefect reads its settings from the environment.
+    A `forja ui` that is running is picked up, so runs started from a terminal show in its UI.
+    """
+    home = home or Home.from_env()
+    home.root.mkdir(parents=True, exist_ok=True)
+    ui = home.ui_state() or {}
+    os.environ.setdefault("PREFECT_HOME", str(home.prefect_home))
+    if ui.get("prefect_api_url"):
+        os.environ.setdefault("PREFECT_API_URL", ui["prefect_api_url"])
+    os.environ.setdefault("MLFLOW_TRACKING_URI", ui.get("mlflow_tracking_uri") or home.default_tracking_uri)
+    # Results of cached tasks must outlive the process for caching across flow runs.
+    # Results are small JSON dicts (paths, digests, metrics): JSON, never pickle, is read back.
+    os.environ.setdefault("PREFECT_RESULTS_PERSIST_BY_DEFAULT", "true")
+    os.environ.setdefault("PREFECT_RESULTS_DEFAULT_SERIALIZER", "json")
+    os.environ.setdefault("PREFECT_RESULTS_LOCAL_STORAGE_PATH", str(home.prefect_home / "storage"))
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    # Quieter, and no phoning home from a tool that promises to work offline.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    return home
