@@ -147,6 +147,58 @@ def sample(
     typer.echo(tok.decode(prompt_ids + [i for i in ids if i != tok.eos_id]))
 
 
+def _summary(manifest: dict, keys: tuple[str, ...]) -> str:
+    out = {k: manifest[k] for k in keys if k in manifest}
+    return json.dumps(out, indent=2, default=str)
+
+
+@app.command()
+def ingest(
+    sources: Annotated[
+        list[str], typer.Argument(help="Files, folders, globs, http(s) URLs, or python-docs.")
+    ],
+    out: Annotated[Path, typer.Option(help="Dataset folder (grows incrementally).")],
+    set_: SetOpt = None,
+) -> None:
+    """Read corpora into a Parquet dataset; bad input goes to quarantine with the reason."""
+    from forja.settings import apply_sets
+    from tasks.ingest import IngestConfig, run_ingest
+
+    _setup_logging()
+    m = run_ingest(sources, out, apply_sets(IngestConfig(), set_ or []))
+    typer.echo(_summary(m, ("changed", "run", "counts", "digest")))
+
+
+@app.command()
+def clean(
+    src: Annotated[Path, typer.Argument(help="An ingest folder.")],
+    out: Annotated[Path, typer.Option(help="Folder for the cleaned Parquet and its report.")],
+    set_: SetOpt = None,
+) -> None:
+    """Normalise, filter, deduplicate and redact with DuckDB SQL rules (tasks/sql/)."""
+    from forja.settings import apply_sets
+    from tasks.clean import CleanConfig, run_clean
+
+    _setup_logging()
+    m = run_clean(src, out, apply_sets(CleanConfig(), set_ or []))
+    typer.echo(_summary(m, ("counts", "digest")))
+
+
+@app.command()
+def tokenize(
+    src: Annotated[Path, typer.Argument(help="A clean folder.")],
+    out: Annotated[Path, typer.Option(help="Token folder: tokenizer.model, shards, manifest.")],
+    set_: SetOpt = None,
+) -> None:
+    """Train (or reuse) a SentencePiece tokenizer and write train/val token shards."""
+    from forja.settings import apply_sets
+    from tasks.tokenize import TokenizeConfig, run_tokenize
+
+    _setup_logging()
+    m = run_tokenize(src, out, apply_sets(TokenizeConfig(), set_ or []))
+    typer.echo(_summary(m, ("splits", "counts", "tokenizer_sha256", "digest")))
+
+
 @app.command("export-hf")
 def export_hf(
     model: Annotated[str, typer.Argument(help="Run folder, checkpoint folder, or models:/ / runs:/ URI.")],

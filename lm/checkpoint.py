@@ -73,6 +73,12 @@ def check_finite(model: torch.nn.Module) -> None:
             raise NonFiniteLossError(f"parameter {name} holds NaN or Inf; refusing to write a checkpoint")
 
 
+def _write_manifest(folder: Path, step: int) -> None:
+    """The manifest that completes a checkpoint: size and sha256 of every file in it, written last."""
+    files = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in sorted(folder.iterdir())}
+    atomic_write_json(folder / MANIFEST_FILE, {"step": step, "files": files})
+
+
 def save_checkpoint(
     run_dir: str | os.PathLike,
     step: int,
@@ -108,8 +114,7 @@ def save_checkpoint(
         )
         if tokenizer_path is not None:
             shutil.copyfile(tokenizer_path, tmp / TOKENIZER_FILE)
-        files = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in sorted(tmp.iterdir())}
-        atomic_write_json(tmp / MANIFEST_FILE, {"step": step, "files": files})
+        _write_manifest(tmp, step)
     if keep_last:
         for old in list_checkpoints(run_dir)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
@@ -158,6 +163,17 @@ def latest_checkpoint(
     if refused:
         raise CheckpointError(f"no usable checkpoint in {Path(run_dir) / CKPT_DIR}: " + " | ".join(refused))
     return None
+
+
+def export_for_inference(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Copy what inference needs (weights, state, tokenizer) into `dst` with its own manifest."""
+    src = resolve_checkpoint(src)
+    with atomic_dir(dst) as tmp:
+        for name in (MODEL_FILE, STATE_FILE, TOKENIZER_FILE):
+            if (src / name).is_file():
+                shutil.copyfile(src / name, tmp / name)
+        _write_manifest(tmp, read_state(src)["step"])
+    return Path(dst)
 
 
 def read_state(path: str | os.PathLike) -> dict[str, Any]:

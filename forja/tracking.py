@@ -1,0 +1,309 @@
+"""MLflow for Forja: one run per pipeline run, its datasets, metrics, artifacts and the model registry.
+
+Everything goes through `MlflowClient` with explicit run ids (thread-safe: Prefect runs tasks in
+worker threads), except `log_model`, which MLflow only offers in the fluent API.
+
+The champion: the registered model `forja` carries the alias `champion`. A new version takes it only
+when its bits per byte on the fixed evaluation set beats the champion's on the same set; the check
+and the move happen under a lock, so two retrains finishing together leave it on the better model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+
+from forja.home import Home
+
+log = logging.getLogger("forja.tracking")
+
+EXPERIMENT = "forja"
+MODEL_NAME = "forja"
+CHAMPION = "champion"
+MAX_PARAM_LEN = 6000  # MLflow's limit on a param value
+
+
+def client() -> mlflow.MlflowClient:
+    return mlflow.MlflowClient()
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+        return (
+            out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+            if out.returncode == 0
+            else "unknown"
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def experiment_id(name: str = EXPERIMENT) -> str:
+    """The experiment's id, created on first use (artifacts under the Forja home for a local store)."""
+    c = client()
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    if mlflow.get_tracking_uri().startswith("sqlite:"):
+        location = Home.from_env().mlflow_artifacts.as_uri()
+    try:
+        return c.create_experiment(name, artifact_location=location)
+    except MlflowException:  # created meanwhile by a concurrent run
+        return c.get_experiment_by_name(name).experiment_id
+
+
+def mark_stale_runs(exp_id: str | None = None) -> list[str]:
+    """End as KILLED the runs left RUNNING by a process of this host that no longer exists."""
+    c, host, ended = client(), socket.gethostname(), []
+    exp_id = exp_id or experiment_id()
+    for run in c.search_runs([exp_id], "attributes.status = 'RUNNING'", max_results=200):
+        tags = run.data.tags
+        if tags.get("forja.host") != host or "forja.pid" not in tags:
+            continue
+        try:
+            os.kill(int(tags["forja.pid"]), 0)
+            continue  # still alive
+        except (OSError, ValueError):
+            pass
+        c.set_tag(run.info.run_id, "forja.ended_by", "stale-run cleanup: its process is gone")
+        c.set_terminated(run.info.run_id, status="KILLED")
+        ended.append(run.info.run_id)
+        log.warning(
+            "marked MLflow run %s KILLED: process %s on %s is gone", run.info.run_id, tags["forja.pid"], host
+        )
+    return ended
+
+
+def start_run(run_name: str, tags: dict[str, str], exp_id: str | None = None) -> str:
+    exp_id = exp_id or experiment_id()
+    mark_stale_runs(exp_id)
+    all_tags = {
+        "forja.host": socket.gethostname(),
+        "forja.pid": str(os.getpid()),
+        "git_commit": git_commit(),
+        **tags,
+    }
+    run = client().create_run(exp_id, run_name=run_name, tags=all_tags)
+    return run.info.run_id
+
+
+def end_run(run_id: str, status: str = "FINISHED") -> None:
+    client().set_terminated(run_id, status=status)
+
+
+def log_params(run_id: str, params: dict[str, Any]) -> None:
+    items = [
+        Param(k, json.dumps(v) if isinstance(v, dict | list) else str(v)[:MAX_PARAM_LEN])
+        for k, v in sorted(params.items())
+    ]
+    for i in range(0, len(items), 100):
+        client().log_batch(run_id, params=items[i : i + 100])
+
+
+def set_tags(run_id: str, tags: dict[str, Any]) -> None:
+    client().log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def log_metrics(run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
+    ts = int(time.time() * 1000)
+    client().log_batch(run_id, metrics=[Metric(k, float(v), ts, step or 0) for k, v in metrics.items()])
+
+
+class MetricsLogger:
+    """The `on_metrics(metrics, step)` callback of lm's trainer, batching writes to MLflow."""
+
+    def __init__(self, run_id: str, flush_every: int = 25, prefix: str = ""):
+        self.run_id, self.flush_every, self.prefix = run_id, flush_every, prefix
+        self.pending: list[Metric] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, metrics: dict[str, float], step: int) -> None:
+        ts = int(time.time() * 1000)
+        with self.lock:
+            self.pending += [Metric(self.prefix + k, float(v), ts, step) for k, v in metrics.items()]
+            if len(self.pending) >= self.flush_every * 3 or any(k.startswith("val_") for k in metrics):
+                self._flush()
+
+    def _flush(self) -> None:
+        batch, self.pending = self.pending, []
+        for i in range(0, len(batch), 1000):
+            client().log_batch(self.run_id, metrics=batch[i : i + 1000])
+
+    def flush(self) -> None:
+        with self.lock:
+            self._flush()
+
+
+def log_dataset(
+    run_id: str,
+    name: str,
+    digest: str,
+    path: str | os.PathLike,
+    context: str,
+    profile: dict[str, Any] | None = None,
+) -> None:
+    """Record a dataset input (name, digest, where it lives) so runs show whether they saw the same data."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    ds = MetaDataset(resolve_dataset_source(str(Path(path).resolve())), name=name, digest=digest[:36])
+    entity = ds._to_mlflow_entity()
+    if profile:
+        entity.profile = json.dumps(profile)
+    client().log_inputs(
+        run_id, datasets=[DatasetInput(entity, tags=[InputTag("mlflow.data.context", context)])]
+    )
+
+
+def log_artifact(run_id: str, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+    path = Path(path)
+    if path.is_dir():
+        client().log_artifacts(run_id, str(path), artifact_path)
+    else:
+        client().log_artifact(run_id, str(path), artifact_path)
+
+
+def log_json(run_id: str, obj: Any, name: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        p = Path(tmp) / name
+        p.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+        client().log_artifact(run_id, str(p))
+
+
+def log_text(run_id: str, text: str, name: str) -> None:
+    client().log_text(run_id, text, name)
+
+
+def loss_curve_png(metrics_jsonl: str | os.PathLike, out_png: str | os.PathLike) -> Path:
+    """Training loss and validation loss against step, from a run's metrics.jsonl."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in Path(metrics_jsonl).read_text().splitlines() if line.strip()]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label="train loss", lw=1)
+    val = [r for r in rows if "val_loss" in r]
+    if val:
+        ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="val loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("nats per token")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_png)
+    plt.close(fig)
+    return Path(out_png)
+
+
+PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
+GENERATION_DEFAULTS = {"max_new_tokens": 64, "temperature": 0.8, "top_k": 0, "top_p": 1.0, "seed": 0}
+
+
+def log_model(
+    run_id: str,
+    checkpoint_dir: str | os.PathLike,
+    hf_dir: str | os.PathLike | None = None,
+    register_as: str | None = MODEL_NAME,
+) -> tuple[str, str | None]:
+    """Log the model as an MLflow pyfunc (weights as safetensors + tokenizer + lm code) and register it.
+
+    The pyfunc is "models from code": loading it imports `forja/pyfunc_model.py` and `lm/`, and reads
+    safetensors; nothing is unpickled. Returns (model URI, registered version or None).
+    """
+    import pandas as pd
+
+    import lm
+
+    artifacts = {"checkpoint": str(checkpoint_dir)}
+    if hf_dir is not None:
+        artifacts["hf"] = str(hf_dir)
+    with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(PYFUNC_CODE),
+            artifacts=artifacts,
+            code_paths=[str(Path(lm.__file__).parent)],
+            input_example=(pd.DataFrame({"prompt": ["To be, or not to be"]}), dict(GENERATION_DEFAULTS)),
+            registered_model_name=register_as,
+            pip_requirements=["torch", "numpy", "safetensors", "sentencepiece", "pandas"],
+        )
+    version = str(info.registered_model_version) if info.registered_model_version is not None else None
+    return info.model_uri, version
+
+
+@contextlib.contextmanager
+def registry_lock() -> Iterator[None]:
+    """Serialise champion decisions between processes on this machine (a file lock in the Forja home).
+
+    With a remote tracking server and workers on several hosts, run promotions from one deployment
+    (the retrain flow has a concurrency limit of one in infra/prefect.yaml) for the same guarantee.
+    """
+    path = Home.from_env().root / "registry.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def champion(model_name: str = MODEL_NAME):
+    """The champion's model version, or None."""
+    try:
+        return client().get_model_version_by_alias(model_name, CHAMPION)
+    except MlflowException:
+        return None
+
+
+__all__ = [
+    "CHAMPION",
+    "MODEL_NAME",
+    "MetricsLogger",
+    "champion",
+    "end_run",
+    "experiment_id",
+    "log_artifact",
+    "log_dataset",
+    "log_json",
+    "log_metrics",
+    "log_model",
+    "log_params",
+    "loss_curve_png",
+    "mark_stale_runs",
+    "registry_lock",
+    "set_tags",
+    "start_run",
+]
