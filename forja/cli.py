@@ -37,6 +37,8 @@ def _setup_logging(verbose: bool = False) -> None:
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
+    for noisy in ("httpx", "httpcore", "alembic", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -145,6 +147,101 @@ def sample(
         eos_id=tok.eos_id,
     )
     typer.echo(tok.decode(prompt_ids + [i for i in ids if i != tok.eos_id]))
+
+
+def _pipeline_params(source, preset, out, set_, resume):
+    from flows.params import PipelineParams, apply_sets
+    from flows.pipeline import params_of_run_dir
+
+    if resume:
+        if out is None:
+            _fail("--resume needs --out: the run folder to continue")
+        params = params_of_run_dir(out)  # the recorded parameters of that run
+        params = params.model_copy(update={"run": params.run.model_copy(update={"resume": True, "out": out})})
+    else:
+        params = PipelineParams(sources=source or ["python-docs"], preset=preset)
+        if out is not None:
+            params = params.model_copy(update={"run": params.run.model_copy(update={"out": out})})
+    params = apply_sets(params, set_ or [])
+    params.validate_all()
+    return params
+
+
+def _print_result(result: dict) -> None:
+    if result.get("status") == "unchanged":
+        typer.echo("nothing new in the sources: no retraining (the champion stays as it is)")
+        return
+    ev, reg = result["eval"], result.get("registered") or {}
+    typer.echo(
+        json.dumps(
+            {
+                "run_dir": result["run_dir"],
+                "mlflow_run_id": result["mlflow_run_id"],
+                "step": result["train"]["step"],
+                "eval_bpb": round(ev["eval_bpb"], 4),
+                "eval_loss": round(ev["eval_loss"], 4),
+                "eval_perplexity": round(ev["eval_perplexity"], 2),
+                "model_version": reg.get("version"),
+                "champion": reg.get("promoted"),
+                "why": reg.get("reason"),
+            },
+            indent=2,
+        )
+    )
+    for s in result.get("samples", [])[:2]:
+        typer.echo(f"--- sample: {s['text']!r}")
+
+
+@app.command()
+def run(
+    source: Annotated[
+        list[str] | None, typer.Option(help="Source (repeatable); default: python-docs.")
+    ] = None,
+    preset: Annotated[str, typer.Option(help="Named preset: tiny, small, gpt2-124m.")] = "tiny",
+    out: Annotated[Path | None, typer.Option(help="Run folder (default: under FORJA_HOME/runs).")] = None,
+    set_: SetOpt = None,
+    resume: Annotated[
+        bool, typer.Option(help="Continue the run in --out with its recorded parameters.")
+    ] = False,
+) -> None:
+    """Run the whole pipeline (Prefect flow, tracked in MLflow): ingest -> ... -> register."""
+    from forja.home import configure
+
+    _setup_logging()
+    configure()
+    params = _pipeline_params(source, preset, out, set_, resume)
+    from flows.pipeline import pipeline
+
+    result = pipeline(**{k: getattr(params, k) for k in type(params).model_fields})
+    _print_result(result)
+
+
+@app.command()
+def retrain(
+    source: Annotated[
+        list[str] | None, typer.Option(help="Source (repeatable); default: python-docs.")
+    ] = None,
+    preset: Annotated[str, typer.Option()] = "tiny",
+    continue_from_champion: Annotated[bool, typer.Option(help="Start from the champion's weights.")] = False,
+    new_tokenizer: Annotated[
+        bool, typer.Option(help="Train a new tokenizer instead of the champion's.")
+    ] = False,
+    set_: SetOpt = None,
+) -> None:
+    """Run the retrain flow once: stop if nothing new arrived, else train and promote if better."""
+    from forja.home import configure
+
+    _setup_logging()
+    configure()
+    params = _pipeline_params(source, preset, None, set_, False)
+    from flows.retrain import retrain as retrain_flow
+
+    result = retrain_flow(
+        continue_from_champion=continue_from_champion,
+        new_tokenizer=new_tokenizer,
+        **{k: getattr(params, k) for k in type(params).model_fields},
+    )
+    _print_result(result)
 
 
 def _summary(manifest: dict, keys: tuple[str, ...]) -> str:

@@ -174,12 +174,16 @@ def log_dataset(
 ) -> None:
     """Record a dataset input (name, digest, where it lives) so runs show whether they saw the same data."""
     from mlflow.data.dataset_source_registry import resolve_dataset_source
-    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import Dataset
 
-    ds = MetaDataset(resolve_dataset_source(str(Path(path).resolve())), name=name, digest=digest[:36])
-    entity = ds._to_mlflow_entity()
-    if profile:
-        entity.profile = json.dumps(profile)
+    source = resolve_dataset_source(str(Path(path).resolve()))
+    entity = Dataset(
+        name=name,
+        digest=digest[:36],
+        source_type=source._get_source_type(),
+        source=source.to_json(),
+        profile=json.dumps(profile) if profile else None,
+    )
     client().log_inputs(
         run_id, datasets=[DatasetInput(entity, tags=[InputTag("mlflow.data.context", context)])]
     )

@@ -37,16 +37,20 @@ class EvalResult:
 @torch.no_grad()
 def token_nats(
     model: torch.nn.Module,
-    ids: list[int],
+    sequences: list[list[int]],
     seq_len: int,
-    batch_size: int = 8,
+    batch_size: int = 16,
     dtype: torch.dtype = torch.float32,
 ) -> tuple[float, int]:
-    """Sum of -ln p over ids[1:] given their prefixes (windows of seq_len), and the count."""
+    """Sum of -ln p over seq[1:] given its prefix, for every sequence, and the count of tokens.
+
+    Each sequence is cut into windows of seq_len + 1 tokens overlapping by one; windows of all the
+    sequences are batched together (sorted by length, so little is padding).
+    """
     device = next(model.parameters()).device
     model.eval()
-    windows = [ids[s : s + seq_len + 1] for s in range(0, max(1, len(ids) - 1), seq_len)]
-    windows = [w for w in windows if len(w) > 1]
+    windows = [seq[s : s + seq_len + 1] for seq in sequences for s in range(0, max(1, len(seq) - 1), seq_len)]
+    windows = sorted((w for w in windows if len(w) > 1), key=len)
     total, count = 0.0, 0
     for i in range(0, len(windows), batch_size):
         chunk = windows[i : i + batch_size]
@@ -68,12 +72,12 @@ def token_nats(
 
 
 def evaluate_text(
-    model, tokenizer, text: str, seq_len: int, batch_size: int = 8, dtype: torch.dtype = torch.float32
+    model, tokenizer, text: str, seq_len: int, batch_size: int = 16, dtype: torch.dtype = torch.float32
 ) -> EvalResult:
     if not text:
         raise ValueError("the text to evaluate is empty")
     ids = [tokenizer.eos_id, *tokenizer.encode(text)]
-    total, count = token_nats(model, ids, seq_len, batch_size, dtype)
+    total, count = token_nats(model, [ids], seq_len, batch_size, dtype)
     n_bytes = len(text.encode("utf-8"))
     loss = total / count
     return EvalResult(loss, math.exp(min(loss, 50.0)), total / math.log(2) / n_bytes, count, n_bytes, total)

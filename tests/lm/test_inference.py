@@ -38,7 +38,7 @@ def test_eval_counts_every_token_once_and_bits_per_byte_is_nats_over_bytes(run_d
     # one window: the sum equals -log softmax at every gold next token, written out
     ids = [tok.eos_id, *tok.encode(text[:40])]
     assert len(ids) <= 32
-    total_a, n_a = token_nats(loaded.model, ids, seq_len=32)
+    total_a, n_a = token_nats(loaded.model, [ids], seq_len=32)
     logits, _ = loaded.model(torch.tensor([ids[:-1]]))
     by_hand = -torch.log_softmax(logits[0].double(), -1)[
         torch.arange(len(ids) - 1), torch.tensor(ids[1:])

@@ -1,0 +1,174 @@
+"""The parameters of the flows: one pydantic model per concern, validated before any work starts.
+
+The Prefect UI renders each as a form (defaults and descriptions). `ModelParams` and `TrainParams`
+mirror lm's `ModelConfig` / `TrainConfig` with every field optional: a field left empty keeps the
+preset's value. `resolve()` turns everything into the concrete configs a run uses, and
+`apply_sets()` maps `--set key=value` (bare or `stage.key`) onto the right model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from forja.settings import build, parse_raw
+from lm.config import ModelConfig, TrainConfig, apply_overrides, get_preset, split_assignment
+from lm.errors import ConfigError
+from tasks.clean import CleanConfig
+from tasks.evaluate import EvalConfig
+from tasks.ingest import IngestConfig
+from tasks.tokenize import TokenizeConfig
+
+
+def _optional_model(name: str, cls: type, doc: str) -> type[BaseModel]:
+    hints = typing.get_type_hints(cls)
+    fields = {
+        f.name: (
+            hints[f.name] | None,
+            Field(None, description=f"{cls.__name__}.{f.name} (empty: the preset's)"),
+        )
+        for f in dataclasses.fields(cls)
+    }
+    return create_model(name, __config__=ConfigDict(extra="forbid"), __doc__=doc, **fields)
+
+
+ModelParams = _optional_model(
+    "ModelParams", ModelConfig, "Model shape overrides (empty fields keep the preset)."
+)
+TrainParams = _optional_model(
+    "TrainParams", TrainConfig, "Training overrides (empty fields keep the preset)."
+)
+
+
+class RunParams(BaseModel):
+    """Where the run's files go, how the data stages run, what happens to the model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str = Field(
+        "default",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="Dataset name: its data lives in FORJA_HOME/data/<dataset>.",
+    )
+    out: Path | None = Field(
+        None, description="Run folder (empty: FORJA_HOME/runs/<dataset>-<preset>-<key>)."
+    )
+    resume: bool = Field(False, description="Continue the run in `out` from its last complete checkpoint.")
+    runner: Literal["threads", "dask"] = Field("threads", description="Task runner of the data stages.")
+    dask_address: str | None = Field(None, description="Scheduler address of an existing Dask cluster.")
+    workers: int = Field(2, ge=1, le=256, description="Threads, or local Dask workers, for the data stages.")
+    nproc: int = Field(1, ge=1, le=64, description="Training processes (GPUs): >1 launches torchrun.")
+    register: bool = Field(True, description="Log the model to MLflow, register it, promote if it is better.")
+    export_hf: bool = Field(True, description="Also export and log a Hugging Face transformers folder.")
+    init_from: str | None = Field(
+        None, description="Start training from this model's weights (run folder or models:/ URI)."
+    )
+    fresh: bool = Field(
+        False, description="Ignore cached results: re-run every stage (same inputs give the same outputs)."
+    )
+
+
+STAGES: dict[str, type[BaseModel]] = {
+    "ingest": IngestConfig,
+    "clean": CleanConfig,
+    "tokenize": TokenizeConfig,
+    "model": ModelParams,
+    "train": TrainParams,
+    "evaluate": EvalConfig,
+    "run": RunParams,
+}
+
+
+class PipelineParams(BaseModel):
+    """Everything one pipeline run is made of (what MLflow records and `forja reproduce` replays)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sources: list[str] = Field(default_factory=lambda: ["python-docs"], min_length=1)
+    preset: str = "tiny"
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    clean: CleanConfig = Field(default_factory=CleanConfig)
+    tokenize: TokenizeConfig = Field(default_factory=TokenizeConfig)
+    model: ModelParams = Field(default_factory=ModelParams)  # type: ignore[valid-type]
+    train: TrainParams = Field(default_factory=TrainParams)  # type: ignore[valid-type]
+    evaluate: EvalConfig = Field(default_factory=EvalConfig)
+    run: RunParams = Field(default_factory=RunParams)
+
+    def lm_configs(self) -> tuple[ModelConfig, TrainConfig]:
+        """The preset with the model/train overrides applied (vocab size still from the tokenizer)."""
+        preset = get_preset(self.preset)
+        overrides = {f"model.{k}": v for k, v in self.model.model_dump(exclude_none=True).items()}
+        overrides |= {f"train.{k}": v for k, v in self.train.model_dump(exclude_none=True).items()}
+        return apply_overrides(preset.model, preset.train, overrides)
+
+    def validate_all(self) -> tuple[ModelConfig, TrainConfig]:
+        """Every check that can run before any work: preset, value ranges, sources, vocab vs. model."""
+        model_cfg, train_cfg = self.lm_configs()
+        from tasks.ingest import plan_ingest  # sources must exist (a URL is checked when read)
+
+        local = [s for s in self.sources if not s.startswith(("http://", "https://"))]
+        if local:
+            plan_ingest(local, self.ingest)
+        if (
+            model_cfg.vocab_size
+            and self.tokenize.tokenizer is None
+            and model_cfg.vocab_size < self.tokenize.vocab_size
+        ):
+            raise ConfigError(
+                f"invalid value {model_cfg.vocab_size} for 'model.vocab_size': smaller than "
+                f"tokenize.vocab_size={self.tokenize.vocab_size} (use 0 to take the tokenizer's)"
+            )
+        if self.run.resume and self.run.out is None:
+            raise ConfigError("'run.resume' needs 'run.out': the run folder to resume")
+        return model_cfg, train_cfg
+
+
+def apply_sets(params: PipelineParams, items: list[str]) -> PipelineParams:
+    """`--set key=value` onto the pipeline's parameters.
+
+    `key` is `stage.field` (e.g. `tokenize.vocab_size`, `train.lr`) or a bare field that exactly one
+    stage has (e.g. `max_steps`, `vocab_size`, `near_dedup_threshold`); an ambiguous bare key is an
+    error listing the stages that have it.
+    """
+    data = params.model_dump(mode="json")
+    for item in items:
+        key, raw = split_assignment(item)
+        if key in ("preset", "sources"):
+            data[key] = parse_raw(PipelineParams, key, raw) if key == "sources" else raw
+            if key == "sources" and isinstance(data[key], str):
+                data[key] = [data[key]]
+            continue
+        stage, _, name = key.rpartition(".")
+        owners = [stage] if stage else [s for s, cls in STAGES.items() if name in cls.model_fields]
+        if stage and (stage not in STAGES or name not in STAGES[stage].model_fields):
+            owners = []
+        if not owners:
+            every = sorted({f for cls in STAGES.values() for f in cls.model_fields})
+            hint = difflib.get_close_matches(name, every, n=1)
+            raise ConfigError(
+                f"unknown setting {key!r}"
+                + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                + "; use stage.field with a stage among "
+                + ", ".join(STAGES)
+            )
+        if len(owners) > 1:
+            raise ConfigError(
+                f"setting {key!r} is ambiguous: " + ", ".join(f"{o}.{name}" for o in owners) + "; say which"
+            )
+        data[owners[0]][name] = parse_raw(STAGES[owners[0]], name, raw)
+    return build(PipelineParams, data)
+
+
+def flatten(params: PipelineParams, model_cfg: ModelConfig, train_cfg: TrainConfig) -> dict[str, Any]:
+    """Every resolved parameter as `stage.field` (what MLflow shows and compares)."""
+    flat: dict[str, Any] = {"sources": ",".join(params.sources), "preset": params.preset}
+    for stage in ("ingest", "clean", "tokenize", "evaluate", "run"):
+        flat |= {f"{stage}.{k}": v for k, v in getattr(params, stage).model_dump(mode="json").items()}
+    flat |= {f"model.{k}": v for k, v in dataclasses.asdict(model_cfg).items()}
+    flat |= {f"train.{k}": v for k, v in dataclasses.asdict(train_cfg).items()}
+    return flat

@@ -1,0 +1,543 @@
+"""The `pipeline` flow: ingest -> clean -> tokenize -> train -> evaluate -> register.
+
+One MLflow run per flow run records every resolved parameter, the datasets (with digests), the
+training and validation metrics, system metrics, reports, samples, the loss curve and the model.
+The data stages run in a sub-flow whose task runner is a parameter (threads, or a Dask cluster);
+training, evaluation and registration are tasks keyed on content, so an unchanged re-run is Cached
+from end to end and a re-triggered run resumes training from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.artifacts import (
+    create_link_artifact,
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from flows.params import EvalConfig, ModelParams, PipelineParams, RunParams, TrainParams, flatten
+from flows.stages import (
+    TASK_OPTS,
+    by_key,
+    code_digest,
+    is_cached,
+    run_clean_stage,
+    run_ingest_stage,
+    run_tokenize_stage,
+    stage_key,
+)
+from forja import tracking
+from forja.home import Home
+from lm import checkpoint as ckpt
+from lm.config import ModelConfig, TrainConfig, from_dict, to_dict
+from lm.fileio import atomic_write_json, read_json, sha256_file
+from lm.train import train as lm_train
+from tasks.clean import CleanConfig
+from tasks.common import read_manifest
+from tasks.evaluate import evaluate_checkpoint, freeze_eval_set, sample_texts
+from tasks.ingest import IngestConfig
+from tasks.tokenize import TokenizeConfig
+
+log = logging.getLogger("forja.pipeline")
+
+PARAMS_FILE = "pipeline.json"  # the run folder's record of the parameters that made it
+
+
+def make_task_runner(run: RunParams):
+    if run.runner == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        if run.dask_address:
+            return DaskTaskRunner(address=run.dask_address)
+        return DaskTaskRunner(
+            cluster_kwargs={
+                "n_workers": run.workers,
+                "threads_per_worker": 1,
+                "processes": True,
+                "dashboard_address": None,
+            }
+        )
+    return ThreadPoolTaskRunner(max_workers=run.workers)
+
+
+# ------------------------------------------------------------------ data
+
+
+@flow(name="prepare-data", persist_result=True, result_serializer="json")
+def prepare_data(params: PipelineParams) -> dict[str, Any]:
+    """ingest -> clean -> tokenize for one dataset; each stage mapped over its shards."""
+    home = Home.from_env()
+    ds = home.dataset(params.run.dataset)
+    fresh = params.run.fresh
+    ingest = run_ingest_stage(params.sources, ds / "ingest", params.ingest.model_dump(mode="json"), fresh)
+    clean = run_clean_stage(ds / "ingest", ds, params.clean.model_dump(mode="json"), fresh)
+    tokens = run_tokenize_stage(Path(clean["out"]), ds, params.tokenize.model_dump(mode="json"), fresh)
+    _report_artifacts(ds, ingest, clean)
+    return {"ingest": ingest, "clean": clean, "tokens": tokens}
+
+
+def _report_artifacts(ds: Path, ingest: dict, clean: dict) -> None:
+    run = ingest.get("run") or {}
+    rows = [{"item": k, "count": v} for k, v in sorted(run.items()) if isinstance(v, int | float)]
+    if rows:
+        create_table_artifact(
+            key="ingest-report", table=rows, description=f"Ingest of {ds.name}: this run's counts"
+        )
+    report_path = Path(clean["out"]) / "report.json"
+    if report_path.is_file():
+        report = read_json(report_path)
+        table = []
+        for rule in report.get("rules", []):
+            ex = (rule.get("examples") or [{}])[0]
+            table.append(
+                {
+                    "rule": rule.get("name"),
+                    "kind": rule.get("kind"),
+                    "rows_in": rule.get("rows_in"),
+                    "rows_out": rule.get("rows_out"),
+                    "changed": rule.get("changed"),
+                    "example": json.dumps(ex, ensure_ascii=False)[:200],
+                }
+            )
+        create_table_artifact(key="clean-report", table=table, description=f"Cleaning rules on {ds.name}")
+
+
+# ------------------------------------------------------------------ train / evaluate / register
+
+
+def _progress_callback(total_steps: int, start: int = 0):
+    artifact_id = create_progress_artifact(
+        progress=0.0, key="training-progress", description="Training progress (% of max_steps)"
+    )
+    state = {"last": -1.0}
+
+    def on_metrics(metrics: dict[str, float], step: int) -> None:
+        pct = round(100.0 * step / total_steps, 1)
+        if pct - state["last"] >= 2.0 or step == total_steps:
+            state["last"] = pct
+            update_progress_artifact(artifact_id=artifact_id, progress=pct)
+
+    return on_metrics
+
+
+def _torchrun(
+    nproc: int,
+    tokens_dir: str,
+    run_dir: str,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    mlflow_run_id: str | None,
+) -> None:
+    """Several GPUs: one process per GPU through torchrun; rank 0 logs to the same MLflow run."""
+    sets = [f"{part}.{k}={v}" for part, d in to_dict(model_cfg, train_cfg).items() for k, v in d.items()]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "forja.cli",
+        "train",
+        "--data",
+        tokens_dir,
+        "--out",
+        run_dir,
+        "--resume",
+    ]
+    for s in sets:
+        cmd += ["--set", s]
+    env = {**os.environ, **({"FORJA_MLFLOW_RUN_ID": mlflow_run_id} if mlflow_run_id else {})}
+    subprocess.run(cmd, check=True, env=env)
+
+
+@task(name="train", cache_key_fn=by_key, **TASK_OPTS)
+def train_task(
+    tokens_dir: str,
+    run_dir: str,
+    config: dict[str, Any],
+    init_from: str | None,
+    nproc: int,
+    mlflow_run_id: str | None,
+    key: str,
+) -> dict[str, Any]:
+    """Train, or resume the run folder from its last complete checkpoint (idempotent by run folder)."""
+    model_cfg, train_cfg = from_dict(config)
+    metrics_logger = tracking.MetricsLogger(mlflow_run_id) if mlflow_run_id else None
+    progress = _progress_callback(train_cfg.max_steps)
+
+    def on_metrics(metrics: dict[str, float], step: int) -> None:
+        progress(metrics, step)
+        if metrics_logger:
+            metrics_logger(metrics, step)
+
+    if nproc > 1:
+        _torchrun(nproc, tokens_dir, run_dir, model_cfg, train_cfg, mlflow_run_id)
+        final = ckpt.latest_checkpoint(run_dir)
+        result = {
+            "step": ckpt.read_state(final)["step"],
+            "metrics": ckpt.read_state(final).get("metrics", {}),
+        }
+    else:
+        r = lm_train(
+            model_cfg, train_cfg, tokens_dir, run_dir, resume=True, on_metrics=on_metrics, init_from=init_from
+        )
+        final, result = r.checkpoint, {"step": r.step, "metrics": r.metrics}
+    if metrics_logger:
+        metrics_logger.flush()
+    return {
+        "run_dir": run_dir,
+        "checkpoint": str(final),
+        **result,
+        "checkpoint_sha256": sha256_file(Path(final) / ckpt.MODEL_FILE),
+    }
+
+
+@task(name="evaluate", cache_key_fn=by_key, **TASK_OPTS)
+def evaluate_task(checkpoint: str, eval_dir: str, config: dict[str, Any], key: str) -> dict[str, Any]:
+    cfg = EvalConfig.model_validate(config)
+    metrics = evaluate_checkpoint(checkpoint, eval_dir)
+    return {"metrics": metrics, "samples": sample_texts(checkpoint, cfg)}
+
+
+@task(name="register", cache_key_fn=by_key, **TASK_OPTS)
+def register_task(
+    checkpoint: str,
+    mlflow_run_id: str,
+    eval_metrics: dict[str, Any],
+    eval_dir: str,
+    export_hf: bool,
+    key: str,
+) -> dict[str, Any]:
+    """Log the model to MLflow (pyfunc + HF folder), register a version, promote it if it is better."""
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = ckpt.export_for_inference(checkpoint, Path(tmp) / "checkpoint")
+        hf_dir = None
+        if export_hf:
+            from forja.hf import export_hf
+
+            try:
+                hf_dir = Path(export_hf(str(model_dir), Path(tmp) / "hf", verify=False)["out"])
+            except Exception as e:  # an LSTM, say: the model is still logged, without the HF folder
+                log.warning("no Hugging Face export for this model: %s", e)
+        model_uri, version = tracking.log_model(mlflow_run_id, model_dir, hf_dir)
+    decision = promote_if_better(version, eval_metrics, eval_dir)
+    return {"model_uri": model_uri, "version": version, **decision}
+
+
+def promote_if_better(version: str | None, metrics: dict[str, Any], eval_dir: str) -> dict[str, Any]:
+    """Move the `champion` alias to `version` only if its eval bits per byte beats the champion's.
+
+    Both are measured on the same fixed evaluation set: when the champion was scored on another set
+    (or not at all), it is re-evaluated on this one first. Under a lock, so concurrent runs agree.
+    """
+    if version is None:
+        return {"promoted": False, "reason": "not registered"}
+    c = tracking.client()
+    bpb, digest = float(metrics["eval_bpb"]), metrics["eval_set_digest"]
+    c.set_model_version_tag(tracking.MODEL_NAME, version, "eval_bpb", f"{bpb:.6f}")
+    c.set_model_version_tag(tracking.MODEL_NAME, version, "eval_set_digest", digest)
+    with tracking.registry_lock():
+        champ = tracking.champion()
+        if champ is not None and champ.version == version:
+            return {"promoted": True, "reason": "already champion", "champion_bpb": bpb}
+        champ_bpb = None
+        if champ is not None:
+            if champ.tags.get("eval_set_digest") == digest and "eval_bpb" in champ.tags:
+                champ_bpb = float(champ.tags["eval_bpb"])
+            else:
+                from forja.models import local_checkpoint
+
+                champ_bpb = evaluate_checkpoint(
+                    local_checkpoint(f"models:/{tracking.MODEL_NAME}/{champ.version}"), eval_dir
+                )["eval_bpb"]
+        if champ_bpb is None or bpb < champ_bpb:
+            c.set_registered_model_alias(tracking.MODEL_NAME, tracking.CHAMPION, version)
+            reason = (
+                "first model" if champ is None else f"{bpb:.4f} < champion v{champ.version} {champ_bpb:.4f}"
+            )
+            log.info("promoted version %s to champion (%s)", version, reason)
+            return {
+                "promoted": True,
+                "reason": reason,
+                "previous_champion": champ and champ.version,
+                "champion_bpb": champ_bpb,
+            }
+        reason = f"{bpb:.4f} >= champion v{champ.version} {champ_bpb:.4f}"
+        log.info("version %s stays a challenger (%s)", version, reason)
+        return {"promoted": False, "reason": reason, "champion": champ.version, "champion_bpb": champ_bpb}
+
+
+# ------------------------------------------------------------------ the whole run
+
+
+def run_dir_for(params: PipelineParams, key: str) -> Path:
+    if params.run.out is not None:
+        return Path(params.run.out).resolve()
+    return Home.from_env().runs / f"{params.run.dataset}-{params.preset}-{key[:12]}"
+
+
+def _mlflow_ui_url(exp_id: str, run_id: str) -> str:
+    ui = Home.from_env().ui_state() or {}
+    base = (
+        ui.get("mlflow_ui_url") or os.environ.get("FORJA_MLFLOW_UI_URL") or tracking.mlflow.get_tracking_uri()
+    )
+    if not base.startswith("http"):
+        base = "http://127.0.0.1:5000"  # where `forja ui` serves this store
+    return f"{base.rstrip('/')}/#/experiments/{exp_id}/runs/{run_id}"
+
+
+def _log_data(run_id: str, data: dict[str, Any]) -> None:
+    tracking.log_dataset(
+        run_id,
+        "clean",
+        data["clean"]["digest"],
+        data["clean"]["out"],
+        "training",
+        profile=data["clean"].get("counts"),
+    )
+    tokens = data["tokens"]
+    splits = {
+        s: {k: v for k, v in info.items() if k != "shards"} for s, info in tokens.get("splits", {}).items()
+    }
+    tracking.log_dataset(run_id, "tokens", tokens["digest"], tokens["out"], "training", profile=splits)
+    tracking.set_tags(
+        run_id,
+        {
+            "data.clean_digest": data["clean"]["digest"],
+            "data.tokens_digest": tokens["digest"],
+            "data.ingest_digest": data["ingest"]["digest"],
+            "tokenizer_sha256": tokens.get("tokenizer_sha256", ""),
+        },
+    )
+    for name, folder in (
+        ("ingest", data["ingest"]["out"]),
+        ("clean", data["clean"]["out"]),
+        ("tokens", tokens["out"]),
+    ):
+        tracking.log_artifact(run_id, Path(folder) / "manifest.json", f"data/{name}")
+    report = Path(data["clean"]["out"]) / "report.json"
+    if report.is_file():
+        tracking.log_artifact(run_id, report, "data/clean")
+    tracking.log_artifact(run_id, Path(tokens["out"]) / "tokenizer.model", "tokenizer")
+    tracking.log_metrics(run_id, {f"data.{s}_tokens": float(v["tokens"]) for s, v in splits.items()})
+
+
+def run_pipeline(
+    params: PipelineParams,
+    *,
+    kind: str = "pipeline",
+    stop_if_unchanged: bool = False,
+    extra_tags: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """The body shared by `pipeline` and `retrain`: validate, data, train, evaluate, register."""
+    from prefect.runtime import flow_run
+
+    model_cfg, train_cfg = params.validate_all()  # before any work: a bad parameter fails at once
+    home = Home.from_env()
+    ds = home.dataset(params.run.dataset)
+    exp_id = tracking.experiment_id()
+    tags = {
+        "preset": params.preset,
+        "dataset": params.run.dataset,
+        "forja.kind": kind,
+        "prefect.flow_run_id": str(flow_run.id or ""),
+        "prefect.flow_run_url": str(flow_run.ui_url or ""),
+        **(extra_tags or {}),
+    }
+    run_id = tracking.start_run(flow_run.name or kind, tags, exp_id)
+    monitor = _system_metrics(run_id)
+    try:
+        create_link_artifact(
+            key="mlflow-run",
+            link=_mlflow_ui_url(exp_id, run_id),
+            link_text="MLflow run",
+            description="This flow run's MLflow run",
+        )
+        data = prepare_data.with_options(task_runner=make_task_runner(params.run))(params)
+        if stop_if_unchanged and not data["ingest"].get("changed", True):
+            msg = "no new documents in the sources: nothing to retrain"
+            log.info(msg)
+            tracking.set_tags(run_id, {"forja.outcome": "nothing new"})
+            create_markdown_artifact(key="retrain-summary", markdown=f"**{msg}**")
+            tracking.end_run(run_id, "FINISHED")
+            return {"status": "unchanged", "mlflow_run_id": run_id, "data": data}
+        _log_data(run_id, data)
+        tokens_dir = data["tokens"]["out"]
+        from lm.data import TokenData
+        from lm.train import resolve_configs
+
+        model_cfg, train_cfg = resolve_configs(model_cfg, train_cfg, TokenData.open(tokens_dir))
+        config = to_dict(model_cfg, train_cfg)
+        init_from = params.run.init_from
+        if init_from:
+            from forja.models import local_checkpoint
+
+            init_from = str(local_checkpoint(init_from))
+        init_digest = sha256_file(ckpt.resolve_checkpoint(init_from) / ckpt.MODEL_FILE) if init_from else None
+        key = stage_key(
+            "train",
+            data["tokens"]["digest"],
+            config,
+            init_digest,
+            code_digest(
+                "lm.model", "lm.lstm", "lm.train", "lm.data", "lm.config", "lm.checkpoint", "lm.runtime"
+            ),
+        )
+        run_dir = run_dir_for(params, key)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run_dir / PARAMS_FILE, params.model_dump(mode="json"))
+        tracking.log_params(run_id, flatten(params, model_cfg, train_cfg))
+        tracking.log_json(
+            run_id, {"params": params.model_dump(mode="json"), "resolved": config}, "config.json"
+        )
+        tracking.set_tags(run_id, {"run_dir": str(run_dir), "train_key": key})
+        cached_train = is_cached(key) and not params.run.fresh
+        trained = train_task.with_options(refresh_cache=params.run.fresh)(
+            tokens_dir,
+            str(run_dir),
+            config,
+            init_from,
+            params.run.nproc,
+            None if cached_train else run_id,
+            key=key,
+        )
+        final = {f"final_{k}": v for k, v in trained["metrics"].items()}
+        tracking.log_metrics(run_id, final, trained["step"])
+        metrics_file = run_dir / "metrics.jsonl"
+        if metrics_file.is_file():
+            tracking.log_artifact(run_id, tracking.loss_curve_png(metrics_file, run_dir / "loss_curve.png"))
+            tracking.log_artifact(run_id, metrics_file)
+
+        eval_dir = ds / "eval"
+        freeze_eval_set(tokens_dir, eval_dir, params.evaluate)
+        eval_digest = read_manifest(eval_dir, "eval-set")["digest"]
+        ekey = stage_key(
+            "evaluate", trained["checkpoint_sha256"], eval_digest, params.evaluate.model_dump(mode="json")
+        )
+        evaluated = evaluate_task(
+            trained["checkpoint"], str(eval_dir), params.evaluate.model_dump(mode="json"), key=ekey
+        )
+        ev = evaluated["metrics"]
+        tracking.log_metrics(
+            run_id, {k: v for k, v in ev.items() if isinstance(v, int | float)}, trained["step"]
+        )
+        tracking.set_tags(run_id, {"eval_set_digest": eval_digest})
+        samples_md = "\n\n".join(f"**{s['prompt']!r}** → {s['text']!r}" for s in evaluated["samples"])
+        tracking.log_text(run_id, "\n\n---\n\n".join(s["text"] for s in evaluated["samples"]), "samples.txt")
+
+        registered: dict[str, Any] = {}
+        if params.run.register:
+            rkey = stage_key(
+                "register", trained["checkpoint_sha256"], eval_digest, tracking.mlflow.get_tracking_uri()
+            )
+            registered = register_task(
+                trained["checkpoint"], run_id, ev, str(eval_dir), params.run.export_hf, key=rkey
+            )
+            tracking.set_tags(
+                run_id, {"model_version": registered.get("version"), "promoted": registered.get("promoted")}
+            )
+        create_markdown_artifact(
+            key="evaluation",
+            markdown=_eval_markdown(params, trained, ev, registered, samples_md),
+            description="Evaluation on the fixed evaluation set",
+        )
+        tracking.end_run(run_id, "FINISHED")
+        return {
+            "status": "trained",
+            "mlflow_run_id": run_id,
+            "run_dir": str(run_dir),
+            "data": data,
+            "train": trained,
+            "eval": ev,
+            "samples": evaluated["samples"],
+            "registered": registered,
+        }
+    except BaseException:
+        tracking.end_run(run_id, "FAILED")
+        raise
+    finally:
+        if monitor is not None:
+            monitor.finish()
+
+
+def _system_metrics(run_id: str):
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(run_id, sampling_interval=5, samples_before_logging=1)
+        monitor.start()
+        return monitor
+    except Exception as e:  # psutil missing, say: the run goes on without system metrics
+        log.warning("system metrics are off: %s", e)
+        return None
+
+
+def _eval_markdown(params, trained, ev, registered, samples_md) -> str:
+    reg = ""
+    if registered:
+        reg = (
+            f"\n| model version | {registered.get('version')} |\n| champion | "
+            f"{'yes' if registered.get('promoted') else 'no'} ({registered.get('reason')}) |"
+        )
+    return (
+        f"## {params.run.dataset} · preset `{params.preset}` · step {trained['step']}\n\n"
+        f"| metric | value |\n|---|---|\n"
+        f"| loss (nats/token) | {ev['eval_loss']:.4f} |\n| perplexity | {ev['eval_perplexity']:.2f} |\n"
+        f"| bits per byte | {ev['eval_bpb']:.4f} |\n| evaluated bytes | {ev['eval_bytes']:,} |{reg}\n\n"
+        f"### Samples\n\n{samples_md}\n"
+    )
+
+
+@flow(name="pipeline", persist_result=True, result_serializer="json")
+def pipeline(
+    sources: list[str] = ["python-docs"],  # noqa: B006 (Prefect shows the default in the UI form)
+    preset: str = "tiny",
+    ingest: IngestConfig = IngestConfig(),
+    clean: CleanConfig = CleanConfig(),
+    tokenize: TokenizeConfig = TokenizeConfig(),
+    model: ModelParams = ModelParams(),  # type: ignore[valid-type]
+    train: TrainParams = TrainParams(),  # type: ignore[valid-type]
+    evaluate: EvalConfig = EvalConfig(),
+    run: RunParams = RunParams(),
+) -> dict[str, Any]:
+    """Raw text in, a trained, evaluated and registered model out."""
+    params = PipelineParams(
+        sources=sources,
+        preset=preset,
+        ingest=ingest,
+        clean=clean,
+        tokenize=tokenize,
+        model=model,
+        train=train,
+        evaluate=evaluate,
+        run=run,
+    )
+    return run_pipeline(params)
+
+
+def params_of_run_dir(run_dir: str | os.PathLike) -> PipelineParams:
+    path = Path(run_dir) / PARAMS_FILE
+    if not path.is_file():
+        from lm.errors import ConfigError
+
+        raise ConfigError(
+            f"{run_dir} holds no {PARAMS_FILE}: it was not made by `forja run`; nothing to resume"
+        )
+    return PipelineParams.model_validate(read_json(path))
+
+
+__all__ = ["PipelineParams", "pipeline", "prepare_data", "promote_if_better", "run_pipeline"]

@@ -1,0 +1,102 @@
+"""The `retrain` flow: new data in, a better model out (or nothing, said clearly).
+
+Ingest the sources incrementally; if no new document arrived, stop early and say so. Otherwise
+re-clean, re-tokenize with the champion's tokenizer (or a new one when asked), train from scratch
+(or continue from the champion's weights when asked), evaluate on the dataset's fixed evaluation
+set, and move the `champion` alias only if the new model has fewer bits per byte there.
+Served with a nightly schedule by `forja serve` and infra/prefect.yaml.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from typing import Any
+
+from prefect import flow
+
+from flows.params import EvalConfig, ModelParams, PipelineParams, RunParams, TrainParams
+from flows.pipeline import run_pipeline
+from forja import tracking
+from forja.home import Home
+from lm.fileio import sha256_file
+from tasks.clean import CleanConfig
+from tasks.ingest import IngestConfig
+from tasks.tokenize import TokenizeConfig
+
+log = logging.getLogger("forja.retrain")
+
+
+def champion_tokenizer(dataset: str) -> tuple[str, str] | None:
+    """The champion's tokenizer, copied to a stable path in the dataset folder, and its version."""
+    champ = tracking.champion()
+    if champ is None:
+        return None
+    from forja.models import local_checkpoint
+
+    src = local_checkpoint(f"models:/{tracking.MODEL_NAME}/{champ.version}") / "tokenizer.model"
+    digest = sha256_file(src)
+    dst = Home.from_env().dataset(dataset) / "tokenizers" / f"{digest[:16]}.model"
+    if not dst.is_file():
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
+    return str(dst), champ.version
+
+
+def retrain_params(
+    params: PipelineParams, continue_from_champion: bool, new_tokenizer: bool
+) -> PipelineParams:
+    champ = None if new_tokenizer and not continue_from_champion else champion_tokenizer(params.run.dataset)
+    if champ is None:
+        log.info(
+            "no champion to build on%s: training as a new pipeline run",
+            "" if not new_tokenizer else " (a new tokenizer was asked for)",
+        )
+        return params
+    tokenizer, version = champ
+    updates: dict[str, Any] = {}
+    if not new_tokenizer or continue_from_champion:  # continuing needs the champion's token ids
+        updates["tokenize"] = params.tokenize.model_copy(update={"tokenizer": tokenizer})
+    if continue_from_champion:
+        updates["run"] = params.run.model_copy(
+            update={"init_from": f"models:/{tracking.MODEL_NAME}/{version}"}
+        )
+    return params.model_copy(update=updates)
+
+
+@flow(name="retrain", persist_result=True, result_serializer="json")
+def retrain(
+    sources: list[str] = ["python-docs"],  # noqa: B006
+    preset: str = "tiny",
+    continue_from_champion: bool = False,
+    new_tokenizer: bool = False,
+    ingest: IngestConfig = IngestConfig(),
+    clean: CleanConfig = CleanConfig(),
+    tokenize: TokenizeConfig = TokenizeConfig(),
+    model: ModelParams = ModelParams(),  # type: ignore[valid-type]
+    train: TrainParams = TrainParams(),  # type: ignore[valid-type]
+    evaluate: EvalConfig = EvalConfig(),
+    run: RunParams = RunParams(),
+) -> dict[str, Any]:
+    """Retrain on what arrived since the last run; promote the result only if it beats the champion."""
+    params = PipelineParams(
+        sources=sources,
+        preset=preset,
+        ingest=ingest,
+        clean=clean,
+        tokenize=tokenize,
+        model=model,
+        train=train,
+        evaluate=evaluate,
+        run=run,
+    )
+    params = retrain_params(params, continue_from_champion, new_tokenizer)
+    return run_pipeline(
+        params,
+        kind="retrain",
+        stop_if_unchanged=True,
+        extra_tags={
+            "retrain.continue_from_champion": str(continue_from_champion),
+            "retrain.new_tokenizer": str(new_tokenizer),
+        },
+    )
