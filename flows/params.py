@@ -63,7 +63,9 @@ class RunParams(BaseModel):
     dask_address: str | None = Field(None, description="Scheduler address of an existing Dask cluster.")
     workers: int = Field(2, ge=1, le=256, description="Threads, or local Dask workers, for the data stages.")
     nproc: int = Field(1, ge=1, le=64, description="Training processes (GPUs): >1 launches torchrun.")
-    register: bool = Field(True, description="Log the model to MLflow, register it, promote if it is better.")
+    register_model: bool = Field(
+        True, description="Log the model to MLflow, register it, promote if it is better."
+    )
     export_hf: bool = Field(True, description="Also export and log a Hugging Face transformers folder.")
     init_from: str | None = Field(
         None, description="Start training from this model's weights (run folder or models:/ URI)."

@@ -252,7 +252,7 @@ def promote_if_better(version: str | None, metrics: dict[str, Any], eval_dir: st
     c.set_model_version_tag(tracking.MODEL_NAME, version, "eval_set_digest", digest)
     with tracking.registry_lock():
         champ = tracking.champion()
-        if champ is not None and champ.version == version:
+        if champ is not None and str(champ.version) == str(version):
             return {"promoted": True, "reason": "already champion", "champion_bpb": bpb}
         champ_bpb = None
         if champ is not None:
@@ -415,6 +415,13 @@ def run_pipeline(
             None if cached_train else run_id,
             key=key,
         )
+        tracking.set_tags(
+            run_id,
+            {
+                "checkpoint_sha256": trained["checkpoint_sha256"],
+                **({"init_from_sha256": init_digest} if init_digest else {}),
+            },
+        )
         final = {f"final_{k}": v for k, v in trained["metrics"].items()}
         tracking.log_metrics(run_id, final, trained["step"])
         metrics_file = run_dir / "metrics.jsonl"
@@ -440,7 +447,7 @@ def run_pipeline(
         tracking.log_text(run_id, "\n\n---\n\n".join(s["text"] for s in evaluated["samples"]), "samples.txt")
 
         registered: dict[str, Any] = {}
-        if params.run.register:
+        if params.run.register_model:
             rkey = stage_key(
                 "register", trained["checkpoint_sha256"], eval_digest, tracking.mlflow.get_tracking_uri()
             )

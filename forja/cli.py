@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -39,6 +42,10 @@ def _setup_logging(verbose: bool = False) -> None:
     )
     for noisy in ("httpx", "httpcore", "alembic", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -242,6 +249,89 @@ def retrain(
         **{k: getattr(params, k) for k in type(params).model_fields},
     )
     _print_result(result)
+
+
+@app.command()
+def reproduce(
+    run_id: Annotated[str, typer.Argument(help="MLflow run id of a `forja run`.")],
+    out: Annotated[Path | None, typer.Option(help="Folder for the reproduced run.")] = None,
+) -> None:
+    """Re-run a recorded run from its logged config and data digests; compare the weights."""
+    from forja.home import configure
+
+    _setup_logging()
+    configure()
+    from flows.reproduce import reproduce as do_reproduce
+
+    result = do_reproduce(run_id, out)
+    typer.echo(json.dumps(result, indent=2))
+    if not result["identical"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def ui(
+    host: Annotated[
+        str, typer.Option(help="Address to bind; anything but loopback turns auth on.")
+    ] = "127.0.0.1",
+    prefect_port: Annotated[int, typer.Option()] = 4200,
+    mlflow_port: Annotated[int, typer.Option()] = 5000,
+    public_name: Annotated[
+        list[str] | None, typer.Option(help="Host name users reach (MLflow allow-list).")
+    ] = None,
+) -> None:
+    """Start the Prefect server and the MLflow UI over the Forja home; Ctrl-C stops both."""
+    from forja import ui as ui_mod
+    from forja.home import Home
+
+    _setup_logging()
+    home = Home.from_env()
+    home.root.mkdir(parents=True, exist_ok=True)
+    auth = None if ui_mod.is_loopback(host) else ui_mod.load_or_make_auth(home)
+    specs = ui_mod.server_specs(home, host, prefect_port, mlflow_port, auth, public_name)
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # `kill` stops the servers too, not only Ctrl-C
+    procs = ui_mod.start(specs, home.root / "logs")
+    ui_mod.write_state(home, specs)
+    typer.echo(f"Prefect UI: {specs[0].url}\nMLflow UI:  {specs[1].url}")
+    if auth:
+        typer.echo(f"credentials: user {auth['user']}, password in {home.root / ui_mod.AUTH_FILE}")
+    typer.echo("logs in " + str(home.root / "logs") + "; Ctrl-C stops both")
+    try:
+        while all(p.poll() is None for p in procs):
+            time.sleep(1)
+        _fail("a server stopped; see the logs")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        ui_mod.stop(procs)
+        ui_mod.clear_state(home)
+
+
+@app.command()
+def serve(
+    cron: Annotated[str, typer.Option(help="Schedule of the retrain deployment (cron, UTC).")] = "0 3 * * *",
+    source: Annotated[list[str] | None, typer.Option(help="Sources the nightly retrain reads.")] = None,
+) -> None:
+    """Serve the pipeline and retrain deployments from this process (trigger them from the Prefect UI)."""
+    from forja import ui as ui_mod
+    from forja.home import Home, configure
+
+    _setup_logging()
+    home = Home.from_env()
+    procs = []
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    if not os.environ.get("PREFECT_API_URL") and home.ui_state() is None:
+        specs = ui_mod.server_specs(home)[:1]  # a Prefect server of our own: deployments need one
+        procs = ui_mod.start(specs, home.root / "logs")
+        os.environ["PREFECT_API_URL"] = specs[0].url + "/api"
+        typer.echo(f"started a Prefect server: {specs[0].url}")
+    configure()
+    try:
+        from flows.deployments import serve_all
+
+        serve_all(cron=cron, sources=source or ["python-docs"])
+    finally:
+        ui_mod.stop(procs)
 
 
 def _summary(manifest: dict, keys: tuple[str, ...]) -> str:

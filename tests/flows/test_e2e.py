@@ -1,0 +1,219 @@
+"""The real thing end to end: `forja run` through a real Prefect server into a real MLflow store."""
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import httpx
+import mlflow
+import pandas as pd
+import pytest
+from conftest import FAST, write_corpus
+from helpers import shakespeare_text
+
+pytestmark = pytest.mark.slow
+
+
+def sets(*extra):
+    return [a for kv in [*FAST, *extra] for a in ("--set", kv)]
+
+
+def api(servers, path, body=None):
+    r = httpx.post(f"{servers.prefect_api}{path}", json=body or {}, timeout=30)
+    r.raise_for_status()
+    return r.json()
+
+
+def task_states(servers, flow_run_id):
+    runs = api(servers, "/task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}}, "limit": 200})
+    return {t["name"].rsplit("-", 1)[0]: t["state"]["name"] for t in runs}
+
+
+def all_task_states(servers, flow_run_id):
+    """Task states of a flow run and of its sub-flow runs (prepare-data)."""
+    subs = api(servers, "/flow_runs/filter", {"flow_runs": {"parent_flow_run_id": {"any_": [flow_run_id]}}})
+    states = task_states(servers, flow_run_id)
+    for sub in subs:
+        states |= task_states(servers, sub["id"])
+    return states
+
+
+@pytest.fixture(scope="module")
+def first(servers, tmp_path_factory):
+    corpus = write_corpus(tmp_path_factory.mktemp("corpus"), shakespeare_text(150_000))
+    r = servers.forja("run", "--source", str(corpus), *sets())
+    result = json.loads(r.stdout[r.stdout.index("{") : r.stdout.rindex("}") + 1])
+    mlflow.set_tracking_uri(servers.home.default_tracking_uri)
+    return {"corpus": corpus, "result": result, "stderr": r.stderr}
+
+
+def test_flow_run_and_every_task_completed(servers, first):
+    run = mlflow.MlflowClient().get_run(first["result"]["mlflow_run_id"])
+    flow_run_id = run.data.tags["prefect.flow_run_id"]
+    fr = httpx.get(f"{servers.prefect_api}/flow_runs/{flow_run_id}").json()
+    assert fr["state"]["type"] == "COMPLETED"
+    states = all_task_states(servers, flow_run_id)
+    for name in ("plan-ingest", "ingest", "clean", "tokenize", "train", "evaluate", "register"):
+        assert states.get(name) == "Completed", (name, states)
+    assert run.data.tags["prefect.flow_run_url"].startswith("http://127.0.0.1")
+
+
+def test_prefect_artifacts(servers, first):
+    run = mlflow.MlflowClient().get_run(first["result"]["mlflow_run_id"])
+    flow_run_id = run.data.tags["prefect.flow_run_id"]
+    subs = api(servers, "/flow_runs/filter", {"flow_runs": {"parent_flow_run_id": {"any_": [flow_run_id]}}})
+    ids = [flow_run_id, *(s["id"] for s in subs)]
+    arts = api(servers, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": ids}}, "limit": 50})
+    by_key = {a["key"]: a for a in arts if a["key"]}
+    assert {"clean-report", "ingest-report", "training-progress", "evaluation", "mlflow-run"} <= set(by_key)
+    assert by_key["training-progress"]["data"] == 100.0
+    table = json.loads(by_key["clean-report"]["data"])
+    assert {"rule", "rows_in", "rows_out"} <= set(table[0])
+    assert "bits per byte" in by_key["evaluation"]["data"]
+    assert run.info.run_id in by_key["mlflow-run"]["data"]
+
+
+def test_mlflow_run_records_params_metrics_datasets_artifacts_and_model(first):
+    c = mlflow.MlflowClient()
+    run = c.get_run(first["result"]["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    p = run.data.params
+    assert p["train.max_steps"] == "20" and p["model.d_model"] == "64" and p["tokenize.vocab_size"] == "512"
+    assert p["model.vocab_size"] == "512"  # resolved from the tokenizer
+    losses = c.get_metric_history(run.info.run_id, "loss")
+    assert [m.step for m in losses] == list(range(1, 21))
+    for name in (
+        "lr",
+        "grad_norm",
+        "tokens_per_s",
+        "mfu",
+        "val_loss",
+        "val_bpb",
+        "eval_bpb",
+        "eval_perplexity",
+    ):
+        assert name in run.data.metrics, name
+    assert any(k.startswith("system/") for k in run.data.metrics)  # system metrics
+    inputs = {d.dataset.name: d.dataset for d in run.inputs.dataset_inputs}
+    assert inputs["tokens"].digest == run.data.tags["data.tokens_digest"][:36]
+    assert inputs["clean"].digest == run.data.tags["data.clean_digest"][:36]
+    for tag in ("git_commit", "preset", "prefect.flow_run_id", "checkpoint_sha256"):
+        assert run.data.tags.get(tag), tag
+    names = {a.path for a in c.list_artifacts(run.info.run_id)}
+    assert {"config.json", "loss_curve.png", "samples.txt", "data", "tokenizer", "metrics.jsonl"} <= names
+
+
+def test_registered_champion_generates_text_through_pyfunc(first):
+    c = mlflow.MlflowClient()
+    champ = c.get_model_version_by_alias("forja", "champion")
+    assert champ.run_id == first["result"]["mlflow_run_id"] and str(champ.version) == "1"
+    assert float(champ.tags["eval_bpb"]) == pytest.approx(first["result"]["eval_bpb"], abs=1e-4)
+    model = mlflow.pyfunc.load_model("models:/forja@champion")
+    out = model.predict(pd.DataFrame({"prompt": ["ROMEO:"]}), params={"max_new_tokens": 8, "seed": 1})
+    assert out[0].startswith("ROMEO:") and len(out[0]) > len("ROMEO:")
+    local = Path(mlflow.artifacts.download_artifacts("models:/forja@champion"))
+    assert (local / "artifacts" / "hf" / "config.json").is_file()  # the HF export is logged with the model
+
+
+def test_eval_and_sample_accept_model_uris(servers, first, tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text(shakespeare_text(2000))
+    r = servers.forja("eval", "models:/forja@champion", "--text", str(text), "--json")
+    assert json.loads(r.stdout)["bytes"] == 2000
+    run_id = first["result"]["mlflow_run_id"]
+    r = servers.forja(
+        "sample", f"runs:/{run_id}/model", "--prompt", "KING", "--max-new-tokens", "5", "--seed", "0"
+    )
+    assert r.stdout.startswith("KING")
+
+
+def test_rerun_on_unchanged_data_is_cached_end_to_end(servers, first):
+    r = servers.forja("run", "--source", str(first["corpus"]), *sets())
+    result = json.loads(r.stdout[r.stdout.index("{") : r.stdout.rindex("}") + 1])
+    run = mlflow.MlflowClient().get_run(result["mlflow_run_id"])
+    states = all_task_states(servers, run.data.tags["prefect.flow_run_id"])
+    for name in ("ingest", "clean", "tokenize", "train", "evaluate", "register"):
+        assert states[name] == "Cached", (name, states)
+    for name in ("ingest-shard", "clean-shard", "encode-part", "train-tokenizer"):
+        assert name not in states  # nothing of a cached stage runs
+    assert result["eval_bpb"] == first["result"]["eval_bpb"]
+
+
+def test_retrain_stops_early_without_new_data_then_promotes_only_a_better_model(servers, first):
+    r = servers.forja("retrain", "--source", str(first["corpus"]), *sets())
+    assert "nothing new" in r.stdout
+    more = first["corpus"] / "more.txt"
+    more.write_text(shakespeare_text(300_000)[150_000:])
+    r = servers.forja("retrain", "--source", str(first["corpus"]), *sets("max_steps=40"))
+    result = json.loads(r.stdout[r.stdout.index("{") : r.stdout.rindex("}") + 1])
+    c = mlflow.MlflowClient()
+    champ = c.get_model_version_by_alias("forja", "champion")
+    v1 = float(c.get_model_version("forja", "1").tags["eval_bpb"])
+    v2 = float(c.get_model_version("forja", result["model_version"]).tags["eval_bpb"])
+    assert str(champ.version) == (result["model_version"] if v2 < v1 else "1")
+    assert result["champion"] == (v2 < v1)
+    run = c.get_run(result["mlflow_run_id"])
+    # the champion's tokenizer was reused: same tokenizer digest as the first run
+    first_run = c.get_run(first["result"]["mlflow_run_id"])
+    assert run.data.tags["tokenizer_sha256"] == first_run.data.tags["tokenizer_sha256"]
+    assert run.data.tags["eval_set_digest"] == first_run.data.tags["eval_set_digest"]
+
+
+def drop_tokens(servers, digest):
+    for folder in (servers.home.dataset("default") / "tokens").iterdir():
+        manifest = folder / "manifest.json"
+        if manifest.is_file() and json.loads(manifest.read_text())["digest"] == digest:
+            shutil.rmtree(folder)
+
+
+def test_reproduce_gives_bitwise_identical_weights(servers, first):
+    c = mlflow.MlflowClient()
+    exp = c.get_experiment_by_name("forja").experiment_id
+    retrained = c.search_runs([exp], "tags.`forja.kind` = 'retrain' and tags.checkpoint_sha256 != ''")[0]
+    # its token folder is gone: reproduce rebuilds it through the data stages and checks the digest
+    drop_tokens(servers, retrained.data.tags["data.tokens_digest"])
+    r = servers.forja("reproduce", retrained.info.run_id)
+    out = json.loads(r.stdout[r.stdout.index("{") : r.stdout.rindex("}") + 1])
+    assert out["identical"] is True and out["recorded_sha256"] == out["reproduced_sha256"]
+    # the first run's sources have grown since: its data cannot be rebuilt, and reproduce says so
+    first_run = c.get_run(first["result"]["mlflow_run_id"])
+    drop_tokens(servers, first_run.data.tags["data.tokens_digest"])
+    r = servers.forja("reproduce", first_run.info.run_id, check=False)
+    assert r.returncode == 2 and "the sources changed" in r.stderr
+
+
+@pytest.mark.skipif(
+    shutil.which("chromium") is None, reason="chromium is not installed (.ci/run installs it)"
+)
+def test_browser_shows_the_flow_run_and_the_mlflow_run(servers, first):
+    run = mlflow.MlflowClient().get_run(first["result"]["mlflow_run_id"])
+    flow_run_id = run.data.tags["prefect.flow_run_id"]
+    flow_run = httpx.get(f"{servers.prefect_api}/flow_runs/{flow_run_id}").json()
+
+    def dom(url):
+        out = subprocess.run(
+            [
+                "chromium",
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                "--virtual-time-budget=20000",
+                f"--user-data-dir={first['corpus'].parent / 'chrome'}",
+                "--dump-dom",
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        return out.stdout
+
+    page = dom(f"{servers.specs[0].url}/runs/flow-run/{flow_run_id}")
+    assert flow_run["name"] in page
+    page = dom(f"{servers.mlflow_url}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}")
+    assert run.info.run_name in page
