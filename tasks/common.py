@@ -6,7 +6,8 @@ with a manifest is complete. It records
 
     stage, format version, the config and its digest, the upstream manifest's digest,
     outputs (relative path, sha256, rows, bytes), counts (in, out, dropped by reason),
-    and `digest`: a sha256 over the config, the upstream digest and every output's sha256.
+    and `digest`: a sha256 over the config, the upstream digest and every output's sha256 (or its
+    `content_sha256`, where a file also holds something that never repeats, such as a timestamp).
 
 `digest` is the stage output's identity: the next stage keys its cache on it, MLflow records it.
 """
@@ -87,7 +88,9 @@ def make_manifest(
             "stage": stage,
             "config": cfg,
             "upstream": upstream,
-            "outputs": [(o["path"], o["sha256"]) for o in outputs],
+            # `content_sha256`, where given, leaves out what never repeats (ingest's timestamps),
+            # so the same content gives the same digest
+            "outputs": [(o["path"], o.get("content_sha256", o["sha256"])) for o in outputs],
         }
     )
     return {

@@ -49,6 +49,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -570,12 +571,27 @@ def _publish(cls: _Classified, folder: Path, stem: str, out: Path) -> list[dict[
             {
                 "path": str(final.relative_to(out)),
                 "sha256": sha256_file(final),
+                "content_sha256": content_sha256(final),
                 "rows": new,
                 "bytes": final.stat().st_size,
             }
         )
     fsync_dir(folder)
     return records
+
+
+def content_sha256(path: Path) -> str:
+    """sha256 of a part's rows without `ingested_at`: the same documents from the same places give
+    the same digest whenever (and on whichever task runner) they were ingested."""
+    pf = pq.ParquetFile(path)
+    columns = [c for c in pf.schema_arrow.names if c not in ("ingested_at", "text")]  # doc_id stands for text
+    h = hashlib.sha256()
+    for rg in range(pf.num_row_groups):
+        table = pf.read_row_group(rg, columns=columns)
+        rows = pc.binary_join_element_wise(*[pc.cast(table[c], pa.string()) for c in columns], "\x1f")
+        h.update("\x1e".join(pc.fill_null(rows, "").to_pylist()).encode())
+        h.update(b"\x1d")
+    return h.hexdigest()
 
 
 def _fsync_file(path: Path) -> None:

@@ -217,3 +217,5 @@ def test_browser_shows_the_flow_run_and_the_mlflow_run(servers, first):
     assert flow_run["name"] in page
     page = dom(f"{servers.mlflow_url}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}")
     assert run.info.run_name in page
+    for metric in ("eval_bpb", "val_loss"):  # the run page lists its metrics
+        assert metric in page, metric

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -517,13 +518,13 @@ def test_rerun_is_a_no_op_and_new_documents_make_a_new_snapshot(tmp_path, caplog
     assert r3["counts"]["total"]["documents"] == 3 and r3["counts"]["total"]["quarantined"] == 1
     assert json.loads((out / "snapshots" / "000001.json").read_bytes())["digest"] == r1["digest"]
     assert (out / "snapshots" / "000002.json").read_bytes() == (out / "manifest.json").read_bytes()
-    # the digest is the content's: config and the parts' sha256, nothing else
+    # the digest is the content's: config and the parts' content digests (not their timestamps)
     expect = sha256_json(
         {
             "stage": "ingest",
             "config": cfg.model_dump(mode="json"),
             "upstream": None,
-            "outputs": [(o["path"], o["sha256"]) for o in r3["outputs"]],
+            "outputs": [(o["path"], o["content_sha256"]) for o in r3["outputs"]],
         }
     )
     assert r3["digest"] == expect
@@ -691,3 +692,16 @@ def test_line_splitter_matches_splitlines(parts, size):
     if data.endswith(b"\n") or not data:
         expect.pop()
     assert got == list(enumerate(expect, start=1))
+
+
+def test_digest_is_the_same_for_the_same_content_ingested_at_another_time(tmp_path):
+    """ingested_at differs between two ingests of the same files; the snapshot digest does not."""
+    src = tmp_path / "src"
+    write(src / "a.txt", "alpha\n\nbeta")
+    write(src / "b.txt", "gamma")
+    cfg = IngestConfig(split="blank_line")
+    first = run_ingest([str(src)], tmp_path / "one", cfg)
+    time.sleep(0.01)
+    second = run_ingest([str(src)], tmp_path / "two", cfg)
+    assert first["outputs"][0]["sha256"] != second["outputs"][0]["sha256"]  # the timestamps differ
+    assert first["digest"] == second["digest"]

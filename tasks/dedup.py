@@ -1,0 +1,348 @@
+"""Near-duplicate detection: MinHash signatures computed with numpy, LSH banding, connected components.
+
+Design choices, and why:
+
+- One-permutation hashing (OPH; Li, Owen & Zhang 2012) instead of k independent permutations.
+  Classic MinHash (datasketch `MinHash.update_batch`) hashes every shingle with SHA-1 in Python
+  and applies `num_perm` permutations to it: about 75 s of CPU per 100 MB of text here (measured
+  with bench-style documents). OPH hashes each shingle once, uses some bits to pick one of
+  `num_perm` bins and keeps the minimum of the other bits per bin; the share of equal bins between
+  two signatures still estimates their Jaccard similarity. Here: about 2 s per 100 MB.
+- Empty bins (short documents have fewer shingles than bins) are filled by rotation densification
+  (Shrivastava & Li 2014): an empty bin borrows the value of the next non-empty bin to its right,
+  mixed with the distance, so that LSH and the similarity estimate work for short documents too.
+- Shingles are word n-grams (`shingle_words`, default 5) of the text with ASCII letters
+  lower-cased, split on ASCII whitespace. Words and shingles are hashed with seeded multiply-mix
+  hashes over the raw bytes (numpy, no Python object per word): the same text gets the same
+  signature in every run, shard and process (Python's `hash()` is salted and never used).
+- Bands: the (bands, rows) split that minimises the weighted false-positive + false-negative
+  probability at the Jaccard threshold, as datasketch's `MinHashLSH` chooses it, weighted towards
+  recall (LSH_WEIGHTS) because every candidate is verified. Each band of `rows`
+  values is hashed to one 64-bit key; the buckets are formed in SQL (tasks/sql/090_near_dedup.sql),
+  candidate pairs are checked against the threshold with the signatures, and connected components
+  (vectorised) group them.
+
+Everything here works on Arrow arrays and numpy; no Python loop runs per document or per word.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+EMPTY32 = np.uint32(0xFFFFFFFF)  # an empty bin (a true minimum of 0xFFFFFFFF reads as empty too)
+
+
+def _splitmix64(seed: int, n: int) -> np.ndarray:
+    """n odd 64-bit constants from splitmix64 in plain Python: the same on every machine and
+    numpy version (numpy's generators promise no stable stream), so signatures never change."""
+    out, x = [], seed
+    for _ in range(n):
+        x = (x + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+        z = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+        out.append((z ^ (z >> 31)) | 1)
+    return np.array(out, dtype=np.uint64)
+
+
+# Odd multipliers that combine the parts of a word, the words of a shingle, the rows of a band.
+_MULT = _splitmix64(0x5EED_F0A7, 64)
+_BAND_MULT = _splitmix64(0xBA4D_5EED, 1024)
+
+MINHASH_TYPE = "STRUCT(sig BLOB, bands UBIGINT[])"  # the DuckDB type of `minhash_udf`'s result
+
+
+def utf8_buffers(arr: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """The UTF-8 bytes of a string array as one uint8 array, and int64 offsets starting at 0.
+
+    Zero-copy for (large_)string arrays: we read Arrow's buffers directly, so the per-byte numpy
+    kernels below never build Python strings. Nulls read as empty strings.
+    """
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks() if arr.num_chunks != 1 else arr.chunk(0)
+    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+        arr = arr.cast(pa.large_string())
+    if len(arr) == 0:
+        return np.zeros(0, np.uint8), np.zeros(1, np.int64)
+    otype = np.int64 if pa.types.is_large_string(arr.type) else np.int32
+    bufs = arr.buffers()
+    offs = np.frombuffer(
+        bufs[1], dtype=otype, count=len(arr) + 1, offset=arr.offset * np.dtype(otype).itemsize
+    ).astype(np.int64)
+    data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None else np.zeros(0, np.uint8)
+    data = data[offs[0] : offs[-1]]
+    return data, offs - offs[0]
+
+
+def np_values(arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """The values of a null-free primitive Arrow array as numpy, read from its buffer (pyarrow's
+    own `to_numpy` imports pandas on first use: 0.3 s in every worker process)."""
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks() if arr.num_chunks != 1 else arr.chunk(0)
+    dtype = np.dtype(arr.type.to_pandas_dtype())
+    if arr.null_count:
+        raise ValueError("np_values needs an array without nulls")
+    return np.frombuffer(arr.buffers()[1], dtype=dtype, count=len(arr), offset=arr.offset * dtype.itemsize)
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: spreads every input bit over all output bits (wrapping uint64)."""
+    x = x.copy()
+    x ^= x >> np.uint64(30)
+    x *= np.uint64(0xBF58476D1CE4E5B9)
+    x ^= x >> np.uint64(27)
+    x *= np.uint64(0x94D049BB133111EB)
+    x ^= x >> np.uint64(31)
+    return x
+
+
+def ascii_space(data: np.ndarray) -> np.ndarray:
+    """Per byte: is it ASCII whitespace (tab, newline, vertical tab, form feed, return, space)."""
+    return (data == 32) | ((data - np.uint8(9)) < np.uint8(5))
+
+
+def word_spans(data: np.ndarray, offs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end byte positions of the words (maximal runs of non-whitespace) of every doc."""
+    if len(data) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    space = ascii_space(data)
+    word = ~space
+    first = word.copy()
+    first[1:] &= space[:-1]
+    last = word.copy()
+    last[:-1] &= space[1:]
+    nonempty = offs[1:] > offs[:-1]
+    ds, de = offs[:-1][nonempty], offs[1:][nonempty] - 1
+    first[ds] = word[ds]  # a word never continues across a document boundary
+    last[de] = word[de]
+    return np.flatnonzero(first), np.flatnonzero(last) + 1
+
+
+def word_hashes(arr: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """A 64-bit hash of every word (ASCII letters lower-cased), and the index of its document.
+
+    The hash reads the word's first and last 8 bytes (one unaligned uint64 load each, through a
+    strided view of the bytes) and its length: exact for words of up to 16 bytes; longer words
+    that differ only in the unread middle collide, which near-dedup can afford.
+    """
+    data, offs = utf8_buffers(arr)
+    starts, ends = word_spans(data, offs)
+    if len(starts) == 0:
+        return np.zeros(0, np.uint64), np.zeros(0, np.int64)
+    low = data | (((data - np.uint8(65)) < np.uint8(26)).view(np.uint8) << np.uint8(5))
+    pad = np.concatenate([low, np.zeros(8, np.uint8)])
+    view = np.ndarray(shape=(len(pad) - 7,), dtype="<u8", buffer=pad, offset=0, strides=(1,))
+    n = ends - starts
+    short = (np.uint64(1) << (np.minimum(n, 7) * 8).astype(np.uint64)) - np.uint64(1)
+    mask = np.where(n >= 8, MASK64, short)
+    first = view[starts] & mask
+    last = view[np.maximum(ends - 8, starts)] & mask
+    h = _mix64(first * _MULT[60] + last * _MULT[61] + n.astype(np.uint64))
+    counts = np.diff(np.searchsorted(starts, offs))
+    return h, np.repeat(np.arange(len(offs) - 1), counts)
+
+
+def shingle_hashes(wh: np.ndarray, wdoc: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """64-bit hashes of the word n-grams that lie inside one document, and their document."""
+    m = len(wh) - n + 1
+    if m <= 0:
+        return np.zeros(0, np.uint64), np.zeros(0, np.int64)
+    acc = wh[:m] * _MULT[0]
+    for j in range(1, n):
+        acc += wh[j : j + m] * _MULT[j]
+    valid = wdoc[:m] == wdoc[n - 1 :]
+    return _mix64(acc[valid]), wdoc[:m][valid]
+
+
+def _mix32(h: np.ndarray) -> np.ndarray:
+    """murmur3's 32-bit finaliser (wrapping uint32)."""
+    h = h ^ (h >> np.uint32(16))
+    h *= np.uint32(0x85EBCA6B)
+    h ^= h >> np.uint32(13)
+    h *= np.uint32(0xC2B2AE35)
+    return h ^ (h >> np.uint32(16))
+
+
+def oph_signatures(
+    sh: np.ndarray, sdoc: np.ndarray, n_docs: int, num_perm: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """One-permutation MinHash with rotation densification.
+
+    Returns `(sig, has)`: `sig` is (n_docs, num_perm) uint32, `has` marks documents with at least
+    one shingle (the others get no signature and take no part in near-dedup). A shingle's bin is
+    its hash's high 32 bits mapped onto [0, num_perm) by multiply-shift; its value is the low 32
+    bits (0xFFFFFFFF marks an empty bin). `np.minimum.at` on a flat uint32 array is the fast path.
+    """
+    k = num_perm
+    sig = np.full(n_docs * k, EMPTY32, dtype=np.uint32)
+    if len(sh):
+        bins = (((sh >> np.uint64(32)) * np.uint64(k)) >> np.uint64(32)).astype(np.intp)
+        np.minimum.at(sig, sdoc * k + bins, (sh & np.uint64(0xFFFFFFFF)).astype(np.uint32))
+    sig = sig.reshape(n_docs, k)
+    has = np.zeros(n_docs, dtype=bool)
+    has[sdoc] = True
+    empty = sig == EMPTY32
+    rows = np.flatnonzero(has & empty.any(axis=1))
+    if len(rows):
+        e, s = empty[rows], sig[rows]
+        cols = np.arange(k, dtype=np.int32)
+        big = np.int32(2 * k)
+        idx = np.where(e, big, cols)
+        # the next non-empty bin at or after each bin; past the last one, wrap to the first (+k)
+        nxt = np.minimum.accumulate(idx[:, ::-1], axis=1)[:, ::-1]
+        nxt = np.where(nxt == big, idx.min(axis=1, keepdims=True) + np.int32(k), nxt)
+        flat = np.arange(len(rows), dtype=np.int64)[:, None] * k + nxt % k
+        borrowed = s.ravel()[flat]
+        filled = _mix32(borrowed ^ ((nxt - cols).astype(np.uint32) * np.uint32(0x9E3779B1)))
+        sig[rows] = np.where(e, filled, s)
+    sig[~has] = 0
+    return sig, has
+
+
+def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """(n_docs, bands) uint64: one hash per band of `rows` signature values, salted by the band."""
+    out = np.empty((sig.shape[0], bands), dtype=np.uint64)
+    s64 = sig.astype(np.uint64)
+    for b in range(bands):
+        acc = np.full(sig.shape[0], ((b + 1) * 0xD6E8FEB86659FD93) & 0xFFFFFFFFFFFFFFFF, dtype=np.uint64)
+        for j in range(rows):
+            acc += s64[:, b * rows + j] * _BAND_MULT[j]
+        out[:, b] = _mix64(acc)
+    return out
+
+
+# LSH weights (false positive, false negative), as in datasketch's MinHashLSH. Every candidate
+# pair is checked against the threshold with the full signatures, so a false positive costs a
+# comparison while a false negative loses a duplicate: lean to recall. At threshold 0.8 with
+# 128 bins this gives 14 bands of 9 rows: a pair at Jaccard 0.85 becomes a candidate with
+# probability 0.975 (equal weights: 9 x 13, 0.69), a pair at 0.5 with probability 0.027.
+LSH_WEIGHTS = (0.1, 0.9)
+
+
+@functools.lru_cache(maxsize=32)
+def lsh_params(
+    threshold: float, num_perm: int, weights: tuple[float, float] = LSH_WEIGHTS
+) -> tuple[int, int]:
+    """(bands, rows) that minimise the weighted false-positive + false-negative probability.
+
+    datasketch's `MinHashLSH` criterion, with its integrals computed for every (bands, rows) pair
+    at once by Simpson's rule in numpy: 10 ms instead of datasketch's 0.7 s of
+    `scipy.integrate.quad`, which every worker process would pay. tests/tasks/test_clean.py checks
+    that both pick the same split.
+    """
+    b, r = np.array(
+        [(b, r) for b in range(1, num_perm + 1) for r in range(1, num_perm // b + 1)], dtype=float
+    ).T
+    grid = 257
+    w = np.ones(grid)
+    w[1:-1:2], w[2:-1:2] = 4, 2
+    s = np.linspace(0.0, threshold, grid)[None, :]
+    false_pos = (1 - (1 - s ** r[:, None]) ** b[:, None]) @ w * threshold / (grid - 1) / 3
+    s = np.linspace(threshold, 1.0, grid)[None, :]
+    false_neg = ((1 - s ** r[:, None]) ** b[:, None]) @ w * (1 - threshold) / (grid - 1) / 3
+    i = int(np.argmin(weights[0] * false_pos + weights[1] * false_neg))
+    bands, rows = int(b[i]), int(r[i])
+    if bands < 2:
+        raise ValueError(f"LSH would use {bands} band of {rows} rows (it needs at least 2 bands)")
+    return bands, rows
+
+
+def minhash_arrow(
+    arr: pa.Array | pa.ChunkedArray, num_perm: int, shingle_words: int, bands: int, rows: int
+) -> pa.StructArray:
+    """Signature and band keys of every text, as the Arrow struct `MINHASH_TYPE` (null: too short)."""
+    n = len(arr)
+    wh, wdoc = word_hashes(arr)
+    sh, sdoc = shingle_hashes(wh, wdoc, shingle_words)
+    sig, has = oph_signatures(sh, sdoc, n, num_perm)
+    keys = band_keys(sig, bands, rows)
+    width = num_perm * 4
+    sig_offsets = pa.py_buffer(
+        (np.arange(n + 1, dtype=np.int64) * width).astype(np.int32 if n * width < 2**31 else np.int64)
+    )
+    sig_type = pa.binary() if n * width < 2**31 else pa.large_binary()
+    sig_arr = pa.Array.from_buffers(sig_type, n, [None, sig_offsets, pa.py_buffer(sig.tobytes())])
+    band_arr = pa.ListArray.from_arrays(
+        pa.array(np.arange(n + 1, dtype=np.int32) * bands), pa.array(keys.reshape(-1), type=pa.uint64())
+    )
+    mask = pa.array(~has)
+    return pa.StructArray.from_arrays([sig_arr, band_arr], names=["sig", "bands"], mask=mask)
+
+
+def minhash_udf(num_perm: int, shingle_words: int, threshold: float):
+    """A DuckDB Arrow UDF `minhash(text) -> MINHASH_TYPE` bound to these parameters."""
+    bands, rows = lsh_params(threshold, num_perm)
+
+    def minhash(text: pa.ChunkedArray) -> pa.StructArray:
+        return minhash_arrow(text, num_perm, shingle_words, bands, rows)
+
+    return minhash
+
+
+def similarity(sig_a: np.ndarray, sig_b: np.ndarray) -> np.ndarray:
+    """Estimated Jaccard similarity of row-aligned signature pairs: the share of equal bins."""
+    return (sig_a == sig_b).mean(axis=1)
+
+
+def signatures_from_blobs(blobs: list[bytes] | pa.Array, num_perm: int) -> np.ndarray:
+    """(n, num_perm) uint32 from the `sig` BLOBs stored in the shard work files."""
+    if isinstance(blobs, pa.ChunkedArray):
+        blobs = blobs.combine_chunks()
+    if isinstance(blobs, pa.Array):
+        if len(blobs) == 0:
+            return np.zeros((0, num_perm), np.uint32)
+        bufs = blobs.buffers()
+        otype = np.int64 if pa.types.is_large_binary(blobs.type) else np.int32
+        offs = np.frombuffer(
+            bufs[1], dtype=otype, count=len(blobs) + 1, offset=blobs.offset * np.dtype(otype).itemsize
+        )
+        raw = np.frombuffer(bufs[2], dtype=np.uint8)[offs[0] : offs[-1]]
+        if len(raw) != len(blobs) * num_perm * 4:
+            raise ValueError(
+                f"signatures of {num_perm} x 4 bytes expected, got {len(raw)} bytes for {len(blobs)}"
+            )
+        return raw.view(np.uint32).reshape(len(blobs), num_perm)
+    return np.frombuffer(b"".join(blobs), dtype=np.uint32).reshape(len(blobs), num_perm).copy()
+
+
+def cluster(pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Connected components of the graph with edges `pairs` (m, 2) of integer ids.
+
+    Returns `(nodes, roots)`: every id that appears in an edge, sorted, and the smallest id of its
+    component (the document that is kept). Vectorised hooking and pointer jumping (as in
+    Shiloach-Vishkin): each round hooks every label onto the smaller label across each edge, then
+    jumps pointers until they settle; a handful of rounds, even for long chains.
+    """
+    if len(pairs) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    nodes, inv = np.unique(np.asarray(pairs, dtype=np.int64).ravel(), return_inverse=True)
+    a, b = inv.reshape(-1, 2).T
+    labels = np.arange(len(nodes))
+    while True:
+        la, lb = labels[a], labels[b]
+        low = np.minimum(la, lb)
+        new = labels.copy()
+        np.minimum.at(new, la, low)
+        np.minimum.at(new, lb, low)
+        while not np.array_equal(jumped := new[new], new):
+            new = jumped
+        if np.array_equal(new, labels):
+            return nodes, nodes[labels]
+        labels = new
+
+
+def describe(num_perm: int, shingle_words: int, threshold: float) -> dict[str, Any]:
+    bands, rows = lsh_params(threshold, num_perm)
+    return {
+        "method": "one-permutation MinHash + rotation densification, LSH banding",
+        "num_perm": num_perm,
+        "shingle_words": shingle_words,
+        "threshold": threshold,
+        "bands": bands,
+        "rows": rows,
+        "lsh_weights": list(LSH_WEIGHTS),
+    }

@@ -1,0 +1,25 @@
+-- kind: candidates
+-- Near-deduplication, step 1: LSH buckets. Every document's MinHash signature is cut into bands
+-- and each band hashed to one key (`bands`, computed per shard by tasks/dedup.py; the key is
+-- salted with the band's index). Documents that share any band key are candidates. Each bucket
+-- yields the pairs (first member, other member) and (member, next member), in `gid` order.
+-- Step 2 (tasks/dedup.py): every pair is checked against the Jaccard threshold with the full
+-- signatures, the similar pairs are joined into connected components, and each keeps its smallest gid.
+WITH keyed AS (
+    SELECT gid, unnest(bands) AS band_key
+    FROM input
+    WHERE bands IS NOT NULL
+),
+buckets AS (
+    SELECT list(gid ORDER BY gid) AS m
+    FROM keyed
+    GROUP BY band_key
+    HAVING count(*) > 1
+),
+pairs AS (
+    SELECT m[1] AS a, unnest(m[2:]) AS b FROM buckets
+    UNION ALL
+    SELECT unnest(m[1:len(m) - 1]) AS a, unnest(m[2:]) AS b FROM buckets
+)
+SELECT DISTINCT a, b
+FROM pairs
