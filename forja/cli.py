@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -71,6 +72,9 @@ def train(
     resume: Annotated[
         bool, typer.Option(help="Continue from the newest complete checkpoint in --out.")
     ] = False,
+    init_from: Annotated[
+        str | None, typer.Option(help="Start from this model's weights (run, checkpoint, models:/ URI).")
+    ] = None,
 ) -> None:
     """Train a model on a token folder (runs under torchrun too)."""
     from lm.config import apply_overrides, get_preset
@@ -80,8 +84,26 @@ def train(
     _setup_logging()
     p = get_preset(preset)
     base = resume_configs(out, p.model, p.train) if resume else (p.model, p.train)
+    init = None
+    if init_from is not None:  # the model's shape is the checkpoint's; training settings are the preset's
+        from forja.models import local_checkpoint
+        from lm.checkpoint import read_configs, resolve_checkpoint
+
+        init = resolve_checkpoint(local_checkpoint(init_from))
+        base = (read_configs(init)[0], base[1])
     model_cfg, train_cfg = apply_overrides(*base, set_ or [])
-    result = run_training(model_cfg, train_cfg, data, out, resume=resume)
+    on_metrics = None
+    if os.environ.get("FORJA_MLFLOW_RUN_ID") and int(os.environ.get("RANK", "0")) == 0:
+        from forja.home import configure  # a flow launched us under torchrun: log to its MLflow run
+        from forja.tracking import MetricsLogger
+
+        configure()
+        on_metrics = MetricsLogger(os.environ["FORJA_MLFLOW_RUN_ID"])
+    result = run_training(
+        model_cfg, train_cfg, data, out, resume=resume, init_from=init, on_metrics=on_metrics
+    )
+    if on_metrics is not None:
+        on_metrics.flush()
     summary = {
         "run_dir": str(result.run_dir),
         "step": result.step,
@@ -408,6 +430,19 @@ def import_hf(
 
     _setup_logging()
     typer.echo(json.dumps(do_import(src, out), indent=2, default=str))
+
+
+@bench_app.command("data")
+def bench_data(
+    mb: Annotated[float, typer.Option(help="Corpus size to build (MB of text).")] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+) -> None:
+    """ingest -> clean -> tokenize on a generated corpus, against a bare SentencePiece encode."""
+    script = Path(__file__).resolve().parents[1] / "bench" / "data_bench.py"
+    if not script.is_file():
+        _fail(f"{script} is missing: the data benchmark runs from a source checkout of Forja")
+    cmd = [sys.executable, str(script), "--mb", str(mb)] + (["--json"] if as_json else [])
+    raise typer.Exit(subprocess.run(cmd).returncode)
 
 
 @bench_app.command("train")

@@ -10,8 +10,18 @@ A checkpoint is a folder `RUN_DIR/checkpoints/step-0000200/` holding
     manifest.json       sha256 and size of every file above; written last
 
 It is written into a temporary folder and renamed, so a folder named `step-*` is always complete;
-a corrupted one (a flipped byte, a truncated file) fails its manifest check with an error naming
-the file, and resuming falls back to the newest checkpoint that passes.
+a retired one is renamed out of the `step-*` names before it is deleted. A corrupted one (a flipped
+byte, a truncated file, a damaged manifest) fails its manifest check with an error naming the file,
+and resuming falls back to the newest checkpoint that passes. A save that fails (a full disk) raises
+a CheckpointError and leaves the previous checkpoints as they were.
+
+Fault injection, for the reliability suite only (tests/reliability/test_checkpoints.py):
+`FORJA_FAULT_KILL_SAVE=POINT[:HIT[:BYTES]]` makes the process SIGKILL itself the HIT-th time
+(default 1) a save reaches POINT, which is one of
+    model.safetensors ... manifest.json   that file is written in the temporary folder; with BYTES,
+                                          it is first cut to BYTES bytes (what a kill mid-write leaves)
+    renamed                               the folder has its final name; retention has not run
+    retention                             a retired checkpoint is half deleted
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,12 +43,14 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 
 from lm.config import ModelConfig, TrainConfig, from_dict, to_dict
 from lm.errors import CheckpointError, NonFiniteLossError
-from lm.fileio import atomic_dir, atomic_write_json, read_json, remove_stale_tmp, sha256_file
+from lm.fileio import TMP_PREFIX, atomic_dir, atomic_write_json, read_json, remove_stale_tmp, sha256_file
 
 log = logging.getLogger("forja.checkpoint")
 
 CKPT_DIR = "checkpoints"
 STEP_RE = re.compile(r"^step-(\d+)$")
+SHA256_RE = re.compile(r"[0-9a-f]{64}")
+FAULT_ENV = "FORJA_FAULT_KILL_SAVE"
 MODEL_FILE, OPTIM_FILE, RNG_FILE, STATE_FILE, TOKENIZER_FILE, MANIFEST_FILE = (
     "model.safetensors",
     "optimizer.pt",
@@ -73,10 +86,47 @@ def check_finite(model: torch.nn.Module) -> None:
             raise NonFiniteLossError(f"parameter {name} holds NaN or Inf; refusing to write a checkpoint")
 
 
+_fault_hits: dict[str, int] = {}
+
+
+def _fault(point: str, written: Path | None = None) -> None:
+    """The FORJA_FAULT_KILL_SAVE seam (see the module docstring); does nothing when it is unset."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec or spec.split(":")[0] != point:
+        return
+    parts = spec.split(":")
+    _fault_hits[point] = _fault_hits.get(point, 0) + 1
+    if _fault_hits[point] != (int(parts[1]) if len(parts) > 1 else 1):
+        return
+    if written is not None and len(parts) > 2:
+        os.truncate(written, min(int(parts[2]), written.stat().st_size))
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _write_manifest(folder: Path, step: int) -> None:
     """The manifest that completes a checkpoint: size and sha256 of every file in it, written last."""
-    files = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in sorted(folder.iterdir())}
+    files = {}
+    for p in sorted(folder.iterdir()):
+        with open(p, "rb") as f:  # on disk before the folder gets its final name
+            os.fsync(f.fileno())
+        files[p.name] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
     atomic_write_json(folder / MANIFEST_FILE, {"step": step, "files": files})
+
+
+def _remove_checkpoint(path: Path) -> None:
+    """Delete a checkpoint folder, renaming it out of the `step-*` names first: a crash midway leaves
+    a `.tmp-` folder that the next save removes, never a half-deleted `step-*` folder."""
+    doomed = path.with_name(f"{TMP_PREFIX}{path.name}.removed")
+    try:
+        shutil.rmtree(doomed, ignore_errors=True)
+        os.rename(path, doomed)
+        for i, f in enumerate(sorted(doomed.iterdir())):
+            f.unlink()
+            if i == 0:
+                _fault("retention")
+        doomed.rmdir()
+    except OSError as e:
+        log.warning("could not remove old checkpoint %s: %s", path, e)
 
 
 def save_checkpoint(
@@ -100,25 +150,65 @@ def save_checkpoint(
             return final
         except CheckpointError as e:  # a damaged copy that resume skipped: replace it
             log.warning("replacing damaged checkpoint %s: %s", final, e)
-            shutil.rmtree(final)
+            _remove_checkpoint(final)
     with atomic_dir(final) as tmp:
-        save_model(model, str(tmp / MODEL_FILE))
-        if optimizer is not None:
-            torch.save(optimizer.state_dict(), tmp / OPTIM_FILE)
-        rng = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            rng["cuda"] = torch.cuda.get_rng_state()
-        save_file(rng, str(tmp / RNG_FILE))
-        (tmp / STATE_FILE).write_text(
-            json.dumps({"step": step, **state}, indent=2, sort_keys=True, default=str)
-        )
-        if tokenizer_path is not None:
-            shutil.copyfile(tokenizer_path, tmp / TOKENIZER_FILE)
-        _write_manifest(tmp, step)
+        try:
+            save_model(model, str(tmp / MODEL_FILE))
+            _fault(MODEL_FILE, tmp / MODEL_FILE)
+            if optimizer is not None:
+                torch.save(optimizer.state_dict(), tmp / OPTIM_FILE)
+                _fault(OPTIM_FILE, tmp / OPTIM_FILE)
+            rng = {"torch": torch.get_rng_state()}
+            if torch.cuda.is_available() and torch.cuda.is_initialized():
+                rng["cuda"] = torch.cuda.get_rng_state()
+            save_file(rng, str(tmp / RNG_FILE))
+            _fault(RNG_FILE, tmp / RNG_FILE)
+            (tmp / STATE_FILE).write_text(
+                json.dumps({"step": step, **state}, indent=2, sort_keys=True, default=str)
+            )
+            _fault(STATE_FILE, tmp / STATE_FILE)
+            if tokenizer_path is not None:
+                shutil.copyfile(tokenizer_path, tmp / TOKENIZER_FILE)
+                _fault(TOKENIZER_FILE, tmp / TOKENIZER_FILE)
+            _write_manifest(tmp, step)
+            _fault(MANIFEST_FILE, tmp / MANIFEST_FILE)
+        except (OSError, SafetensorError, RuntimeError) as e:  # a full disk, say; torch.save hides the errno
+            free = shutil.disk_usage(tmp).free
+            raise CheckpointError(
+                f"cannot write checkpoint {final}: {e} ({free / 1e6:.1f} MB free on that disk). Nothing "
+                "was written under that name and the previous checkpoints are intact; free disk space, "
+                "then resume"
+            ) from e
+    _fault("renamed")
     if keep_last:
         for old in list_checkpoints(run_dir)[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
+            _remove_checkpoint(old)
     return final
+
+
+def _check_manifest(mpath: Path, manifest: Any) -> None:
+    """The manifest's shape, field by field, so a damaged one fails here instead of passing unread."""
+
+    def bad(why: str) -> CheckpointError:
+        return CheckpointError(f"{mpath} is not a valid checkpoint manifest: {why}")
+
+    if not isinstance(manifest, dict):
+        raise bad(f"it holds {type(manifest).__name__}, not a mapping")
+    if set(manifest) != {"step", "files"}:
+        raise bad(f"expected the keys files and step, found {sorted(manifest)}")
+    if type(manifest["step"]) is not int or manifest["step"] < 0:
+        raise bad(f"step is {manifest['step']!r}")
+    if not isinstance(manifest["files"], dict):
+        raise bad("files is not a mapping")
+    for name, info in manifest["files"].items():
+        if name in ("", ".", "..") or "/" in name or "\\" in name or name == MANIFEST_FILE:
+            raise bad(f"it lists the file name {name!r}")
+        if not isinstance(info, dict) or set(info) != {"sha256", "bytes"}:
+            raise bad(f"the entry of {name} is {info!r}")
+        if not isinstance(info["sha256"], str) or not SHA256_RE.fullmatch(info["sha256"]):
+            raise bad(f"the sha256 of {name} is {info['sha256']!r}")
+        if type(info["bytes"]) is not int or info["bytes"] < 0:
+            raise bad(f"the size of {name} is {info['bytes']!r}")
 
 
 def verify_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -129,9 +219,10 @@ def verify_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{mpath} is missing: the checkpoint is incomplete")
     try:
         manifest = read_json(mpath)
-        files = manifest["files"]
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, OSError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise CheckpointError(f"{mpath} is not a valid checkpoint manifest: {e}") from e
+    _check_manifest(mpath, manifest)
+    files = manifest["files"]
     for name in (MODEL_FILE, STATE_FILE):
         if name not in files:
             raise CheckpointError(f"{mpath} does not list {name}")
@@ -141,10 +232,18 @@ def verify_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             raise CheckpointError(f"{f} is missing")
         if f.stat().st_size != info["bytes"]:
             raise CheckpointError(
-                f"{f} has {f.stat().st_size} bytes, manifest says {info['bytes']}: truncated"
+                f"{f} has {f.stat().st_size} bytes, {mpath} says {info['bytes']}: one of them is "
+                "truncated or corrupted"
             )
         if sha256_file(f) != info["sha256"]:
             raise CheckpointError(f"{f} does not match its sha256 in {mpath}: the file is corrupted")
+    state_step = read_state(path).get("step")
+    m = STEP_RE.match(path.name)
+    if state_step != manifest["step"] or (m and int(m.group(1)) != manifest["step"]):
+        raise CheckpointError(
+            f"{mpath} says step {manifest['step']}, but {path / STATE_FILE} says {state_step} "
+            f"and the folder is {path.name}: the manifest is corrupted"
+        )
     return manifest
 
 
@@ -177,7 +276,14 @@ def export_for_inference(src: str | os.PathLike, dst: str | os.PathLike) -> Path
 
 
 def read_state(path: str | os.PathLike) -> dict[str, Any]:
-    return read_json(Path(path) / STATE_FILE)
+    f = Path(path) / STATE_FILE
+    try:
+        state = read_json(f)
+    except (ValueError, OSError) as e:
+        raise CheckpointError(f"cannot read {f}: {e}") from e
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{f} holds {type(state).__name__}, not the trainer state")
+    return state
 
 
 def read_configs(path: str | os.PathLike) -> tuple[ModelConfig, TrainConfig]:

@@ -43,6 +43,8 @@ FORMAT = "forja-tokens"
 
 
 def dtype_for_vocab(vocab_size: int) -> np.dtype:
+    if vocab_size > 2**32:  # uint32 would wrap the larger ids silently
+        raise DataError(f"vocab_size {vocab_size} is too large: token shards hold ids below 2**32")
     return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
 
 
@@ -50,6 +52,8 @@ def write_shard(path: str | os.PathLike, tokens: np.ndarray, n_docs: int, vocab_
     """Write one shard atomically (temp file, then rename)."""
     dtype = dtype_for_vocab(vocab_size)
     tokens = np.asarray(tokens)
+    if tokens.size and not np.issubdtype(tokens.dtype, np.integer):  # floats would be truncated
+        raise DataError(f"{path}: token ids must be integers; got an array of {tokens.dtype}")
     if tokens.size and (tokens.min() < 0 or tokens.max() >= vocab_size):
         raise DataError(
             f"{path}: token ids must lie in [0, {vocab_size}); got {tokens.min()}..{tokens.max()}"

@@ -8,6 +8,10 @@ backpropagates and takes an AdamW step. Everything a run needs to continue exact
 `train(...)` is the whole API. It reports through callbacks, `on_metrics(metrics, step)` and
 `on_checkpoint(path, step)`, and knows nothing of Prefect or MLflow. Under `torchrun` it runs
 data-parallel (DDP): every rank reads a disjoint slice of the same global batch.
+
+Fault injection, for the reliability suite only: `FORJA_FAULT_NAN_STEP=N` multiplies the token
+embeddings of training step N (1-based, as logged) by NaN, so a run started by any command (`forja
+run`) can be made to diverge on purpose; see tests/reliability/test_checkpoints.py.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from lm.runtime import (
 )
 
 log = logging.getLogger("forja.train")
+NAN_FAULT_ENV = "FORJA_FAULT_NAN_STEP"
 
 MetricsCallback = Callable[[dict[str, float], int], None]
 CheckpointCallback = Callable[[Path, int], None]
@@ -170,6 +175,9 @@ class Trainer:
             )
         self.flops_per_token = self.model.flops_per_token(self.cfg.seq_len)
         self._val_windows = self._pick_val_windows()
+        self._step = self.start_step  # the 1-based step being computed
+        if os.environ.get(NAN_FAULT_ENV):
+            self._inject_nan_at(int(os.environ[NAN_FAULT_ENV]))
 
     # ------------------------------------------------------------------ setup helpers
 
@@ -201,6 +209,16 @@ class Trainer:
         self.start_step = int(state["step"])
         self.resumed_from = path
         log.info("resumed from %s (step %d)", path, self.start_step)
+
+    def _inject_nan_at(self, step: int) -> None:
+        """Fault injection (FORJA_FAULT_NAN_STEP): NaN token embeddings in training step `step`."""
+        embedding = next(m for m in self.model.modules() if isinstance(m, torch.nn.Embedding))
+        log.warning("fault injection: %s=%d turns step %d's embeddings into NaN", NAN_FAULT_ENV, step, step)
+
+        def poison(module, inputs, output):
+            return output * float("nan") if module.training and self._step == step else output
+
+        embedding.register_forward_hook(poison)
 
     def _pick_val_windows(self) -> list[tuple[int, int]]:
         val = self.data.splits.get("val")
@@ -250,6 +268,7 @@ class Trainer:
 
     def train_step(self, step: int) -> tuple[float, float]:
         """One optimiser step over grad_accum micro-batches; returns (loss, grad norm)."""
+        self._step = step + 1
         lr = lr_at(step, self.cfg)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
