@@ -33,7 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 from lm import checkpoint as ckpt
 from lm.config import ModelConfig, TrainConfig, to_dict
 from lm.data import TokenData, WindowSampler, sequential_windows, window_batch
-from lm.errors import CheckpointError, ConfigError, NonFiniteLossError
+from lm.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError
 from lm.fileio import atomic_write_json
 from lm.model import build_model
 from lm.runtime import (
@@ -262,8 +262,13 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
 
     def _micro_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        w = torch.from_numpy(self.sampler.next_batch(self.cfg.batch_size))
-        w = w.to(self.device, non_blocking=True)
+        batch = self.sampler.next_batch(self.cfg.batch_size)
+        if batch.size and int(batch.max()) >= self.model_cfg.vocab_size:  # a forged or foreign shard
+            raise DataError(
+                f"a shard of {self.data.root} holds token id {int(batch.max())}, outside the model's "
+                f"vocabulary of {self.model_cfg.vocab_size}: the shards do not belong to its tokenizer; re-run tokenize"
+            )
+        w = torch.from_numpy(batch).to(self.device, non_blocking=True)
         return w[:, :-1], w[:, 1:]  # teacher forcing: x is the gold prefix, y the next tokens
 
     def train_step(self, step: int) -> tuple[float, float]:

@@ -46,6 +46,7 @@ leave out the engine settings (threads, memory_limit, workers), which never chan
 
 from __future__ import annotations
 
+import codecs
 import concurrent.futures
 import contextlib
 import functools
@@ -390,24 +391,70 @@ _LEFT = re.compile(f"[\u00c2-\u00f4][{_CP1252_CONT}]|ğŸ|Ã ")
 _LOST_I = re.compile("Ã(?=[a-zà-ÿ])")
 
 
+# What 020_control_chars.sql and 030_nfc.sql do to a text, mirrored here so that fix_mojibake can
+# see mojibake those rules would reveal: "Ã" + zero-width space + "©" (the removal joins the
+# pair), or "Ã" written as "A" + U+0303 (NFD; NFC composes it). Without this, a second cleaning
+# of cleaned text would still repair something. tests/reliability/test_normalisation_properties.py
+# checks that cleaning is idempotent, which keeps this in step with the SQL.
+_CTRL_NEWLINE = re.compile("[\x0b\x0c\x85\u2028\u2029]")
+_CTRL_REMOVE = re.compile("[\x00-\x08\x0e-\x1f\x7f-\x9f\u00ad\u200b\u2060\ufeff]")
+_CTRL_SPACE = re.compile("[\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]")
+_MOJIBAKE_ROUNDS = 4  # repairs of repairs: double mojibake, or mojibake the later rules reveal
+
+
+def _c1_as_bytes(e: UnicodeError) -> tuple[bytes, int]:
+    """Encoding error handler: a C1 control (U+0080..U+009F) is the byte a Latin-1 reading made
+    it from, so Latin-1 mojibake re-decodes like cp1252 mojibake (without ftfy's guesses)."""
+    bad = e.object[e.start : e.end]  # type: ignore[attr-defined]
+    if isinstance(e, UnicodeEncodeError) and all("\x80" <= c <= "\x9f" for c in bad):
+        return bad.encode("latin-1"), e.end
+    raise e
+
+
+codecs.register_error("forja-c1-as-bytes", _c1_as_bytes)
+
+
 def _redecode(m: re.Match[str]) -> str:
     s = m.group()
     try:
-        return s.encode("sloppy-windows-1252").decode("utf-8")
+        return s.encode("sloppy-windows-1252", errors="forja-c1-as-bytes").decode("utf-8")
     except UnicodeError:
         return s
 
 
-def fix_mojibake(text: str) -> str:
-    """Undo UTF-8 read as cp1252/Latin-1, fast: re-decode each suspicious run (regex + codec, about
-    20x faster than ftfy); hand the lines still suspicious to ftfy (slow, thorough); then restore
-    "í" whose second byte was lost. Text without a repairable sequence comes back unchanged."""
+def _repair(text: str) -> str:
+    """One round: re-decode each suspicious run, then ftfy on the lines still suspicious."""
     fixed = _RUN.sub(_redecode, text)
     if _LEFT.search(fixed):
         fixed = "".join(
             ftfy.fix_text(line, _FTFY) if _LEFT.search(line) else line
             for line in fixed.splitlines(keepends=True)
         )
+    return fixed
+
+
+def _as_later_rules_leave_it(text: str) -> str:
+    """The text after control_chars and nfc (020, 030)."""
+    text = _CTRL_SPACE.sub(" ", _CTRL_REMOVE.sub("", _CTRL_NEWLINE.sub("\n", text)))
+    return unicodedata.normalize("NFC", text)
+
+
+def fix_mojibake(text: str) -> str:
+    """Undo UTF-8 read as cp1252/Latin-1, fast: re-decode each suspicious run (regex + codec, about
+    20x faster than ftfy); hand the lines still suspicious to ftfy (slow, thorough); then restore
+    "í" whose second byte was lost. Text without a repairable sequence comes back unchanged.
+
+    Repeats until nothing changes (a few rounds at most), and also repairs the mojibake that the
+    next rules would reveal (see _as_later_rules_leave_it), so that the clean rules are idempotent.
+    """
+    fixed = text
+    for _ in range(_MOJIBAKE_ROUNDS):
+        again = _repair(fixed)
+        if again == fixed:
+            seen = _as_later_rules_leave_it(fixed)
+            if seen == fixed or (again := _repair(seen)) == seen:
+                break
+        fixed = again
     if fixed == text:
         return text
     return _LOST_I.sub("í", fixed)
@@ -1431,13 +1478,13 @@ def run_clean(
     config = _as_config(config)
     in_dir, out = Path(in_dir), Path(out)
     upstream = read_manifest(in_dir, "ingest")["digest"]
+    _remove_own_leftovers(out)  # also when cached: a run killed after publishing leaves its work folder
     cached = _cached(out, upstream, config)
     if cached is not None:
         log.info("%s is up to date (ingest %s, same config); nothing to do", out, upstream[:12])
         return cached
     parts = input_parts(in_dir, config)
     out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_own_leftovers(out)
     _check_out(out)
     work_dir = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{out.name}.work.", dir=out.parent))
     t0 = time.perf_counter()

@@ -555,22 +555,46 @@ def _open_item(item: dict[str, Any], on_bytes: Callable[[int], None] | None) -> 
     else:
         f = open(item["path"], "rb", buffering=0)  # noqa: SIM115 (closed below)
     try:
-        yield _decompressed(_Guarded(f, on_bytes), item.get("compression"))
+        yield _Salvaging(_decompressed(_Guarded(f, on_bytes), item.get("compression")))  # type: ignore[misc]
     finally:
         with contextlib.suppress(Exception):
             f.close()
 
 
-def _read_full(stream: BinaryIO, n: int) -> bytes:
-    """Read up to n bytes, looping over short reads (network streams return what they have)."""
-    parts, got = [], 0
-    while got < n:
-        b = stream.read(n - got)
-        if not b:
-            break
-        parts.append(b)
-        got += len(b)
-    return b"".join(parts)
+class _Salvaging:
+    """A decompressed stream whose reads keep what was decoded before the stream broke.
+
+    A buffered or decompressing `read(n)` that hits a truncated or corrupt stream raises and
+    drops everything it had decoded in that call: a truncated .gz smaller than one read (1 MiB)
+    lost all its documents. Here `read(n)` gathers `read1` pieces (each the output of one read of
+    the layer below) until it has n bytes or the stream ends, so short reads (network streams
+    return what they have) are looped over too. An error after some data is held back, that data
+    returned, and the error raised by the next read: the documents before the break are kept and
+    the reject starts where they end.
+    """
+
+    def __init__(self, stream: BinaryIO):
+        self._stream = stream
+        self._error: BaseException | None = None
+
+    def read(self, n: int = -1) -> bytes:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        parts, got = [], 0
+        while n < 0 or got < n:
+            try:
+                b = self._stream.read1(n - got if n >= 0 else 1 << 20)
+            except Exception as e:
+                if not parts:
+                    raise
+                self._error = e
+                break
+            if not b:
+                break
+            parts.append(b)
+            got += len(b)
+        return b"".join(parts)
 
 
 def sniff_binary(head: bytes) -> str | None:
@@ -911,7 +935,7 @@ def read_item(
     reader = None
     try:
         with _open_item(item, on_bytes) as stream:
-            head = _read_full(stream, max(SNIFF_BYTES, min(opts.chunk_bytes, 1 << 20)))
+            head = stream.read(max(SNIFF_BYTES, min(opts.chunk_bytes, 1 << 20)))
             if not head:
                 yield Reject(path, 0, "empty", "the file is empty (0 bytes)")
                 return

@@ -868,6 +868,21 @@ def _publish(staging: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _remove_own_leftovers(out: Path) -> None:
+    """Delete what an interrupted run_tokenize into `out` left beside it: its staging folder
+    (.tmp-<out>.<8 characters>) and the earlier output it was replacing (.tmp-<out>.old-<pid>-<ns>).
+    Nothing else: other stages may be writing their own temporary files in the same folder now."""
+    ours = re.compile(rf"{re.escape(TMP_PREFIX + out.name)}\.(?:[a-z0-9_]{{8}}|old-\d+-\d+)")
+    for p in out.parent.glob(f"{TMP_PREFIX}{out.name}.*"):
+        if not ours.fullmatch(p.name):
+            continue
+        log.info("removing %s, left by an interrupted tokenize", p)
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+
+
 def run_tokenize(
     in_dir: str | os.PathLike, out: str | os.PathLike, config: TokenizeConfig | None = None
 ) -> dict[str, Any]:
@@ -880,6 +895,7 @@ def run_tokenize(
     in_dir, out = Path(in_dir), Path(out)
     upstream = read_manifest(in_dir, UPSTREAM)["digest"]
     parts = list_parts(in_dir)
+    _remove_own_leftovers(out)  # also when cached: a run killed after publishing leaves some
     if (cached := _cached(out, config, upstream)) is not None:
         log.info("%s is up to date (digest %s); nothing to do", out, cached["digest"][:12])
         return cached

@@ -209,3 +209,20 @@ def test_init_from_starts_a_new_run_from_trained_weights(token_dir, tmp_path):
             tmp_path / "x",
             init_from=tmp_path / "first",
         )
+
+
+def test_a_shard_with_ids_outside_the_vocabulary_is_refused_naming_the_folder(token_dir, tmp_path):
+    import shutil
+
+    import numpy as np
+
+    from lm.data import read_shard, write_shard
+    from lm.errors import DataError
+
+    forged = tmp_path / "tokens"
+    shutil.copytree(token_dir, forged)
+    ids = np.array(read_shard(forged / "train-00000.bin")) + 600  # a valid header, foreign ids
+    write_shard(forged / "train-00000.bin", ids, n_docs=1, vocab_size=65_536)
+    model, cfg = small_configs(max_steps=3)
+    with pytest.raises(DataError, match=r"outside the model's vocabulary of 512"):
+        train(model, cfg, forged, tmp_path / "run")
