@@ -22,6 +22,7 @@ from lm.errors import ConfigError
 from tasks.clean import CleanConfig
 from tasks.evaluate import EvalConfig
 from tasks.ingest import IngestConfig
+from tasks.sources import redact
 from tasks.tokenize import TokenizeConfig
 
 
@@ -114,8 +115,9 @@ class PipelineParams(BaseModel):
         from tasks.ingest import plan_ingest  # sources must exist (a URL is checked when read)
 
         local = [s for s in self.sources if not s.startswith(("http://", "https://"))]
-        if local:
-            plan_ingest(local, self.ingest)
+        shards = plan_ingest(local, self.ingest) if local else []
+        if self.tokenize.tokenizer is None and len(local) == len(self.sources):
+            self._check_vocab_fits([it for shard in shards for it in shard["items"]])
         if (
             model_cfg.vocab_size
             and self.tokenize.tokenizer is None
@@ -128,6 +130,28 @@ class PipelineParams(BaseModel):
         if self.run.resume and self.run.out is None:
             raise ConfigError("'run.resume' needs 'run.out': the run folder to resume")
         return model_cfg, train_cfg
+
+    def _check_vocab_fits(self, items: list[dict[str, Any]]) -> None:
+        """A tokenizer vocabulary the sources cannot fill fails here, not minutes later in SentencePiece.
+
+        An upper bound from the planned sizes alone (a file's text is at most its size when it is
+        neither compressed nor Parquet): BPE makes at most one piece per character plus one per
+        merge, and each merge shortens the text by a token; unigram pieces are substrings of at most
+        16 characters. The bound never rejects a vocabulary that could work; SentencePiece's own,
+        tighter limit is still reported by the tokenize stage (a StageError saying what to lower).
+        """
+        if any(it.get("compression") or it.get("format") == "parquet" for it in items):
+            return  # the text may be larger than the files: no bound from sizes
+        text_bytes = min(sum(int(it.get("size") or 0) for it in items), self.tokenize.sample_bytes)
+        cfg = self.tokenize
+        fixed = 4 + len(cfg.user_defined_symbols) + (256 if cfg.byte_fallback else 0)  # unk s /s newline
+        most = fixed + (2 if cfg.model_type == "bpe" else 16) * text_bytes
+        if cfg.vocab_size > most:
+            raise ConfigError(
+                f"invalid value {cfg.vocab_size} for 'tokenize.vocab_size': the sources hold at most "
+                f"{text_bytes:,} bytes of text, from which a {cfg.model_type} tokenizer can make at most "
+                f"{most:,} pieces; lower tokenize.vocab_size or add text"
+            )
 
 
 def apply_sets(params: PipelineParams, items: list[str]) -> PipelineParams:
@@ -166,9 +190,14 @@ def apply_sets(params: PipelineParams, items: list[str]) -> PipelineParams:
     return build(PipelineParams, data)
 
 
+def recorded(params: PipelineParams) -> dict[str, Any]:
+    """The parameters as Forja writes them down (run folder, MLflow): URL credentials redacted."""
+    return {**params.model_dump(mode="json"), "sources": [redact(s) for s in params.sources]}
+
+
 def flatten(params: PipelineParams, model_cfg: ModelConfig, train_cfg: TrainConfig) -> dict[str, Any]:
-    """Every resolved parameter as `stage.field` (what MLflow shows and compares)."""
-    flat: dict[str, Any] = {"sources": ",".join(params.sources), "preset": params.preset}
+    """Every resolved parameter as `stage.field` (what MLflow shows and compares), credentials redacted."""
+    flat: dict[str, Any] = {"sources": ",".join(redact(s) for s in params.sources), "preset": params.preset}
     for stage in ("ingest", "clean", "tokenize", "evaluate", "run"):
         flat |= {f"{stage}.{k}": v for k, v in getattr(params, stage).model_dump(mode="json").items()}
     flat |= {f"model.{k}": v for k, v in dataclasses.asdict(model_cfg).items()}

@@ -28,7 +28,15 @@ from prefect.artifacts import (
 )
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.params import EvalConfig, ModelParams, PipelineParams, RunParams, TrainParams, flatten
+from flows.params import (
+    EvalConfig,
+    ModelParams,
+    PipelineParams,
+    RunParams,
+    TrainParams,
+    flatten,
+    recorded,
+)
 from flows.stages import (
     TASK_OPTS,
     by_key,
@@ -334,6 +342,23 @@ def _log_data(run_id: str, data: dict[str, Any]) -> None:
         tracking.log_artifact(run_id, report, "data/clean")
     tracking.log_artifact(run_id, Path(tokens["out"]) / "tokenizer.model", "tokenizer")
     tracking.log_metrics(run_id, {f"data.{s}_tokens": float(v["tokens"]) for s, v in splits.items()})
+    tracking.log_metrics(run_id, ingest_metrics(data["ingest"]))
+
+
+INGEST_COUNTS = ("items", "accepted", "duplicates", "already_known", "quarantined", "legacy_encoding")
+
+
+def ingest_metrics(ingest: dict[str, Any]) -> dict[str, float]:
+    """The ingest counts as MLflow metrics: `data.ingest.<count>` for the ingest run that made the
+    data (every input item is one of accepted, duplicates, already_known, quarantined),
+    `data.ingest.quarantine.<reason>` per quarantine reason, and the snapshot's totals."""
+    counts = ingest.get("counts") or {}
+    run = ingest.get("run") or counts.get("run") or {}
+    total = counts.get("total") or {}
+    metrics = {f"data.ingest.{k}": run[k] for k in INGEST_COUNTS if k in run}
+    metrics |= {f"data.ingest.quarantine.{r}": n for r, n in (run.get("quarantine_by_reason") or {}).items()}
+    metrics |= {f"data.ingest.total_{k}": total[k] for k in ("documents", "quarantined") if k in total}
+    return {k: float(v) for k, v in metrics.items()}
 
 
 def run_pipeline(
@@ -399,11 +424,9 @@ def run_pipeline(
         )
         run_dir = run_dir_for(params, key)
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run_dir / PARAMS_FILE, params.model_dump(mode="json"))
+        atomic_write_json(run_dir / PARAMS_FILE, recorded(params))  # no URL credentials on disk
         tracking.log_params(run_id, flatten(params, model_cfg, train_cfg))
-        tracking.log_json(
-            run_id, {"params": params.model_dump(mode="json"), "resolved": config}, "config.json"
-        )
+        tracking.log_json(run_id, {"params": recorded(params), "resolved": config}, "config.json")
         tracking.set_tags(run_id, {"run_dir": str(run_dir), "train_key": key})
         cached_train = is_cached(key) and not params.run.fresh
         trained = train_task.with_options(refresh_cache=params.run.fresh)(

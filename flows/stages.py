@@ -16,6 +16,7 @@ import functools
 import hashlib
 import importlib
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -81,6 +82,33 @@ def complete(folder: Path, stage: str | None = None) -> bool:
         return False
 
 
+LEFTOVER = re.compile(r"^" + re.escape(TMP_PREFIX) + r".+\.(?:work-)?(\d+)-\d+$")
+
+
+def remove_dead_leftovers(folder: Path) -> list[Path]:
+    """Delete the work folders that flow runs of dead processes left in `folder` (a killed run).
+
+    Their names carry the pid of the process that made them; a live process's folder (a concurrent
+    run on the same data) is left alone."""
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for p in folder.iterdir():
+        m = LEFTOVER.match(p.name)
+        if m is None or int(m.group(1)) == os.getpid():
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+            continue  # still running
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # alive, another user's
+        shutil.rmtree(p, ignore_errors=True)
+        removed.append(p)
+    return removed
+
+
 def summary(manifest: dict[str, Any], out: Path) -> dict[str, Any]:
     keep = (
         "stage",
@@ -131,7 +159,8 @@ def fingerprint(shards: list[dict[str, Any]]) -> str:
     return sha256_json(rows)
 
 
-@task(name="plan-ingest", **IO_RETRIES)
+# Not persisted: the plan holds the sources' URLs as given, credentials included (docs/security.md).
+@task(name="plan-ingest", persist_result=False, **IO_RETRIES)
 def plan_ingest_task(sources: list[str], config: dict[str, Any]) -> dict[str, Any]:
     shards = ingest_mod.plan_ingest(sources, config)
     return {"shards": shards, "fingerprint": fingerprint(shards)}
@@ -213,6 +242,7 @@ def run_clean_stage(
     upstream = read_manifest(ingest_dir, "ingest")["digest"]
     key = stage_key("clean", upstream, config, code_digest("tasks.clean", "tasks.sql", "tasks.common"))
     out = dataset_dir / "clean" / key[:16]
+    remove_dead_leftovers(out.parent)
     if fresh or not is_cached(key) or not complete(out, "clean"):
         if fresh and out.exists():
             shutil.rmtree(out)
@@ -283,6 +313,7 @@ def run_tokenize_stage(
     tok_digest = sha256_file(tok) if tok else None
     key = stage_key("tokenize", upstream, config, tok_digest, code_digest("tasks.tokenize", "tasks.common"))
     out = dataset_dir / "tokens" / key[:16]
+    remove_dead_leftovers(out.parent)
     if fresh or not is_cached(key) or not complete(out, "tokenize"):
         if out.exists() and (fresh or not complete(out, "tokenize")):
             shutil.rmtree(out)

@@ -91,4 +91,7 @@ def configure(home: Home | None = None) -> Home:
     # Quieter, and no phoning home from a tool that promises to work offline.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
+    # The temporary server's telemetry also writes to prefect.db in a deferred transaction: with two
+    # runs sharing the database it failed with 'database is locked' (tests/reliability/test_flows.py).
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     return home

@@ -38,8 +38,43 @@ CHAMPION = "champion"
 MAX_PARAM_LEN = 6000  # MLflow's limit on a param value
 
 
+_READY: set[str] = set()  # SQLite stores this process has opened under the lock
+
+
 def client() -> mlflow.MlflowClient:
+    uri = mlflow.get_tracking_uri()
+    if uri.startswith("sqlite:///") and ":memory:" not in uri and uri not in _READY:
+        _open_sqlite_store(uri)
     return mlflow.MlflowClient()
+
+
+def _open_sqlite_store(uri: str) -> None:
+    """Create (or migrate) a SQLite store under a file lock, and switch it to WAL.
+
+    MLflow creates the tables of an empty database on first use, without a lock: two runs starting
+    together on a fresh FORJA_HOME both ran the migrations and one failed ('duplicate column name',
+    'table _alembic_tmp_experiments already exists').
+    WAL lets readers (the UI, the other run) go on while one process writes; MLflow's own
+    busy_timeout (20 s) then covers the writers.
+    """
+    import sqlite3
+
+    path = Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            con = sqlite3.connect(path, timeout=60)
+            try:
+                con.execute("PRAGMA journal_mode=WAL")
+            finally:
+                con.close()
+            c = mlflow.MlflowClient()
+            c.search_experiments(max_results=1)  # the tracking store: created (and migrated) here
+            c.search_registered_models(max_results=1)  # the registry store checks the same tables
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+    _READY.add(uri)
 
 
 def git_commit() -> str:
@@ -101,7 +136,25 @@ def mark_stale_runs(exp_id: str | None = None) -> list[str]:
         log.warning(
             "marked MLflow run %s KILLED: process %s on %s is gone", run.info.run_id, tags["forja.pid"], host
         )
+        if tags.get("prefect.flow_run_id"):
+            _crash_flow_run(tags["prefect.flow_run_id"])
     return ended
+
+
+def _crash_flow_run(flow_run_id: str) -> None:
+    """Mark Crashed the Prefect flow run of a process that vanished (SIGKILL, OOM, power loss):
+    nothing else would, and it would show as Running forever."""
+    try:
+        from prefect.client.orchestration import get_client
+        from prefect.states import Crashed
+
+        with get_client(sync_client=True) as pc:
+            state = pc.read_flow_run(flow_run_id).state
+            if state is not None and not state.is_final():
+                message = "its process is gone (found by forja's stale-run cleanup)"
+                pc.set_flow_run_state(flow_run_id, Crashed(message=message), force=True)
+    except Exception as e:  # no Prefect API here, or the run is gone: the MLflow side is done
+        log.warning("could not mark Prefect flow run %s crashed: %s", flow_run_id, e)
 
 
 def start_run(run_name: str, tags: dict[str, str], exp_id: str | None = None) -> str:

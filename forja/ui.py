@@ -75,18 +75,23 @@ def server_specs(
     auth: dict[str, str] | None = None,
     public_names: list[str] | None = None,
 ) -> list[ServerSpec]:
-    """The commands and settings of both servers (a test checks them: loopback by default, auth otherwise)."""
-    remote = not is_loopback(host)
+    """The commands and settings of both servers (a test checks them: loopback by default, auth otherwise).
+
+    Authentication is on when `host` is not loopback (then `auth` is required) or when `auth` is given.
+    """
+    remote = not is_loopback(host) or auth is not None
     if remote and auth is None:
         raise UIError(
             f"binding to {host} exposes the servers: authentication is required (see docs/security.md)"
         )
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    # What a browser elsewhere uses to reach the Prefect API (the UI calls it from the browser).
+    public = (public_names or [shown])[0]
     prefect_env = {
         "PREFECT_HOME": str(home.prefect_home),
         "PREFECT_SERVER_API_HOST": host,
         "PREFECT_SERVER_API_PORT": str(prefect_port),
-        "PREFECT_UI_API_URL": f"http://{shown}:{prefect_port}/api",
+        "PREFECT_UI_API_URL": f"http://{public}:{prefect_port}/api",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     }
     mlflow_cmd = [
@@ -96,6 +101,9 @@ def server_specs(
         "server",
         "--backend-store-uri",
         home.default_tracking_uri,
+        # Artifacts logged through this server land where local runs put theirs, not in its cwd.
+        "--artifacts-destination",
+        str(home.mlflow_artifacts),
         "--host",
         host,
         "--port",

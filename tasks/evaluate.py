@@ -12,6 +12,7 @@ champion decision compares like with like.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import math
@@ -70,8 +71,15 @@ def freeze_eval_set(
 ) -> dict[str, Any]:
     """Write the fixed evaluation set once; later calls return the existing one untouched."""
     eval_dir = Path(eval_dir)
-    if (eval_dir / "manifest.json").is_file():
-        return read_manifest(eval_dir, STAGE)
+    eval_dir.mkdir(parents=True, exist_ok=True)
+    with open(eval_dir / ".lock", "a") as lock:  # two runs freezing at once: the first one wins
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (eval_dir / "manifest.json").is_file():
+            return read_manifest(eval_dir, STAGE)
+        return _freeze(tokens_dir, eval_dir, config)
+
+
+def _freeze(tokens_dir: str | os.PathLike, eval_dir: Path, config: EvalConfig) -> dict[str, Any]:
     if config.eval_text is not None:
         if not Path(config.eval_text).is_file():
             raise StageError(
@@ -96,7 +104,6 @@ def freeze_eval_set(
                 texts.append(text)
                 total += len(text.encode())
         origin = f"validation split of {tokens_dir}"
-    eval_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(eval_dir / EVAL_FILE) as tmp:
         tmp.write_text(
             "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts), encoding="utf-8"

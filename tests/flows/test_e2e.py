@@ -9,8 +9,8 @@ import httpx
 import mlflow
 import pandas as pd
 import pytest
-from conftest import FAST, write_corpus
 from helpers import shakespeare_text
+from support import FAST, write_corpus
 
 pytestmark = pytest.mark.slow
 

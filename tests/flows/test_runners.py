@@ -5,8 +5,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, write_corpus
 from helpers import shakespeare_text
+from support import ROOT, write_corpus
 
 pytestmark = pytest.mark.slow
 

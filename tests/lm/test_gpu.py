@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 import torch
-from conftest import small_configs
+from support import small_configs
 
 from lm.checkpoint import load_for_inference
 from lm.generate import generate

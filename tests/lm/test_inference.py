@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from conftest import small_configs
+from support import small_configs
 
 from lm.checkpoint import load_for_inference
 from lm.evaluate import evaluate_text, token_nats

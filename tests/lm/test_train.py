@@ -8,8 +8,8 @@ import pickle
 
 import pytest
 import torch
-from conftest import small_configs
 from safetensors.torch import load_file
+from support import small_configs
 
 from lm import checkpoint as ckpt
 from lm.errors import CheckpointError, ConfigError, NonFiniteLossError

@@ -1,31 +1,14 @@
 """Fixtures for the reliability suite: the lm test configs and token folder, real servers.
 
-Reuses tests/lm/conftest.py (`small_configs`) and tests/flows/conftest.py (`Servers`, `FAST`,
-`write_corpus`), loaded by path: both are named `conftest`, so `from conftest import ...` would
-find this file instead.
+The shared tools (`small_configs`, `Servers`, `FAST`, `write_corpus`) live in tests/support.py.
 """
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
 from helpers import make_token_dir, shakespeare_text
-
-TESTS = Path(__file__).resolve().parents[1]
-
-
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-lm_conftest = _load("lm_conftest", TESTS / "lm" / "conftest.py")
-flows_conftest = _load("flows_conftest", TESTS / "flows" / "conftest.py")
-small_configs = lm_conftest.small_configs
-Servers, FAST, write_corpus = flows_conftest.Servers, flows_conftest.FAST, flows_conftest.write_corpus
+from support import Servers
 
 
 @pytest.fixture(autouse=True)

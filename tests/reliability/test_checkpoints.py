@@ -26,9 +26,9 @@ import httpx
 import pytest
 import torch
 import yaml
-from conftest import FAST, small_configs, write_corpus
 from helpers import ROOT, shakespeare_text
 from safetensors.torch import load_file
+from support import FAST, small_configs, write_corpus
 
 from lm import checkpoint as ckpt
 from lm.config import to_dict

@@ -9,7 +9,6 @@ drops to `nobody`, but the process keeps owning the Forja home it writes.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import random
@@ -24,6 +23,7 @@ import pytest
 import sentencepiece as spm
 from fixtures import Expected, build_bad_corpus, drop_dac_privileges
 from helpers import shakespeare_text
+from support import FAST, Servers
 
 from lm.data import read_header
 from lm.fileio import TMP_PREFIX
@@ -31,15 +31,6 @@ from tasks.common import read_manifest
 from tasks.sources import REASONS
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _flow_fixtures():
-    """tests/flows/conftest.py (Servers, FAST), imported under a name of its own: `conftest` and
-    `flows` are taken (this folder's parent conftest, the project's flows package)."""
-    spec = importlib.util.spec_from_file_location("_flows_conftest", ROOT / "tests" / "flows" / "conftest.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def forja(*args: str, env: dict[str, str] | None = None, unprivileged: bool = False, timeout: int = 300):
@@ -134,12 +125,11 @@ def test_forja_run_on_bad_input_logs_ingest_counts_to_mlflow(tmp_path_factory):
     """`forja run` on the bad-input corpus (plus a little Shakespeare to train on) completes; the
     ingest counts reach the manifest and the MLflow run. The 10 MB line is dropped by clean's
     length rule (clean.max_chars), so tokenizing stays quick."""
-    flows = _flow_fixtures()
     base = tmp_path_factory.mktemp("bad-run")
     exp = build_bad_corpus(base / "in", good_text=shakespeare_text(60_000))
-    servers = flows.Servers(tmp_path_factory.mktemp("forja-home"))
+    servers = Servers(tmp_path_factory.mktemp("forja-home"))
     try:
-        sets = [*flows.FAST, "run.dataset=badinput", "clean.max_chars=1000000"]
+        sets = [*FAST, "run.dataset=badinput", "clean.max_chars=1000000"]
         args = ["run", "--source", str(exp.root), *[a for kv in sets for a in ("--set", kv)]]
         t0 = time.perf_counter()
         r = subprocess.run(

@@ -1,0 +1,101 @@
+"""Tools the tests share (importable as `support`: tests/ is on sys.path, see tests/conftest.py).
+
+Fixtures stay in the conftest files; what a test module imports by name lives here, so no module
+ever imports a `conftest` (pytest loads several of that name).
+"""
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from forja import ui as ui_mod
+from forja.home import Home
+from lm.config import ModelConfig, TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Small enough for seconds of CPU training; real components everywhere.
+FAST = [
+    "ingest.split=blank_line",
+    "tokenize.vocab_size=512",
+    "max_steps=20",
+    "eval_every=10",
+    "checkpoint_every=10",
+    "n_layer=2",
+    "n_head=2",
+    "d_model=64",
+    "max_seq_len=64",
+    "batch_size=8",
+    "evaluate.max_new_tokens=8",
+    "evaluate.max_bytes=20000",
+    "run.workers=2",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_corpus(folder: Path, text: str, n_files: int = 3) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    paras = [p for p in text.split("\n\n") if p.strip()]
+    step = len(paras) // n_files
+    for i in range(n_files):
+        (folder / f"part{i}.txt").write_text("\n\n".join(paras[i * step : (i + 1) * step]) + "\n")
+    return folder
+
+
+class Servers:
+    def __init__(self, home: Path):
+        self.home = Home(home)
+        self.prefect_port, self.mlflow_port = free_port(), free_port()
+        self.specs = ui_mod.server_specs(self.home, "127.0.0.1", self.prefect_port, self.mlflow_port)
+        self.procs = ui_mod.start(self.specs, home / "logs")
+        self.prefect_api = self.specs[0].url + "/api"
+        self.mlflow_url = self.specs[1].url
+        self.env = {
+            **os.environ,
+            "FORJA_HOME": str(home),
+            "PREFECT_API_URL": self.prefect_api,
+            "MLFLOW_TRACKING_URI": self.home.default_tracking_uri,
+            "PYTHONUNBUFFERED": "1",
+        }
+
+    def forja(self, *args: str, timeout: int = 600, check: bool = True) -> subprocess.CompletedProcess:
+        r = subprocess.run(
+            [sys.executable, "-m", "forja.cli", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=ROOT,
+        )
+        if check and r.returncode != 0:
+            raise AssertionError(f"forja {' '.join(args)} failed ({r.returncode}):\n{r.stderr[-4000:]}")
+        return r
+
+    def close(self):
+        ui_mod.stop(self.procs)
+
+
+def small_configs(**train_overrides) -> tuple[ModelConfig, TrainConfig]:
+    """A 2-layer, 64-wide model and a short schedule: seconds on a CPU."""
+    model = ModelConfig(n_layer=2, n_head=2, d_model=64, max_seq_len=32)
+    train = TrainConfig(
+        batch_size=8,
+        max_steps=40,
+        lr=3e-3,
+        warmup_steps=5,
+        eval_every=20,
+        eval_batches=4,
+        checkpoint_every=20,
+        keep_last=3,
+        log_every=10,
+        device="cpu",
+        dtype="float32",
+    )
+    return model, TrainConfig(**{**train.__dict__, **train_overrides})
