@@ -304,11 +304,12 @@ def ui(
 ) -> None:
     """Start the Prefect server and the MLflow UI over the Forja home; Ctrl-C stops both."""
     from forja import ui as ui_mod
-    from forja.home import Home
+    from forja.home import Home, migrate_prefect_db
 
     _setup_logging()
     home = Home.from_env()
     home.root.mkdir(parents=True, exist_ok=True)
+    migrate_prefect_db(home.prefect_home)  # not while a run's temporary server migrates it too
     auth = None if ui_mod.is_loopback(host) else ui_mod.load_or_make_auth(home)
     specs = ui_mod.server_specs(home, host, prefect_port, mlflow_port, auth, public_name)
     signal.signal(signal.SIGTERM, _raise_interrupt)  # `kill` stops the servers too, not only Ctrl-C
@@ -336,13 +337,14 @@ def serve(
 ) -> None:
     """Serve the pipeline and retrain deployments from this process (trigger them from the Prefect UI)."""
     from forja import ui as ui_mod
-    from forja.home import Home, configure
+    from forja.home import Home, configure, migrate_prefect_db
 
     _setup_logging()
     home = Home.from_env()
     procs = []
     signal.signal(signal.SIGTERM, _raise_interrupt)
     if not os.environ.get("PREFECT_API_URL") and home.ui_state() is None:
+        migrate_prefect_db(home.prefect_home)
         specs = ui_mod.server_specs(home)[:1]  # a Prefect server of our own: deployments need one
         procs = ui_mod.start(specs, home.root / "logs")
         os.environ["PREFECT_API_URL"] = specs[0].url + "/api"

@@ -16,8 +16,11 @@ variables: `MLFLOW_TRACKING_URI` (and the server's artifact store) and `PREFECT_
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,4 +97,43 @@ def configure(home: Home | None = None) -> Home:
     # The temporary server's telemetry also writes to prefect.db in a deferred transaction: with two
     # runs sharing the database it failed with 'database is locked' (tests/reliability/test_flows.py).
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if not os.environ.get("PREFECT_API_URL"):
+        migrate_prefect_db(Path(os.environ["PREFECT_HOME"]))
     return home
+
+
+def migrate_prefect_db(prefect_home: Path) -> None:
+    """Create or upgrade the embedded Prefect database once, under a file lock.
+
+    Each `forja run` without a server starts a temporary Prefect server, and each of those runs the
+    database migrations as it starts. Two runs started together on a fresh FORJA_HOME both ran them
+    and one server failed ('duplicate column name: infrastructure_pid'). Migrating here first, one
+    process at a time, leaves the servers nothing to change. A marker per Prefect version makes the
+    check free after the first time; an upgrade of Prefect migrates again.
+    """
+    from importlib.metadata import version
+
+    prefect_home.mkdir(parents=True, exist_ok=True)
+    db = prefect_home / "prefect.db"
+    marker = prefect_home / f".migrated-{version('prefect')}"
+    if marker.is_file() and db.is_file():
+        return
+    with open(prefect_home / "prefect.db.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if marker.is_file() and db.is_file():  # another run did it while we waited
+                return
+            done = subprocess.run(
+                [sys.executable, "-m", "prefect", "server", "database", "upgrade", "-y"],
+                capture_output=True,
+                text=True,
+                env=os.environ | {"PREFECT_HOME": str(prefect_home), "PREFECT_LOGGING_LEVEL": "WARNING"},
+            )
+            if done.returncode != 0:
+                raise RuntimeError(
+                    f"could not create the Prefect database {db}: {done.stderr.strip()[-2000:]}\n"
+                    "Fix: check the folder is writable, or point PREFECT_API_URL at a Prefect server."
+                )
+            marker.touch()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

@@ -164,17 +164,17 @@ PRESETS: dict[str, Preset] = {
     # Sized for time to quality on 2 CPU cores: the whole pipeline on 90% of tinyshakespeare in about
     # 100 s (see bench/README.md). Also what the tests and the CPU demo use.
     "tiny": Preset(
-        ModelConfig(n_layer=4, n_head=4, d_model=256, max_seq_len=128, tie_embeddings=True),
+        ModelConfig(n_layer=2, n_head=4, d_model=256, max_seq_len=128, tie_embeddings=True),
         TrainConfig(
-            batch_size=32,
-            max_steps=300,
-            lr=4e-3,
+            batch_size=16,
+            max_steps=150,
+            lr=2e-3,
             warmup_steps=30,
-            eval_every=100,
+            eval_every=50,
             eval_batches=16,
-            checkpoint_every=100,
+            checkpoint_every=50,
         ),
-        "4x256 transformer, context 128: CPU demos and tests",
+        "2x256 transformer, context 128: CPU demos and tests",
     ),
     "small": Preset(
         ModelConfig(n_layer=6, n_head=6, d_model=384, max_seq_len=256),
