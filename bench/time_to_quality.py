@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -84,10 +85,12 @@ def main() -> None:
             raise SystemExit(f"forja eval failed:\n{ev.stderr[-3000:]}")
         result = json.loads(ev.stdout)
         config = json.loads((tmp / "run" / "config.json").read_text())
+        train_s = training_seconds(run.stderr, config["train"]["max_steps"])
     report = {
         "preset": a.preset,
         "sets": [*DEFAULT_SETS, *a.sets],
         "pipeline_s": round(pipeline_s, 1),
+        "training_s": train_s,
         "held_out_bits_per_byte": round(result["bits_per_byte"], 4),
         "held_out_loss_nats_per_token": round(result["loss"], 4),
         "held_out_tokens": result["tokens"],
@@ -107,11 +110,25 @@ def main() -> None:
             f"preset {a.preset} ({m['n_layer']}x{m['d_model']}, vocab {m['vocab_size']}, context {m['max_seq_len']}), "
             f"{report['train']['max_steps']} steps"
         )
-        print(f"whole pipeline: {pipeline_s:.1f} s")
+        print(f"whole pipeline: {pipeline_s:.1f} s, of which training about {train_s} s")
         print(
             f"held-out 10%: {report['held_out_bits_per_byte']:.4f} bits per byte "
             f"(char-level GPT reference 2.72; target <= 2.30)"
         )
+
+
+def training_seconds(log: str, max_steps: int) -> int | None:
+    """Seconds from the train task's first log line to its last step, read off the log's clock."""
+
+    def seconds(line: str) -> int:
+        h, m, s = map(int, line[:8].split(":"))
+        return h * 3600 + m * 60 + s
+
+    start = re.search(r"^\d\d:\d\d:\d\d forja\.train: training .*$", log, re.M)
+    end = re.search(rf"^\d\d:\d\d:\d\d forja\.train: step {max_steps}/{max_steps} .*$", log, re.M)
+    if not (start and end):
+        return None
+    return (seconds(end.group(0)) - seconds(start.group(0))) % 86400
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
 import json
 import shutil
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -10,7 +12,9 @@ import mlflow
 import pandas as pd
 import pytest
 from helpers import shakespeare_text
-from support import FAST, write_corpus
+from support import FAST, ROOT, write_corpus
+
+from flows.params import PipelineParams, apply_sets
 
 pytestmark = pytest.mark.slow
 
@@ -138,6 +142,63 @@ def test_rerun_on_unchanged_data_is_cached_end_to_end(servers, first):
     for name in ("ingest-shard", "clean-shard", "encode-part", "train-tokenizer"):
         assert name not in states  # nothing of a cached stage runs
     assert result["eval_bpb"] == first["result"]["eval_bpb"]
+
+
+def wait_for(what, poll, timeout=180):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = poll()
+        if value:
+            return value
+        time.sleep(1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_served_deployments_run_from_the_ui_api_and_keep_the_nightly_schedule(servers, first, tmp_path):
+    """`forja serve` registers both deployments; a run triggered as the UI's "Custom run" does
+    (POST /deployments/{id}/create_flow_run with parameters) is picked up and completes."""
+    log = (tmp_path / "serve.log").open("w")
+    cmd = [
+        sys.executable,
+        "-m",
+        "forja.cli",
+        "serve",
+        "--cron",
+        "30 2 * * *",
+        "--source",
+        str(first["corpus"]),
+    ]
+    proc = subprocess.Popen(cmd, env=servers.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    try:
+
+        def deployments():
+            found = {d["name"]: d for d in api(servers, "/deployments/filter")}
+            return found if {"forja-pipeline", "forja-retrain-nightly"} <= set(found) else None
+
+        found = wait_for("the served deployments", deployments)
+        nightly = found["forja-retrain-nightly"]
+        assert [s["schedule"]["cron"] for s in nightly["schedules"]] == ["30 2 * * *"]
+        assert nightly["parameters"]["sources"] == [str(first["corpus"])]
+        assert "train" in found["forja-pipeline"]["parameter_openapi_schema"]["properties"]  # the UI form
+
+        params = apply_sets(PipelineParams(sources=[str(first["corpus"])]), FAST)
+        body = {"parameters": params.model_dump(mode="json")}
+        run = api(servers, f"/deployments/{found['forja-pipeline']['id']}/create_flow_run", body)
+
+        def finished():
+            state = httpx.get(f"{servers.prefect_api}/flow_runs/{run['id']}", timeout=30).json()["state"]
+            return state if state["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") else None
+
+        state = wait_for("the triggered flow run", finished, timeout=300)
+        assert state["type"] == "COMPLETED", (state, (tmp_path / "serve.log").read_text()[-3000:])
+        states = all_task_states(servers, run["id"])
+        for name in ("ingest", "clean", "tokenize"):  # the same data as the first run: cached
+            assert states[name] == "Cached", (name, states)
+        assert states["evaluate"] in ("Completed", "Cached"), states
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+        log.close()
 
 
 def test_retrain_stops_early_without_new_data_then_promotes_only_a_better_model(servers, first):
