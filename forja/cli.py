@@ -234,11 +234,12 @@ def run(
     ] = False,
 ) -> None:
     """Run the whole pipeline (Prefect flow, tracked in MLflow): ingest -> ... -> register."""
-    from forja.home import configure
+    from forja.home import configure, prepare_embedded_prefect
 
     _setup_logging()
     configure()
     params = _pipeline_params(source, preset, out, set_, resume)
+    prepare_embedded_prefect()
     from flows.pipeline import pipeline
 
     result = pipeline(**{k: getattr(params, k) for k in type(params).model_fields})
@@ -258,11 +259,12 @@ def retrain(
     set_: SetOpt = None,
 ) -> None:
     """Run the retrain flow once: stop if nothing new arrived, else train and promote if better."""
-    from forja.home import configure
+    from forja.home import configure, prepare_embedded_prefect
 
     _setup_logging()
     configure()
     params = _pipeline_params(source, preset, None, set_, False)
+    prepare_embedded_prefect()
     from flows.retrain import retrain as retrain_flow
 
     result = retrain_flow(
@@ -279,10 +281,11 @@ def reproduce(
     out: Annotated[Path | None, typer.Option(help="Folder for the reproduced run.")] = None,
 ) -> None:
     """Re-run a recorded run from its logged config and data digests; compare the weights."""
-    from forja.home import configure
+    from forja.home import configure, prepare_embedded_prefect
 
     _setup_logging()
     configure()
+    prepare_embedded_prefect()
     from flows.reproduce import reproduce as do_reproduce
 
     result = do_reproduce(run_id, out)

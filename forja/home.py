@@ -97,9 +97,17 @@ def configure(home: Home | None = None) -> Home:
     # The temporary server's telemetry also writes to prefect.db in a deferred transaction: with two
     # runs sharing the database it failed with 'database is locked' (tests/reliability/test_flows.py).
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    return home
+
+
+def prepare_embedded_prefect() -> None:
+    """Before a flow runs without a Prefect server: make sure its database exists and is current.
+
+    Call it after `configure()` and after the parameters are validated, so that a bad parameter
+    still fails at once rather than after creating a database.
+    """
     if not os.environ.get("PREFECT_API_URL"):
         migrate_prefect_db(Path(os.environ["PREFECT_HOME"]))
-    return home
 
 
 def migrate_prefect_db(prefect_home: Path) -> None:
