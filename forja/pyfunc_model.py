@@ -11,6 +11,7 @@ safetensors, not Forja itself.
 from __future__ import annotations
 
 import mlflow
+import pandas as pd
 from mlflow.pyfunc import PythonModel
 
 
@@ -22,7 +23,8 @@ class ForjaLM(PythonModel):
         self.loaded = load_for_inference(context.artifacts["checkpoint"])
         self.tokenizer = Tokenizer(self.loaded.tokenizer_path)
 
-    def predict(self, context, model_input, params: dict | None = None) -> list[str]:
+    # A DataFrame hint: MLflow then takes the signature from the logged input example.
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> list[str]:
         from lm.generate import generate
 
         params = params or {}

@@ -20,6 +20,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -229,7 +230,9 @@ def log_dataset(
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.entities import Dataset
 
-    source = resolve_dataset_source(str(Path(path).resolve()))
+    with warnings.catch_warnings():  # a local folder matches two equivalent local source types
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+        source = resolve_dataset_source(str(Path(path).resolve()))
     entity = Dataset(
         name=name,
         digest=digest[:36],
