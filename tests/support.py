@@ -4,10 +4,16 @@ Fixtures stay in the conftest files; what a test module imports by name lives he
 ever imports a `conftest` (pytest loads several of that name).
 """
 
+import base64
+import contextlib
+import functools
+import http.server
 import os
 import socket
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from forja import ui as ui_mod
@@ -99,3 +105,44 @@ def small_configs(**train_overrides) -> tuple[ModelConfig, TrainConfig]:
         dtype="float32",
     )
     return model, TrainConfig(**{**train.__dict__, **train_overrides})
+
+
+class BasicAuthFiles(http.server.SimpleHTTPRequestHandler):
+    """Static files behind HTTP basic auth; /fail... answers 503; counts the requests it let through."""
+
+    user, password, served = "reader", "", 0
+
+    def _allowed(self) -> bool:
+        if self.path.startswith("/fail"):
+            self.send_error(503)
+            return False
+        token = base64.b64encode(f"{self.user}:{self.password}".encode()).decode()
+        if self.headers.get("Authorization") != f"Basic {token}":
+            self.send_error(401)
+            return False
+        type(self).served += 1
+        return True
+
+    def do_GET(self):
+        if self._allowed():
+            super().do_GET()
+
+    def do_HEAD(self):
+        if self._allowed():
+            super().do_HEAD()
+
+    def log_message(self, *args):
+        pass
+
+
+@contextlib.contextmanager
+def serve_files(root: Path, user: str, password: str) -> Iterator[tuple[str, type[BasicAuthFiles]]]:
+    """Serve `root` on a free loopback port behind basic auth; yields (host:port, handler class)."""
+    handler = type("Handler", (BasicAuthFiles,), {"user": user, "password": password, "served": 0})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=root))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}", handler
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -9,9 +9,6 @@
   which a netrc file avoids: the last test passes the credentials that way.
 """
 
-import base64
-import functools
-import http.server
 import inspect
 import json
 import os
@@ -20,14 +17,13 @@ import sqlite3
 import stat
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import httpx
 import mlflow
 import pytest
 from helpers import shakespeare_text
-from support import FAST, free_port
+from support import FAST, free_port, serve_files
 
 from forja import cli
 from forja import ui as ui_mod
@@ -131,43 +127,14 @@ def test_remote_mode_servers_refuse_requests_without_credentials(auth_servers):
 # ------------------------------------------------------------------ credentials in a URL source
 
 
-class _BasicAuthFiles(http.server.SimpleHTTPRequestHandler):
-    """Static files behind HTTP basic auth; counts the requests it let through."""
-
-    user, password, served = "reader", "", 0
-
-    def _allowed(self) -> bool:
-        token = base64.b64encode(f"{self.user}:{self.password}".encode()).decode()
-        if self.headers.get("Authorization") != f"Basic {token}":
-            self.send_error(401)
-            return False
-        type(self).served += 1
-        return True
-
-    def do_GET(self):
-        if self._allowed():
-            super().do_GET()
-
-    def do_HEAD(self):
-        if self._allowed():
-            super().do_HEAD()
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture()
 def private_site(tmp_path):
     """A local site that requires a password; yields (host:port, password, handler class)."""
     root = tmp_path / "www"
     root.mkdir()
     (root / "shakespeare.txt").write_text(shakespeare_text(150_000))
-    handler = type("Handler", (_BasicAuthFiles,), {"password": "pw-" + secrets.token_hex(12), "served": 0})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=root))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"127.0.0.1:{server.server_address[1]}", handler.password, handler
-    server.shutdown()
-    server.server_close()
+    with serve_files(root, "reader", "pw-" + secrets.token_hex(12)) as (host, handler):
+        yield host, handler.password, handler
 
 
 def files_holding(root: Path, secret: bytes, skip: tuple[str, ...] = ()) -> list[str]:

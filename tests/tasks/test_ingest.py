@@ -6,12 +6,9 @@ URLs are served by a local http.server thread; nothing touches the internet.
 
 from __future__ import annotations
 
-import base64
 import bz2
 import csv
-import functools
 import gzip
-import http.server
 import json
 import logging
 import lzma
@@ -20,7 +17,6 @@ import re
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -31,6 +27,7 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
+from support import serve_files
 
 from lm.fileio import sha256_json
 from tasks import ingest as ingest_mod
@@ -380,40 +377,12 @@ def test_folders_globs_several_sources_hidden_files_and_out_inside_source(tmp_pa
     assert other.exists()
 
 
-class _Handler(http.server.SimpleHTTPRequestHandler):
-    """Static files with HTTP basic auth (user:s3cret); /fail answers 503."""
-
-    def _allowed(self) -> bool:
-        if self.path.startswith("/fail"):
-            self.send_error(503)
-            return False
-        if self.headers.get("Authorization") != "Basic " + base64.b64encode(b"user:s3cret").decode():
-            self.send_error(401)
-            return False
-        return True
-
-    def do_GET(self):
-        if self._allowed():
-            super().do_GET()
-
-    def do_HEAD(self):
-        if self._allowed():
-            super().do_HEAD()
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture()
 def http_root(tmp_path):
     root = tmp_path / "www"
     root.mkdir()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Handler, directory=root))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield root, f"127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with serve_files(root, "user", "s3cret") as (host, _):
+        yield root, host
 
 
 def test_urls_stream_with_credentials_redacted_everywhere(tmp_path, http_root, caplog):
