@@ -27,9 +27,7 @@ import hashlib
 import json
 import os
 import random
-import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +35,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from measure import children_peak_rss_mb, cpu_seconds, peak_rss_mb, run_step  # noqa: E402
 
 SHAKESPEARE = ROOT.parent / "shared" / "corpora" / "tinyshakespeare.txt"
 SEED = ROOT.parent / "shared" / "seed" / "training-llms-with-transformers.pt.txt"
@@ -49,22 +49,6 @@ STEPS = {
     "exact": [*MAPS, *FILTERS, "exact_dedup"],
     "all": [*MAPS, *FILTERS, "exact_dedup", "near_dedup"],
 }
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
-def cpu_seconds() -> float:
-    total = 0.0
-    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
-        r = resource.getrusage(who)
-        total += r.ru_utime + r.ru_stime
-    return total
-
-
-def children_peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
 
 def make_corpus(mb: float, seed: int = 0) -> list[str]:
@@ -161,15 +145,6 @@ def step(ingest: Path, out: Path, on: list[str], engine: dict) -> dict:
     }
 
 
-def run_step(name: str, ingest: Path, out: Path, engine: dict) -> dict:
-    cmd = [sys.executable, __file__, "--step", name, "--ingest", str(ingest), "--out", str(out)]
-    cmd += ["--engine", json.dumps(engine)]
-    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if res.returncode != 0:
-        raise SystemExit(f"step {name} failed:\n{res.stderr}")
-    return json.loads(res.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mb", type=float, default=100.0, help="corpus size in MB of text")
@@ -208,7 +183,19 @@ def main() -> None:
         report: dict = {"corpus_mb": round(mb, 1), "docs": n_docs, "parts": args.parts, "steps": {}}
         prev = None
         for name in args.steps.split(","):
-            r = run_step(name, tmp / "ingest", tmp / f"out-{name}", engine)
+            r = run_step(
+                __file__,
+                [
+                    "--step",
+                    name,
+                    "--ingest",
+                    str(tmp / "ingest"),
+                    "--out",
+                    str(tmp / f"out-{name}"),
+                    "--engine",
+                    json.dumps(engine),
+                ],
+            )
             r["mb_per_s"] = mb / r["seconds"]
             extra = ""
             if prev is not None:

@@ -24,9 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,17 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def cpu_s() -> float:
-    return sum(
-        getattr(resource.getrusage(w), f)
-        for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
-        for f in ("ru_utime", "ru_stime")
-    )
+from measure import cpu_seconds, peak_rss_mb, run_step  # noqa: E402
 
 
 def build(folder: Path, mb: float, files: int) -> int:
@@ -65,7 +53,7 @@ def build(folder: Path, mb: float, files: int) -> int:
 
 
 def step(name: str, work: Path, vocab: int) -> dict:
-    t0, c0 = time.perf_counter(), cpu_s()
+    t0, c0 = time.perf_counter(), cpu_seconds()
     out: dict = {}
     if name == "ingest":
         from tasks.ingest import IngestConfig, run_ingest
@@ -106,21 +94,14 @@ def step(name: str, work: Path, vocab: int) -> dict:
             for p in list_parts(work / "clean")
             for t in pq.read_table(p, columns=["text"])["text"].to_pylist()
         ]
-        t0, c0 = time.perf_counter(), cpu_s()  # the encode alone
+        t0, c0 = time.perf_counter(), cpu_seconds()  # the encode alone
         out = {"tokens": sum(len(sp.encode(t)) for t in texts), "bytes": sum(len(t.encode()) for t in texts)}
-    return {"seconds": time.perf_counter() - t0, "cpu_s": cpu_s() - c0, "peak_rss_mb": peak_rss_mb(), **out}
-
-
-def run(name: str, work: Path, vocab: int) -> dict:
-    r = subprocess.run(
-        [sys.executable, __file__, "--step", name, "--work", str(work), "--vocab", str(vocab)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    )
-    if r.returncode != 0:
-        raise SystemExit(f"step {name} failed:\n{r.stderr[-3000:]}")
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    return {
+        "seconds": time.perf_counter() - t0,
+        "cpu_s": cpu_seconds() - c0,
+        "peak_rss_mb": peak_rss_mb(),
+        **out,
+    }
 
 
 def main() -> None:
@@ -141,7 +122,9 @@ def main() -> None:
         if (work / "corpus").exists():
             shutil.rmtree(work)
         n_bytes = build(work / "corpus", a.mb, a.files)
-        res = {name: run(name, work, a.vocab) for name in ("ingest", "clean", "tokenize", "bare")}
+        steps = ("ingest", "clean", "tokenize", "bare")
+        args = ["--work", str(work), "--vocab", str(a.vocab)]
+        res = {name: run_step(__file__, ["--step", name, *args]) for name in steps}
     finally:
         if a.keep is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -24,9 +24,7 @@ import argparse
 import json
 import math
 import os
-import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,17 +33,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from measure import cpu_seconds, peak_rss_mb, run_step  # noqa: E402
+
 SHAKESPEARE = ROOT.parent / "shared" / "corpora" / "tinyshakespeare.txt"
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
-def cpu_seconds() -> float:
-    """CPU time of this process, all threads: the work done, whatever else the machine runs."""
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
 
 
 def make_clean_dir(folder: Path, mb: float, parts: int) -> int:
@@ -137,16 +127,6 @@ def step_encode(clean: Path, out: Path, config: dict) -> dict:
 STEPS = {"train": step_train, "bare": step_bare, "bare_chunks": step_bare_chunks, "encode": step_encode}
 
 
-def run_step(step: str, clean: Path, out: Path, config: dict) -> dict:
-    """Run one step in a fresh interpreter; return its figures with its own peak RSS."""
-    cmd = [sys.executable, __file__, "--step", step, "--clean", str(clean), "--out", str(out)]
-    cmd += ["--config", json.dumps(config)]
-    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if res.returncode != 0:
-        raise SystemExit(f"step {step} failed:\n{res.stderr}")
-    return json.loads(res.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mb", type=float, default=100.0, help="corpus size in MB")
@@ -175,7 +155,10 @@ def main() -> None:
         print("(wall time counts whatever else the machine runs; cpu is this step's own work)")
         report: dict = {"corpus_mb": round(mb, 1), "vocab_size": args.vocab, "parts": args.parts}
         for step in ("train", "bare", "bare_chunks", "encode"):
-            r = run_step(step, clean, out, config)
+            r = run_step(
+                __file__,
+                ["--step", step, "--clean", str(clean), "--out", str(out), "--config", json.dumps(config)],
+            )
             r["mb_per_s"] = mb / r["seconds"] if step != "train" else r["sample_bytes"] / 1e6 / r["seconds"]
             report[step] = {k: round(v, 2) if isinstance(v, float) else v for k, v in r.items()}
             print(
