@@ -16,13 +16,14 @@ variables: `MLFLOW_TRACKING_URI` (and the server's artifact store) and `PREFECT_
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from lm.fileio import file_lock
 
 DEFAULT_HOME = ".forja"
 UI_STATE = "ui.json"  # written by `forja ui`: the URLs of the servers it started
@@ -121,27 +122,22 @@ def migrate_prefect_db(prefect_home: Path) -> None:
     """
     from importlib.metadata import version
 
-    prefect_home.mkdir(parents=True, exist_ok=True)
     db = prefect_home / "prefect.db"
     marker = prefect_home / f".migrated-{version('prefect')}"
     if marker.is_file() and db.is_file():
         return
-    with open(prefect_home / "prefect.db.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            if marker.is_file() and db.is_file():  # another run did it while we waited
-                return
-            done = subprocess.run(
-                [sys.executable, "-m", "prefect", "server", "database", "upgrade", "-y"],
-                capture_output=True,
-                text=True,
-                env=os.environ | {"PREFECT_HOME": str(prefect_home), "PREFECT_LOGGING_LEVEL": "WARNING"},
+    with file_lock(prefect_home / "prefect.db.lock"):
+        if marker.is_file() and db.is_file():  # another run did it while we waited
+            return
+        done = subprocess.run(
+            [sys.executable, "-m", "prefect", "server", "database", "upgrade", "-y"],
+            capture_output=True,
+            text=True,
+            env=os.environ | {"PREFECT_HOME": str(prefect_home), "PREFECT_LOGGING_LEVEL": "WARNING"},
+        )
+        if done.returncode != 0:
+            raise RuntimeError(
+                f"could not create the Prefect database {db}: {done.stderr.strip()[-2000:]}\n"
+                "Fix: check the folder is writable, or point PREFECT_API_URL at a Prefect server."
             )
-            if done.returncode != 0:
-                raise RuntimeError(
-                    f"could not create the Prefect database {db}: {done.stderr.strip()[-2000:]}\n"
-                    "Fix: check the folder is writable, or point PREFECT_API_URL at a Prefect server."
-                )
-            marker.touch()
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+        marker.touch()

@@ -11,7 +11,6 @@ and the move happen under a lock, so two retrains finishing together leave it on
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -30,6 +29,7 @@ from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
 from forja.home import Home
+from lm.fileio import file_lock
 
 log = logging.getLogger("forja.tracking")
 
@@ -61,20 +61,15 @@ def _open_sqlite_store(uri: str) -> None:
     import sqlite3
 
     path = Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+    with file_lock(path.with_name(path.name + ".lock")):
+        con = sqlite3.connect(path, timeout=60)
         try:
-            con = sqlite3.connect(path, timeout=60)
-            try:
-                con.execute("PRAGMA journal_mode=WAL")
-            finally:
-                con.close()
-            c = mlflow.MlflowClient()
-            c.search_experiments(max_results=1)  # the tracking store: created (and migrated) here
-            c.search_registered_models(max_results=1)  # the registry store checks the same tables
+            con.execute("PRAGMA journal_mode=WAL")
         finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+            con.close()
+        c = mlflow.MlflowClient()
+        c.search_experiments(max_results=1)  # the tracking store: created (and migrated) here
+        c.search_registered_models(max_results=1)  # the registry store checks the same tables
     _READY.add(uri)
 
 
@@ -330,14 +325,8 @@ def registry_lock() -> Iterator[None]:
     With a remote tracking server and workers on several hosts, run promotions from one deployment
     (the retrain flow has a concurrency limit of one in infra/prefect.yaml) for the same guarantee.
     """
-    path = Home.from_env().root / "registry.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with file_lock(Home.from_env().root / "registry.lock"):
+        yield
 
 
 def champion(model_name: str = MODEL_NAME):

@@ -1,4 +1,4 @@
-"""Small file helpers shared by every stage: digests and atomic writes.
+"""Small file helpers shared by every stage: digests, atomic writes and a lock between processes.
 
 Nothing is ever written under its final name until it is complete: we write to a temporary
 sibling (same folder, so `os.replace` is an atomic rename on POSIX) and rename at the end.
@@ -8,6 +8,7 @@ A crash leaves at worst a `.tmp-*` file or folder, never a half-written final on
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -113,6 +114,23 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (created if missing) while the block runs.
+
+    A POSIX advisory lock (flock): it serialises processes on this machine that take the same lock,
+    and the kernel drops it if the holder dies, so a killed process never leaves it held.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def remove_stale_tmp(folder: str | os.PathLike) -> list[Path]:

@@ -12,7 +12,6 @@ champion decision compares like with like.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import math
@@ -26,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from lm.checkpoint import load_for_inference
 from lm.data import TokenData
 from lm.evaluate import token_nats
-from lm.fileio import atomic_path, sha256_file
+from lm.fileio import atomic_path, file_lock, sha256_file
 from lm.generate import generate
 from lm.tokenizer import Tokenizer
 from tasks.common import StageError, make_manifest, read_manifest, write_manifest
@@ -71,9 +70,7 @@ def freeze_eval_set(
 ) -> dict[str, Any]:
     """Write the fixed evaluation set once; later calls return the existing one untouched."""
     eval_dir = Path(eval_dir)
-    eval_dir.mkdir(parents=True, exist_ok=True)
-    with open(eval_dir / ".lock", "a") as lock:  # two runs freezing at once: the first one wins
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with file_lock(eval_dir / ".lock"):  # two runs freezing at once: the first one wins
         if (eval_dir / "manifest.json").is_file():
             return read_manifest(eval_dir, STAGE)
         return _freeze(tokens_dir, eval_dir, config)

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import hashlib
 import logging
 import os
@@ -43,7 +42,6 @@ import re
 import secrets
 import shutil
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -53,7 +51,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from lm.fileio import atomic_path, atomic_write_json, fsync_dir, remove_stale_tmp, sha256_file
+from lm.fileio import atomic_path, atomic_write_json, file_lock, fsync_dir, remove_stale_tmp, sha256_file
 from tasks.common import (
     MANIFEST,
     ROW_GROUP_ROWS,
@@ -424,17 +422,6 @@ def ingest_shard(
 # --------------------------------------------------------------------------- commit
 
 
-@contextlib.contextmanager
-def _locked(out: Path) -> Iterator[None]:
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / LOCK, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def _previous(out: Path) -> dict[str, Any] | None:
     if not (out / MANIFEST).is_file():
         return None
@@ -669,7 +656,7 @@ def commit_ingest(
                     "must share OUT's filesystem, and one ingest may run per OUT at a time; re-run the ingest"
                 )
     run = _sum_counts(results)
-    with _locked(out):
+    with file_lock(out / LOCK):
         prev = _previous(out)
         _cleanup(out, prev, keep_run=run_id)
         ratio = run["quarantined"] / run["items"] if run["items"] else 0.0
