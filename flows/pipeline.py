@@ -413,11 +413,15 @@ def run_pipeline(
 
             init_from = str(local_checkpoint(init_from))
         init_digest = sha256_file(ckpt.resolve_checkpoint(init_from) / ckpt.MODEL_FILE) if init_from else None
+        # A folder the user chose is part of what is asked for: a cached training elsewhere does not
+        # put a model there. (The default folder is named after the key, so it needs no mention.)
+        out = str(Path(params.run.out).resolve()) if params.run.out is not None else None
         key = stage_key(
             "train",
             data["tokens"]["digest"],
             config,
             init_digest,
+            out,
             code_digest(
                 "lm.model", "lm.lstm", "lm.train", "lm.data", "lm.config", "lm.checkpoint", "lm.runtime"
             ),
