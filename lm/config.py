@@ -161,8 +161,9 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    # Sized for time to quality on 2 CPU cores: the whole pipeline on 90% of tinyshakespeare in about
-    # 100 s (see bench/README.md). Also what the tests and the CPU demo use.
+    # Sized for time to quality on 2 CPU cores: about 90 s of training, the best held-out bits per
+    # byte on tinyshakespeare that a sweep found for that budget (bench/README.md). Also what the
+    # CPU demo uses; tests shrink it further with --set.
     "tiny": Preset(
         ModelConfig(n_layer=2, n_head=4, d_model=256, max_seq_len=128, tie_embeddings=True),
         TrainConfig(
