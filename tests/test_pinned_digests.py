@@ -1,0 +1,70 @@
+"""Behaviour pinned across refactors: the digests of ingest, clean and tokenize and the sha256 of the
+final weights of a short CPU run on a fixed corpus (the first 200,000 characters of tinyshakespeare).
+
+The expected values were produced by the code before the stage refactor (issue #9) and are written
+here by hand; a change to any of them must be explained in the commit that makes it.
+
+The stage digests cover the source paths that ingest records, so the corpus is written at one fixed
+path (under a lock, in case two runs of the suite share the machine).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+from helpers import shakespeare_text
+
+from lm.config import ModelConfig, TrainConfig
+from lm.fileio import file_lock, sha256_file
+from lm.train import train
+from tasks.clean import CleanConfig, run_clean
+from tasks.ingest import IngestConfig, run_ingest
+from tasks.tokenize import TokenizeConfig, run_tokenize
+
+PINNED = {
+    "ingest": "1456de44bf7c101d07c69c6cee5dad03bf8215e3663a36a9c24c63f1be1c10e4",
+    "clean": "b69a6c144f82bcb5672eec763399a6b274ff341e53be688713f164afebfcd5fb",
+    "tokens": "bd0f3189317d0bfcd3c0076d7d09d3a04cccf6f5991f55cac063414c28fa5e3d",
+    "weights": "897a6658d7861934150505e9b109785af9347fae68903768a51e6f9262b37f68",
+}
+ROOT = Path(tempfile.gettempdir()) / "forja-pinned-digests"
+
+
+@pytest.mark.slow
+def test_stage_digests_and_weights_are_pinned():
+    with file_lock(Path(tempfile.gettempdir()) / "forja-pinned-digests.lock"):
+        shutil.rmtree(ROOT, ignore_errors=True)
+        ROOT.mkdir()
+        try:
+            (ROOT / "corpus.txt").write_text(shakespeare_text(200_000), encoding="utf-8")
+            ingest = run_ingest([str(ROOT / "corpus.txt")], ROOT / "ingest", IngestConfig(split="blank_line"))
+            clean = run_clean(ROOT / "ingest", ROOT / "clean", CleanConfig())
+            tokens = run_tokenize(ROOT / "clean", ROOT / "tokens", TokenizeConfig(vocab_size=512))
+            model = ModelConfig(n_layer=2, n_head=2, d_model=64, max_seq_len=32)
+            cfg = TrainConfig(
+                batch_size=8,
+                max_steps=20,
+                lr=3e-3,
+                warmup_steps=5,
+                eval_every=10,
+                eval_batches=2,
+                checkpoint_every=10,
+                keep_last=2,
+                log_every=10,
+                device="cpu",
+                dtype="float32",
+                seed=0,
+            )
+            result = train(model, cfg, ROOT / "tokens", ROOT / "run")
+            got = {
+                "ingest": ingest["digest"],
+                "clean": clean["digest"],
+                "tokens": tokens["digest"],
+                "weights": sha256_file(Path(result.checkpoint) / "model.safetensors"),
+            }
+        finally:
+            shutil.rmtree(ROOT, ignore_errors=True)
+    assert got == PINNED
