@@ -46,6 +46,30 @@ def test_eval_counts_every_token_once_and_bits_per_byte_is_nats_over_bytes(run_d
     assert n_a == len(ids) - 1 and total_a == pytest.approx(by_hand.item(), rel=1e-5)
 
 
+def test_every_token_is_scored_with_the_longest_context_the_model_allows(run_dir):
+    """Texts longer than a context, the windows of lm-evaluation-harness's loglikelihood_rolling:
+    targets are scored seq_len at a time, and a window's input is the seq_len tokens before its last
+    target, so the last, partial window (targets 17-20 here) reads from token 12 on, not from 16.
+    Each target's -log p is computed one token at a time from its context, by hand."""
+    model = load_for_inference(run_dir).model
+    seq_len = 8
+    ids = [3, *range(10, 30)]  # 20 targets: windows of 8, 8 and a last, partial one of 4
+    window_start = {**dict.fromkeys(range(1, 9), 0), **dict.fromkeys(range(9, 17), 8)}
+    window_start |= dict.fromkeys(range(17, 21), 12)  # 20 - 8: a full context for the last window
+    by_hand = 0.0
+    for j in range(1, len(ids)):
+        context = ids[window_start[j] : j]
+        logits, _ = model(torch.tensor([context]))
+        by_hand -= torch.log_softmax(logits[0, -1].double(), -1)[ids[j]].item()
+    total, n = token_nats(model, [ids, ids[:5]], seq_len=seq_len)
+    short = -sum(
+        torch.log_softmax(model(torch.tensor([ids[:4]]))[0][0].double(), -1)[i, ids[i + 1]].item()
+        for i in range(4)
+    )
+    assert n == 20 + 4
+    assert total == pytest.approx(by_hand + short, rel=1e-5)
+
+
 def test_generation_is_seeded_greedy_is_top_k_1_and_eos_stops(run_dir):
     m = load_for_inference(run_dir).model
     prompt = [5, 17, 42]
