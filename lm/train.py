@@ -140,6 +140,8 @@ class Trainer:
         self.initialised_from: Path | None = None
 
         existing = ckpt.latest_checkpoint(self.run_dir) if resume else None
+        if resume and existing is None:
+            log.info("resume: %s holds no complete checkpoint yet; starting from step 0", self.run_dir)
         if not resume and ckpt.list_checkpoints(self.run_dir):
             raise CheckpointError(
                 f"{self.run_dir} already holds checkpoints; pass --resume to continue that run "

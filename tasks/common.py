@@ -165,12 +165,12 @@ class Progress:
     def _emit(self, now: float) -> None:
         elapsed = max(now - self.t0, 1e-9)
         parts = [f"{self.desc}: {self.n:,}" + (f"/{self.total:,}" if self.total else "") + f" {self.unit}"]
-        if self.total:
-            parts.append(f"{100 * self.n / self.total:.1f}%")
+        if self.total:  # a total is an estimate (bytes of compressed files, say): never past 100%
+            parts.append(f"{min(100.0, 100 * self.n / self.total):.1f}%")
         if self.nbytes:
             parts.append(f"{self.nbytes / 1e6 / elapsed:.1f} MB/s")
         if self.total and self.n:
-            parts.append(f"eta {elapsed * (self.total - self.n) / self.n:.0f}s")
+            parts.append(f"eta {max(0.0, elapsed * (self.total - self.n) / self.n):.0f}s")
         parts.append(f"{elapsed:.1f}s")
         self.log.info(", ".join(parts))
 
