@@ -131,6 +131,8 @@ def eval_(
         body = text.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         _fail(f"--text {text} is not UTF-8 ({e}); convert it or run it through `forja ingest`")
+    if not body:
+        _fail(f"--text {text} is empty: give a file with some text to evaluate")
     loaded = load_model_ref(model)
     tok = Tokenizer(loaded.tokenizer_path)
     result = evaluate_text(loaded.model, tok, body, seq_len or loaded.model_cfg.max_seq_len)
@@ -156,6 +158,9 @@ def sample(
     top_k: Annotated[int | None, typer.Option(min=1)] = None,
     top_p: Annotated[float | None, typer.Option(min=0.0, max=1.0)] = None,
     seed: Annotated[int | None, typer.Option()] = None,
+    ignore_eos: Annotated[
+        bool, typer.Option(help="Go on past the end-of-text token (by default generation stops there).")
+    ] = False,
 ) -> None:
     """Generate a continuation of a prompt."""
     from forja.models import load_model_ref
@@ -173,9 +178,15 @@ def sample(
         top_k=top_k,
         top_p=top_p,
         seed=seed,
-        eos_id=tok.eos_id,
+        eos_id=None if ignore_eos else tok.eos_id,
     )
     typer.echo(tok.decode(prompt_ids + [i for i in ids if i != tok.eos_id]))
+    if not ignore_eos and ids and ids[-1] == tok.eos_id and len(ids) < max_new_tokens:
+        typer.echo(
+            f"(stopped after {len(ids)} of {max_new_tokens} tokens: the model wrote the end-of-text "
+            "token; --ignore-eos goes on past it)",
+            err=True,
+        )
 
 
 def _pipeline_params(source, preset, out, set_, resume):
