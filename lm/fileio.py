@@ -12,8 +12,10 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -131,6 +133,67 @@ def file_lock(path: str | os.PathLike) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def staging_path(final: str | os.PathLike, role: str = "staging") -> Path:
+    """A temporary sibling of `final` for one process's work: `.tmp-<name>.<role>-<pid>-<ns>`.
+
+    The pid in the name lets `remove_dead_leftovers` tell a killed run's folder from a live one's."""
+    final = Path(final)
+    return final.parent / f"{TMP_PREFIX}{final.name}.{role}-{os.getpid()}-{time.monotonic_ns()}"
+
+
+def publish_dir(staging: str | os.PathLike, final: str | os.PathLike) -> None:
+    """Move a finished `staging` folder onto `final`; an earlier `final` is moved aside, then deleted.
+
+    Readers see the old folder or the new one, never a mix (between the two renames `final` is
+    absent). The caller writes the folder's manifest before this: the manifest is the last file."""
+    staging, final = Path(staging), Path(final)
+    fsync_dir(staging)
+    old = None
+    if final.exists():
+        old = staging_path(final, "old")
+        os.rename(final, old)
+    os.rename(staging, final)
+    fsync_dir(final.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+_LEFTOVER = re.compile(r"^" + re.escape(TMP_PREFIX) + r"(?P<name>.+)\.[a-z]+-(?P<pid>\d+)-\d+$")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, another user's
+    return True
+
+
+def remove_dead_leftovers(folder: str | os.PathLike, name: str | None = None) -> list[Path]:
+    """Delete what killed processes left in `folder`: `staging_path` folders and files (of `final`
+    named `name`, or of any) whose process is gone. A live process's work (a concurrent run on the
+    same data) is left alone, and so is anything not named by `staging_path`."""
+    folder = Path(folder)
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    for p in folder.iterdir():
+        m = _LEFTOVER.match(p.name)
+        if m is None or (name is not None and m["name"] != name):
+            continue
+        pid = int(m["pid"])
+        if pid == os.getpid() or _alive(pid):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
 
 
 def remove_stale_tmp(folder: str | os.PathLike) -> list[Path]:
