@@ -113,3 +113,51 @@ def test_a_bad_deployment_parameter_is_refused():
     flow = load_flow_from_entrypoint(f"{ROOT / 'flows/pipeline.py'}:pipeline")
     with pytest.raises(Exception, match=r"presett|unexpected|extra"):
         flow.validate_parameters({"presett": "tiny"})
+
+
+PULL_STEPS = """
+import asyncio, json, os, sys, yaml
+from prefect.deployments.steps.core import run_steps
+steps = yaml.safe_load(open(sys.argv[1]))["pull"]
+out = asyncio.run(run_steps(steps, {}))
+print(json.dumps({"cwd": os.getcwd(), "out": out}))
+"""
+
+
+def test_pull_steps_find_the_code_from_any_folder(tmp_path):
+    """The worker's pull step changes into the folder holding the flows' code, wherever it is
+    installed (a checkout here, site-packages in the image), not a fixed path."""
+    import json
+    import os
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "FORJA_PROJECT_DIR"}
+    r = subprocess.run(
+        [sys.executable, "-c", PULL_STEPS, str(INFRA / "prefect.yaml")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    cwd = json.loads(r.stdout.strip().splitlines()[-1])["cwd"]
+    assert (ROOT / "flows" / "pipeline.py").samefile(os.path.join(cwd, "flows", "pipeline.py"))
+    bad = subprocess.run(
+        [sys.executable, "-c", PULL_STEPS, str(INFRA / "prefect.yaml")],
+        cwd=tmp_path,
+        env={**env, "FORJA_PROJECT_DIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode != 0 and "FORJA_PROJECT_DIR" in bad.stderr and str(tmp_path) in bad.stderr
+
+
+def test_mlflow_uses_a_postgres_driver_the_image_installs(compose):
+    """SQLAlchemy reads a bare postgresql:// as psycopg 3, which the image does not install."""
+    args = compose["services"]["mlflow"]["command"]
+    uri = next(a.split("=", 1)[1] for a in args if a.startswith("--backend-store-uri="))
+    driver = uri.split("://", 1)[0]
+    assert driver == "postgresql+psycopg2", uri
+    assert "psycopg2-binary" in (INFRA / "Dockerfile").read_text()
