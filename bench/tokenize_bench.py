@@ -109,10 +109,11 @@ def step_bare_chunks(clean: Path, out: Path, config: dict) -> dict:
 
 
 def step_encode(clean: Path, out: Path, config: dict) -> dict:
-    from tasks.tokenize import TokenizeConfig, _tokenizer_info, encode_part, finalize, list_parts
+    from tasks.tokenize import TokenizeConfig, encode_part, finalize, list_parts
+    from tasks.tokenize.tokenizer import tokenizer_info
 
     cfg = TokenizeConfig(**config)
-    tok = _tokenizer_info(out / "tokenizer.model", True)
+    tok = tokenizer_info(out / "tokenizer.model", True)
     t0, c0 = time.perf_counter(), cpu_seconds()
     parts = [encode_part(p, out / "tokenizer.model", out / "work", cfg) for p in list_parts(clean)]
     manifest = finalize(clean, out, tok, parts, cfg)

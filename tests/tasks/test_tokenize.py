@@ -264,7 +264,7 @@ def test_shards_are_cut_to_shard_tokens_without_changing_the_stream(tmp_path, sh
 def test_encoding_in_many_batches_gives_the_same_tokens(tmp_path, shakespeare_path, monkeypatch):
     clean = write_clean(tmp_path / "clean", [paragraphs(shakespeare_path, 300)])
     one = run_tokenize(clean, tmp_path / "one", small_config())
-    monkeypatch.setattr(tokenize, "ENCODE_BATCH_BYTES", 2000)  # dozens of batches, encoded in flight
+    monkeypatch.setattr(tokenize.encode, "ENCODE_BATCH_BYTES", 2000)  # dozens of batches, encoded in flight
     many = run_tokenize(clean, tmp_path / "many", small_config(num_threads=3))
     assert [o["sha256"] for o in many["outputs"]] == [o["sha256"] for o in one["outputs"]]
 
