@@ -117,11 +117,11 @@ def load_user_rules(rules_dir: Path, builtins: tuple[Rule, ...]) -> tuple[Rule, 
     """The `*.sql` rule files of a user's `rules_dir`, checked against the built-in rules."""
     if not rules_dir.is_dir():
         what = "does not exist" if not rules_dir.exists() else "is not a folder"
-        raise StageError(f"rules_dir {rules_dir} {what}; set rules_dir to a folder of NNN_<name>.sql files")
+        raise StageError(f"{rules_dir} {what}; set rules_dir to a folder of NNN_<name>.sql files")
     try:
         paths = sorted(p for p in rules_dir.iterdir() if p.suffix == ".sql")
     except OSError as e:
-        raise StageError(f"rules_dir {rules_dir} cannot be read ({e})") from e
+        raise StageError(f"{rules_dir} cannot be read ({e})") from e
     rules = [read_rule_file(p, USER_ORIGIN) for p in paths]
     first_corpus = min((r.order for r in builtins if r.kind in CORPUS_KINDS), default=None)
     taken = {r.name: r for r in builtins}
