@@ -6,7 +6,7 @@
 -- spaces are left alone, so tables and lists of numbers survive. Version strings shaped like
 -- a.b.c.d with every part <= 255 cannot be told from IPv4 addresses and are redacted too.
 -- `_pii` is a cheap superset of all four patterns: rows without a hit are never rewritten.
--- The cleaning report never shows the redacted values (see tasks/clean.py). Combining marks
+-- The cleaning report never shows the redacted values (see tasks/clean/engine.py). Combining marks
 -- right after a redacted value belonged to its last character and go with it: left behind, they
 -- would combine with the placeholder's '>' (U+0338 makes it '≯') and the text would not be NFC.
 WITH flagged AS (

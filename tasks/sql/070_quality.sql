@@ -1,6 +1,6 @@
 -- kind: filter
 -- Quality heuristics after Gopher (Rae et al. 2021) and C4 (Raffel et al. 2020). The counts come
--- from `text_stats(text)`, a vectorised numpy UDF (tasks/clean.py): counting letters or words per
+-- from `text_stats(text)`, a vectorised numpy UDF (tasks/clean/text.py): counting letters or words per
 -- document with regular expressions costs about 10x more. The first failing check names the reason:
 --   no_words         nothing but whitespace
 --   alpha_share      letters / non-space characters < min_alpha_share (symbol soup, digit strings)

@@ -1,9 +1,9 @@
 -- kind: candidates
 -- Near-deduplication, step 1: LSH buckets. Every document's MinHash signature is cut into bands
--- and each band hashed to one key (`bands`, computed per shard by tasks/dedup.py; the key is
+-- and each band hashed to one key (`bands`, computed per shard by tasks/clean/minhash.py; the key is
 -- salted with the band's index). Documents that share any band key are candidates. Each bucket
 -- yields the pairs (first member, other member) and (member, next member), in `gid` order.
--- Step 2 (tasks/dedup.py): every pair is checked against the Jaccard threshold with the full
+-- Step 2 (tasks/clean/dedup.py): every pair is checked against the Jaccard threshold with the full
 -- signatures, the similar pairs are joined into connected components, and each keeps its smallest gid.
 WITH keyed AS (
     SELECT gid, unnest(bands) AS band_key

@@ -30,7 +30,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tasks.clean import CleanConfig, chain_sql, connect, fix_mojibake
-from tasks.clean import _as_later_rules_leave_it as as_later_rules_leave_it
+from tasks.clean.text import _as_later_rules_leave_it as as_later_rules_leave_it
 
 # Each example is a batch of texts normalised in one query (a query costs ~30 ms, a text ~nothing).
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

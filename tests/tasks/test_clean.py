@@ -25,7 +25,6 @@ from pydantic import ValidationError
 
 from lm.errors import DataError
 from lm.fileio import read_json, sha256_file
-from tasks import dedup
 from tasks.clean import (
     CleanConfig,
     Rule,
@@ -36,11 +35,12 @@ from tasks.clean import (
     fix_mojibake,
     input_parts,
     load_rules,
+    minhash,
     rule_names,
     run_clean,
     text_stats,
 )
-from tasks.clean import _validate_chain as validate_chain
+from tasks.clean.chain import validate_chain
 from tasks.common import StageError, make_manifest, write_manifest, write_parquet
 
 SEED = ROOT.parent / "shared" / "seed" / "training-llms-with-transformers.pt.txt"  # real mojibake
@@ -375,9 +375,9 @@ def test_near_dedup_across_shards(tmp_path: Path, paragraphs: list[str]):
 def test_minhash_estimates_jaccard_and_is_batch_independent(paragraphs: list[str]):
     doc = " ".join(paragraphs[200:210])
     variants = [doc, near_copy(doc, 20), near_copy(doc, 8), near_copy(doc, 3), " ".join(paragraphs[400:410])]
-    b, r = dedup.lsh_params(0.8, 128)
-    sigs = dedup.signatures_from_blobs(
-        dedup.minhash_arrow(pa.array(variants), 128, 5, b, r).field("sig"), 128
+    b, r = minhash.lsh_params(0.8, 128)
+    sigs = minhash.signatures_from_blobs(
+        minhash.minhash_arrow(pa.array(variants), 128, 5, b, r).field("sig"), 128
     )
 
     def shingles(t: str) -> set:
@@ -386,14 +386,14 @@ def test_minhash_estimates_jaccard_and_is_batch_independent(paragraphs: list[str
 
     for v, sig in zip(variants, sigs, strict=True):
         true = len(shingles(doc) & shingles(v)) / len(shingles(doc) | shingles(v))
-        est = dedup.similarity(sigs[:1], sig[None])[0]
+        est = minhash.similarity(sigs[:1], sig[None])[0]
         assert abs(est - true) < 0.12, (true, est)
     # the same text gets the same signature whatever else is in its batch
-    alone = dedup.signatures_from_blobs(
-        dedup.minhash_arrow(pa.array([variants[2]]), 128, 5, b, r).field("sig"), 128
+    alone = minhash.signatures_from_blobs(
+        minhash.minhash_arrow(pa.array([variants[2]]), 128, 5, b, r).field("sig"), 128
     )
     assert np.array_equal(alone[0], sigs[2])
-    short = dedup.minhash_arrow(pa.array(["too short", None]), 128, 5, b, r)
+    short = minhash.minhash_arrow(pa.array(["too short", None]), 128, 5, b, r)
     assert short.null_count == 2
 
 
@@ -403,10 +403,10 @@ def test_minhash_estimates_jaccard_and_is_batch_independent(paragraphs: list[str
 def test_lsh_bands_are_the_ones_datasketch_picks(threshold: float, num_perm: int):
     from datasketch import MinHashLSH
 
-    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, weights=dedup.LSH_WEIGHTS)
-    assert dedup.lsh_params(threshold, num_perm) == (lsh.b, lsh.r)
+    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, weights=minhash.LSH_WEIGHTS)
+    assert minhash.lsh_params(threshold, num_perm) == (lsh.b, lsh.r)
     even = MinHashLSH(threshold=threshold, num_perm=num_perm)
-    assert dedup.lsh_params(threshold, num_perm, (0.5, 0.5)) == (even.b, even.r)
+    assert minhash.lsh_params(threshold, num_perm, (0.5, 0.5)) == (even.b, even.r)
 
 
 # --------------------------------------------------------------------------- output contract

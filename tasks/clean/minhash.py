@@ -20,7 +20,7 @@ Design choices, and why:
   recall (LSH_WEIGHTS) because every candidate is verified. Each band of `rows`
   values is hashed to one 64-bit key; the buckets are formed in SQL (tasks/sql/090_near_dedup.sql),
   candidate pairs are checked against the threshold with the signatures, and connected components
-  (vectorised) group them.
+  (vectorised) group them (tasks/clean/dedup.py runs these steps over the corpus).
 
 Everything here works on Arrow arrays and numpy; no Python loop runs per document or per word.
 """
@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+
+from tasks.clean.arrays import ascii_space, utf8_buffers
 
 MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 EMPTY32 = np.uint32(0xFFFFFFFF)  # an empty bin (a true minimum of 0xFFFFFFFF reads as empty too)
@@ -56,39 +58,6 @@ _BAND_MULT = _splitmix64(0xBA4D_5EED, 1024)
 MINHASH_TYPE = "STRUCT(sig BLOB, bands UBIGINT[])"  # the DuckDB type of `minhash_udf`'s result
 
 
-def utf8_buffers(arr: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
-    """The UTF-8 bytes of a string array as one uint8 array, and int64 offsets starting at 0.
-
-    Zero-copy for (large_)string arrays: we read Arrow's buffers directly, so the per-byte numpy
-    kernels below never build Python strings. Nulls read as empty strings.
-    """
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks() if arr.num_chunks != 1 else arr.chunk(0)
-    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
-        arr = arr.cast(pa.large_string())
-    if len(arr) == 0:
-        return np.zeros(0, np.uint8), np.zeros(1, np.int64)
-    otype = np.int64 if pa.types.is_large_string(arr.type) else np.int32
-    bufs = arr.buffers()
-    offs = np.frombuffer(
-        bufs[1], dtype=otype, count=len(arr) + 1, offset=arr.offset * np.dtype(otype).itemsize
-    ).astype(np.int64)
-    data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None else np.zeros(0, np.uint8)
-    data = data[offs[0] : offs[-1]]
-    return data, offs - offs[0]
-
-
-def np_values(arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """The values of a null-free primitive Arrow array as numpy, read from its buffer (pyarrow's
-    own `to_numpy` imports pandas on first use: 0.3 s in every worker process)."""
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks() if arr.num_chunks != 1 else arr.chunk(0)
-    dtype = np.dtype(arr.type.to_pandas_dtype())
-    if arr.null_count:
-        raise ValueError("np_values needs an array without nulls")
-    return np.frombuffer(arr.buffers()[1], dtype=dtype, count=len(arr), offset=arr.offset * dtype.itemsize)
-
-
 def _mix64(x: np.ndarray) -> np.ndarray:
     """splitmix64's finaliser: spreads every input bit over all output bits (wrapping uint64)."""
     x = x.copy()
@@ -98,11 +67,6 @@ def _mix64(x: np.ndarray) -> np.ndarray:
     x *= np.uint64(0x94D049BB133111EB)
     x ^= x >> np.uint64(31)
     return x
-
-
-def ascii_space(data: np.ndarray) -> np.ndarray:
-    """Per byte: is it ASCII whitespace (tab, newline, vertical tab, form feed, return, space)."""
-    return (data == 32) | ((data - np.uint8(9)) < np.uint8(5))
 
 
 def word_spans(data: np.ndarray, offs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,138 @@
+"""The Parquet files of the clean output: the kept rows cut into parts, and dropped.parquet.
+
+    part-00000.parquet ...  doc_id, source, path, offset, text (cleaned), n_bytes (of the cleaned
+                            text), ordered by (doc_id, source, path, offset); zstd, 8192-row groups
+    dropped.parquet         every dropped row: doc_id, source, path, offset, rule, reason, dup_of,
+                            similarity, n_bytes (the text stays in the ingest output)
+
+Both stream from the shard work files and dedup.parquet in an explicit order, and cut parts and
+row groups at fixed sizes: the same input gives byte-identical files, whatever the batch sizes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from lm.fileio import atomic_path
+from tasks.clean.arrays import np_values
+from tasks.clean.chain import sql_list, sql_string
+from tasks.clean.config import CleanConfig
+from tasks.clean.engine import KEY_ORDER
+from tasks.common import ROW_GROUP_ROWS, output_record, write_parquet
+
+OUT_SCHEMA = pa.schema(
+    [
+        ("doc_id", pa.string()),
+        ("source", pa.string()),
+        ("path", pa.string()),
+        ("offset", pa.int64()),
+        ("text", pa.string()),
+        ("n_bytes", pa.int64()),
+    ]
+)
+DROPPED_SCHEMA = pa.schema(
+    [
+        ("doc_id", pa.string()),
+        ("source", pa.string()),
+        ("path", pa.string()),
+        ("offset", pa.int64()),
+        ("rule", pa.string()),
+        ("reason", pa.string()),
+        ("dup_of", pa.string()),
+        ("similarity", pa.float64()),
+        ("n_bytes", pa.int64()),
+    ]
+)
+
+
+def write_parts(
+    con: duckdb.DuckDBPyConnection, works: list[str], dedup_file: str, tmp: Path, config: CleanConfig
+) -> tuple[list[dict[str, Any]], int]:
+    """The kept rows in order, cut into parts; returns their records and the bytes of text."""
+    if not works:
+        return [], 0
+    src = f"read_parquet({sql_list(works)}, filename = true, file_row_number = true)"
+    sql = (
+        f'SELECT w.doc_id, w.source, w.path, w."offset", w.text, w.n_bytes FROM {src} w '
+        f"ANTI JOIN read_parquet({sql_string(dedup_file)}) d ON w.filename = d.filename AND w.file_row_number = d.file_row_number "
+        f"WHERE w._drop IS NULL ORDER BY {KEY_ORDER}, text"
+    )
+    reader = con.sql(sql).to_arrow_reader(ROW_GROUP_ROWS)
+    parts: list[dict[str, Any]] = []
+    pending: list[pa.Table] = []
+    pending_bytes = 0
+    total = 0
+
+    def flush() -> None:
+        nonlocal pending, pending_bytes
+        if pending:
+            table = pa.concat_tables(pending).combine_chunks()
+            parts.append(write_parquet(table, tmp / f"part-{len(parts):05d}.parquet"))
+            pending, pending_bytes = [], 0
+
+    for batch in reader:
+        table = pa.Table.from_batches([batch]).cast(OUT_SCHEMA)
+        total += int(pc.sum(batch.column("n_bytes")).as_py() or 0)
+        while table.num_rows:
+            # cut at the row where the part reaches part_bytes: independent of batch sizes
+            cum = np.cumsum(np_values(table.column("n_bytes"))) + pending_bytes
+            j = int(np.searchsorted(cum, config.part_bytes, side="left")) + 1
+            if j > table.num_rows:
+                pending.append(table)
+                pending_bytes = int(cum[-1])
+                break
+            pending.append(table.slice(0, j))
+            flush()
+            table = table.slice(j)
+    flush()
+    return parts, total
+
+
+def write_dropped(
+    con: duckdb.DuckDBPyConnection, works: list[str], dedup_file: str, tmp: Path
+) -> dict[str, Any]:
+    """dropped.parquet: every dropped row's key, rule, reason (and dup_of), streamed in order."""
+    path = tmp / "dropped.parquet"
+    batches: Any = [DROPPED_SCHEMA.empty_table()]
+    if works:
+        src = f"read_parquet({sql_list(works)}, filename = true, file_row_number = true)"
+        sql = (
+            f'SELECT doc_id, source, path, "offset", rule, reason, dup_of, similarity, n_bytes FROM ('
+            f'SELECT doc_id, source, path, "offset", _drop AS rule, _reason AS reason, NULL::VARCHAR AS dup_of, '
+            f"NULL::DOUBLE AS similarity, n_bytes FROM {src} WHERE _drop IS NOT NULL "
+            f'UNION ALL SELECT doc_id, source, path, "offset", rule, reason, dup_of, similarity, n_bytes '
+            f"FROM read_parquet({sql_string(dedup_file)})"
+            f") ORDER BY {KEY_ORDER}, rule"
+        )
+        batches = con.sql(sql).to_arrow_reader(ROW_GROUP_ROWS)
+    rows = 0
+    with atomic_path(path) as tmp_file:
+        writer = pq.ParquetWriter(tmp_file, DROPPED_SCHEMA, compression="zstd", write_statistics=True)
+        pending: list[pa.Table] = []
+        n_pending = 0
+        for batch in batches:
+            table = (batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])).cast(
+                DROPPED_SCHEMA
+            )
+            pending.append(table)
+            n_pending += table.num_rows
+            while n_pending >= ROW_GROUP_ROWS:  # row groups of exactly ROW_GROUP_ROWS: batch sizes never show
+                whole = pa.concat_tables(pending)
+                writer.write_table(
+                    whole.slice(0, ROW_GROUP_ROWS).combine_chunks(), row_group_size=ROW_GROUP_ROWS
+                )
+                pending, n_pending = [whole.slice(ROW_GROUP_ROWS)], n_pending - ROW_GROUP_ROWS
+                rows += ROW_GROUP_ROWS
+        if n_pending or rows == 0:
+            rest = pa.concat_tables([DROPPED_SCHEMA.empty_table(), *pending]).combine_chunks()
+            writer.write_table(rest, row_group_size=ROW_GROUP_ROWS)
+            rows += n_pending
+        writer.close()
+    return {**output_record(path, tmp), "rows": rows}
