@@ -3,8 +3,9 @@
     input_parts(in_dir, config)                       -> the ingest data parts (checked)
     clean_shard(part_path, work_dir, config)          -> per-document rules on one part (map this)
     dedup_shards(shard_results, work_dir, config)     -> exact + near dedup over all parts
-    finalize(shard_results, dedup_result, out, config, upstream) -> parts, report, manifest
-    run_clean(in_dir, out, config)                    -> the four, in sequence
+    write_output(shard_results, dedup_result, folder, config, upstream) -> parts, report, manifest
+    run_clean(in_dir, out, config)                    -> the stage (tasks/clean/stage.py), keyed,
+                                                         published atomically
 
 Rules are SQL files in tasks/sql/, one rule each, applied in the order of their number prefix:
 
@@ -44,17 +45,18 @@ The modules, by concern (each imports only those above it):
     report    report.json and its snippets
     engine    DuckDB connection, input parts, clean_shard
     dedup     dedup_shards (exact and near-duplicate removal over the corpus)
-    output    the Parquet writers of the kept and dropped rows
-    run       run_clean and finalize (the stage glue)
+    output    the Parquet writers of the kept and dropped rows, write_output
+    stage     the stage declared once (tasks/stage.py runs it); run_clean
 """
 
 from tasks.clean.chain import chain_sql
 from tasks.clean.config import CleanConfig, rule_files
 from tasks.clean.dedup import dedup_shards
 from tasks.clean.engine import clean_shard, connect, input_parts
+from tasks.clean.output import write_output
 from tasks.clean.report import build_report
 from tasks.clean.rules import Rule, load_rules, rule_names
-from tasks.clean.run import finalize, run_clean
+from tasks.clean.stage import run_clean
 from tasks.clean.text import fix_mojibake, text_stats
 
 __all__ = [
@@ -65,7 +67,6 @@ __all__ = [
     "clean_shard",
     "connect",
     "dedup_shards",
-    "finalize",
     "fix_mojibake",
     "input_parts",
     "load_rules",
@@ -73,4 +74,5 @@ __all__ = [
     "rule_names",
     "run_clean",
     "text_stats",
+    "write_output",
 ]

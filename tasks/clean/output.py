@@ -20,12 +20,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from lm.fileio import atomic_path
+from lm.fileio import atomic_path, atomic_write_json
 from tasks.clean.arrays import np_values
 from tasks.clean.chain import sql_list, sql_string
 from tasks.clean.config import CleanConfig
-from tasks.clean.engine import KEY_ORDER
-from tasks.common import ROW_GROUP_ROWS, output_record, write_parquet
+from tasks.clean.engine import KEY_ORDER, connect
+from tasks.clean.report import build_report
+from tasks.common import ROW_GROUP_ROWS, StageError, make_manifest, output_record, write_parquet
 
 OUT_SCHEMA = pa.schema(
     [
@@ -136,3 +137,38 @@ def write_dropped(
             rows += n_pending
         writer.close()
     return {**output_record(path, tmp), "rows": rows}
+
+
+def write_output(
+    shard_results: list[dict[str, Any]],
+    dedup_result: dict[str, Any],
+    folder: Path,
+    config: CleanConfig,
+    upstream: str | None,
+    work_dir: Path,
+) -> dict[str, Any]:
+    """Write the clean output into `folder` (the stage's staging folder): the kept rows in
+    (doc_id, source, path, offset) order cut into parts of about `part_bytes`, dropped.parquet and
+    report.json. Returns the manifest; the stage runner writes it last and publishes the folder."""
+    works = [r["work"] for r in shard_results]
+    with connect(config, work_dir) as con:
+        parts, bytes_out = write_parts(con, works, dedup_result["output"], folder, config)
+        dropped = write_dropped(con, works, dedup_result["output"], folder)
+    report = build_report(shard_results, dedup_result, config, bytes_out)
+    atomic_write_json(folder / "report.json", report)
+    artifacts = [output_record(folder / "report.json", folder), dropped]
+    counts = {
+        "rows_in": report["rows_in"],
+        "rows_out": report["rows_out"],
+        "bytes_in": report["bytes_in"],
+        "bytes_out": report["bytes_out"],
+        "dropped": {r["rule"]: r["dropped"] for r in report["rules"] if r["kind"] != "map"},
+        "changed": {r["rule"]: r["changed"] for r in report["rules"] if r["kind"] == "map"},
+    }
+    if sum(p["rows"] for p in parts) != report["rows_out"]:  # pragma: no cover - internal invariant
+        raise StageError(
+            f"internal error: wrote {sum(p['rows'] for p in parts)} rows, expected {report['rows_out']}"
+        )
+    return make_manifest(
+        "clean", config.identity(), parts, counts, upstream=upstream, artifacts=artifacts, report=report
+    )

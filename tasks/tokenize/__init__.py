@@ -42,16 +42,16 @@ The package, by concern (each step is callable on its own, as above):
     tokenizer.py  step 1: train_tokenizer, reuse_tokenizer
     encode.py     step 2: encode_part
     shards.py     step 3: finalize
-    run.py        run_tokenize, the whole stage
+    stage.py      the stage declared once (tasks/stage.py runs it); run_tokenize
 """
 
 from tasks.common import StageError
 from tasks.tokenize.config import TokenizeConfig
 from tasks.tokenize.encode import encode_part
 from tasks.tokenize.parts import list_parts
-from tasks.tokenize.run import run_tokenize
 from tasks.tokenize.shards import finalize
 from tasks.tokenize.split import chunk_text, split_of
+from tasks.tokenize.stage import run_tokenize
 from tasks.tokenize.tokenizer import reuse_tokenizer, train_tokenizer
 
 __all__ = [

@@ -17,7 +17,7 @@ import numpy as np
 from lm.data import FORMAT, TOKENIZER, dtype_for_vocab, write_shard
 from lm.errors import DataError
 from lm.fileio import sha256_file
-from tasks.common import StageError, make_manifest, output_record, read_manifest, write_manifest
+from tasks.common import StageError, make_manifest, output_record, read_manifest
 from tasks.tokenize.config import SPLITS, STAGE, UPSTREAM, TokenizeConfig
 
 log = logging.getLogger("forja.tokenize")
@@ -72,7 +72,8 @@ def finalize(
     parts: list[dict[str, Any]],
     config: TokenizeConfig,
 ) -> dict[str, Any]:
-    """Cut the parts' token files into OUT/<split>-NNNNN.bin shards and write OUT/manifest.json last.
+    """Cut the parts' token files into OUT/<split>-NNNNN.bin shards; return the manifest (the stage
+    runner adds the key and writes it last).
 
     `tokenizer` is what train_tokenizer / reuse_tokenizer returned (its model must be OUT/tokenizer.model),
     `parts` what encode_part returned, in part order. Returns the manifest.
@@ -143,4 +144,4 @@ def finalize(
         eos_id=tokenizer["eos_id"],
         splits=splits,
     )
-    return write_manifest(out, manifest)
+    return manifest  # the stage runner adds the key and writes it last

@@ -28,12 +28,8 @@ from lm.fileio import read_json, sha256_file
 from tasks.clean import (
     CleanConfig,
     Rule,
-    clean_shard,
     connect,
-    dedup_shards,
-    finalize,
     fix_mojibake,
-    input_parts,
     load_rules,
     minhash,
     rule_names,
@@ -42,6 +38,7 @@ from tasks.clean import (
 )
 from tasks.clean.chain import validate_chain
 from tasks.common import StageError, make_manifest, write_manifest, write_parquet
+from tasks.stage import StageRun, get_stage
 
 SEED = ROOT.parent / "shared" / "seed" / "training-llms-with-transformers.pt.txt"  # real mojibake
 ONLY_PER_DOC = {"exact_dedup": False, "near_dedup": False}
@@ -459,26 +456,28 @@ def test_worker_processes_give_the_same_output(tmp_path: Path, paragraphs: list[
     assert read_json(tmp_path / "one" / "report.json") == read_json(tmp_path / "two" / "report.json")
 
 
-def test_shard_functions_compose_like_run_clean(tmp_path: Path, paragraphs: list[str]):
+def test_the_flow_path_gives_the_cli_path_s_key_digest_and_manifest(tmp_path: Path, paragraphs: list[str]):
+    """What flows/stages.py does (plan, shards mapped over threads, publish) against run_clean."""
     ing = make_ingest(tmp_path / "in", [paragraphs[:100], paragraphs[90:200]])
     config = CleanConfig()
     ref = run_clean(ing, tmp_path / "ref", config)
-    work = tmp_path / "work"
-    results = [clean_shard(p, work, config) for p in input_parts(ing, config)]
+    stage = get_stage("clean")
+    run = stage.prepare(ing, tmp_path / "out", config)
+    assert run.key == ref["key"]
+    run.begin()
+    shards = stage.plan(run)
+    spec = json.loads(json.dumps(run.spec()))  # small, JSON-able dicts cross the task boundary
+    work = str(run.staging / "work")
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:  # as a Prefect thread runner would
+        results = list(pool.map(lambda s: stage.run_shard(s, work, spec["config"]), shards))
     assert all(set(r) >= {"part", "work", "rows_in", "rows_out", "rules"} for r in results)
-    json.dumps(results)  # small, JSON-able dicts cross the task boundary
-    dd = dedup_shards(results, work, config)
-    m = finalize(results, dd, tmp_path / "out", config, upstream=ref["upstream"], work_dir=work)
-    assert m["digest"] == ref["digest"]
+    json.dumps(results)
+    m = StageRun.from_spec(spec).finish(results)
+    assert m["digest"] == ref["digest"] and m["key"] == ref["key"]
     assert m["counts"]["dropped"]["exact_dedup"] == 10
-    # shards mapped over threads (as a Prefect thread runner would), sharing one work folder
-    work2 = tmp_path / "work2"
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        threaded = list(pool.map(lambda p: clean_shard(p, work2, config), input_parts(ing, config)))
-    m2 = finalize(
-        threaded, dedup_shards(threaded, work2, config), tmp_path / "out2", config, ref["upstream"], work2
-    )
-    assert m2["digest"] == ref["digest"]
+    strip = {"created_at"}
+    assert {k: v for k, v in m.items() if k not in strip} == {k: v for k, v in ref.items() if k not in strip}
+    assert read_json(tmp_path / "out" / "report.json") == read_json(tmp_path / "ref" / "report.json")
 
 
 def test_rerun_is_cached_and_a_new_config_replaces_the_output(tmp_path: Path, paragraphs: list[str]):

@@ -84,7 +84,7 @@ def test_runs_once_then_is_up_to_date(toy):
     assert texts(toy["out"]) == {"a.txt": "TO BE!", "b.txt": "OR NOT!"}
     assert json.loads((toy["out"] / "manifest.json").read_text())["key"] == m["key"]
     again = run_stage("toy-upper", toy["src"], toy["out"])
-    assert again.get("cached") is True and again["key"] == m["key"] and again["digest"] == m["digest"]
+    assert again == m  # the same manifest, created_at included: nothing ran
 
 
 def test_changed_code_config_or_input_runs_again(toy):
@@ -92,15 +92,15 @@ def test_changed_code_config_or_input_runs_again(toy):
     toy["code"].write_text("def transform(text, suffix):\n    return text.title() + suffix + suffix\n")
     sys.modules.pop("toy_stage_code", None)
     code_changed = run_stage("toy-upper", toy["src"], toy["out"])
-    assert "cached" not in code_changed and code_changed["key"] != first["key"]
+    assert code_changed["key"] != first["key"]
     assert texts(toy["out"]) == {"a.txt": "To Be!!", "b.txt": "Or Not!!"}
     config_changed = run_stage("toy-upper", toy["src"], toy["out"], {"suffix": "?"})
-    assert "cached" not in config_changed and texts(toy["out"])["a.txt"] == "To Be??"
+    assert config_changed["key"] != code_changed["key"] and texts(toy["out"])["a.txt"] == "To Be??"
     (toy["src"] / "a.txt").write_text("to sleep")
     outputs = [output_record(p, toy["src"]) for p in sorted(toy["src"].glob("*.txt"))]
     write_manifest(toy["src"], make_manifest("toy-source", {}, outputs, {}, None))
     input_changed = run_stage("toy-upper", toy["src"], toy["out"], {"suffix": "?"})
-    assert "cached" not in input_changed and texts(toy["out"])["a.txt"] == "To Sleep??"
+    assert input_changed["upstream"] != config_changed["upstream"] and texts(toy["out"])["a.txt"] == "To Sleep??"
 
 
 def test_the_key_leaves_out_the_output_path_and_engine_settings(toy, tmp_path):
@@ -145,10 +145,10 @@ def test_refuses_to_replace_a_file_or_another_folder(toy, tmp_path):
 
 
 def test_an_edited_output_is_not_up_to_date(toy):
-    run_stage("toy-upper", toy["src"], toy["out"])
+    first = run_stage("toy-upper", toy["src"], toy["out"])
     (toy["out"] / "a.txt").write_text("TAMPERED")
     again = run_stage("toy-upper", toy["src"], toy["out"])
-    assert "cached" not in again and texts(toy["out"])["a.txt"] == "TO BE!"
+    assert again["created_at"] != first["created_at"] and texts(toy["out"])["a.txt"] == "TO BE!"
 
 
 def test_stages_are_declared_once_and_found_by_name():

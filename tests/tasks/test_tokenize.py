@@ -401,7 +401,7 @@ def test_a_finished_output_is_reused_and_a_changed_one_replaced(tmp_path, shakes
     other = tmp_path / "notes"
     other.mkdir()
     (other / "keep.txt").write_text("mine")
-    with pytest.raises(StageError, match="not a token folder"):
+    with pytest.raises(StageError, match="not a tokenize output folder"):
         run_tokenize(clean, other, small_config())
     assert (other / "keep.txt").read_text() == "mine"
 
