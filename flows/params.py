@@ -21,8 +21,7 @@ from lm.config import ModelConfig, TrainConfig, apply_overrides, get_preset, spl
 from lm.errors import ConfigError
 from tasks.clean import CleanConfig
 from tasks.evaluate import EvalConfig
-from tasks.ingest import IngestConfig
-from tasks.sources import redact
+from tasks.ingest import IngestConfig, redact
 from tasks.tokenize import TokenizeConfig
 
 

@@ -31,7 +31,7 @@ from tasks import clean as clean_mod
 from tasks import ingest as ingest_mod
 from tasks import tokenize as tokenize_mod
 from tasks.common import read_manifest
-from tasks.sources import SourceUnavailable
+from tasks.ingest import SourceUnavailable
 
 TASK_OPTS = {"persist_result": True, "result_serializer": "json"}
 
@@ -186,7 +186,7 @@ def run_ingest_stage(sources: list[str], out: Path, config: dict[str, Any], fres
         plan["fingerprint"],
         sources,
         config,
-        code_digest("tasks.ingest", "tasks.sources", "tasks.common"),
+        code_digest("tasks.ingest", "tasks.common"),
         str(out),
     )
     if fresh or not is_cached(key) or not complete(out, "ingest"):

@@ -28,7 +28,7 @@ from support import FAST, Servers
 from lm.data import read_header
 from lm.fileio import TMP_PREFIX
 from tasks.common import read_manifest
-from tasks.sources import REASONS
+from tasks.ingest import REASONS
 
 ROOT = Path(__file__).resolve().parents[2]
 

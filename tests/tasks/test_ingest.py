@@ -30,18 +30,24 @@ from pydantic import ValidationError
 from support import serve_files
 
 from lm.fileio import sha256_json
-from tasks import ingest as ingest_mod
 from tasks.common import StageError, read_manifest, verify_outputs
 from tasks.ingest import (
     DATA_SCHEMA,
     IngestConfig,
+    ReadOptions,
+    SourceUnavailable,
     commit_ingest,
     ingest_shard,
     new_run_id,
     plan_ingest,
+    read_item,
+    redact,
     run_ingest,
 )
-from tasks.sources import LineSplitter, ReadOptions, SourceUnavailable, TextSplitter, read_item, redact
+from tasks.ingest import commit as commit_mod
+from tasks.ingest import shard as shard_mod
+from tasks.ingest.readers.jsonl import LineSplitter
+from tasks.ingest.readers.text import TextSplitter
 
 ROOT = Path(__file__).resolve().parents[2]
 PNG = (
@@ -556,12 +562,12 @@ def test_a_crash_keeps_the_previous_snapshot_and_the_next_run_cleans_up(tmp_path
     def boom(*a, **k):
         raise RuntimeError("killed while reading")
 
-    monkeypatch.setattr(ingest_mod, "read_item", boom)
+    monkeypatch.setattr(shard_mod, "read_item", boom)
     with pytest.raises(RuntimeError):
         run_ingest([str(src)], out)
     monkeypatch.undo()
     # crash 2: in the commit, after the new parts got their final names, before the manifest
-    monkeypatch.setattr(ingest_mod, "write_manifest", boom)
+    monkeypatch.setattr(commit_mod, "write_manifest", boom)
     with pytest.raises(RuntimeError):
         run_ingest([str(src)], out)
     monkeypatch.undo()

@@ -1,0 +1,62 @@
+"""The ingest stage's settings (`IngestConfig`): how sources are read and how OUT is laid out."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MiB = 1 << 20
+
+
+class IngestConfig(BaseModel):
+    """How to read the sources and how to lay out the output."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    split: Literal["file", "blank_line", "percent_line"] = Field(
+        "file",
+        description="How .txt/.md files become documents: one per file, or cut at blank lines, "
+        "or at lines holding only '%' (fortune format).",
+    )
+    text_field: str = Field("text", min_length=1, description="JSONL: the key holding the text.")
+    text_column: str = Field("text", min_length=1, description="CSV/TSV/Parquet: the text column.")
+    part_bytes: int = Field(
+        64 * MiB, ge=1, description="Start a new data part after about this many bytes of text."
+    )
+    shard_bytes: int = Field(
+        256 * MiB, ge=1, description="A shard groups input files up to about this many bytes."
+    )
+    shard_files: int = Field(4096, ge=1, description="A shard groups at most this many files.")
+    max_doc_bytes: int = Field(
+        256 * MiB,
+        ge=1,
+        le=1 << 30,
+        description="Larger documents are quarantined (too_large); peak memory is about 3x this.",
+    )
+    max_reject_ratio: float = Field(
+        1.0,
+        ge=0.0,
+        le=1.0,
+        description="Fail the run when more than this share of its items is quarantined (1.0: never).",
+    )
+    read_chunk_bytes: int = Field(
+        MiB, ge=1, le=64 * MiB, description="Files are read in chunks of this many bytes."
+    )
+    include_hidden: bool = Field(
+        False, description="Also read hidden files and folders (names starting with '.') in folders."
+    )
+
+    @field_validator("text_field", "text_column")
+    @classmethod
+    def _not_blank(cls, v: str, info: Any) -> str:
+        if not v.strip():
+            raise ValueError(f"{info.field_name} must name a field, e.g. 'text'; got {v!r}")
+        return v
+
+
+def as_config(config: IngestConfig | dict[str, Any] | None) -> IngestConfig:
+    """`config` as an IngestConfig (validated when a dict; the defaults when None)."""
+    if config is None:
+        return IngestConfig()
+    return config if isinstance(config, IngestConfig) else IngestConfig.model_validate(config)
