@@ -423,7 +423,14 @@ def run_pipeline(
             init_digest,
             out,
             code_digest(
-                "lm.model", "lm.lstm", "lm.train", "lm.data", "lm.config", "lm.checkpoint", "lm.runtime"
+                "lm.model",
+                "lm.lstm",
+                "lm.models",
+                "lm.train",
+                "lm.data",
+                "lm.config",
+                "lm.checkpoint",
+                "lm.runtime",
             ),
         )
         run_dir = run_dir_for(params, key)
