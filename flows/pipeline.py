@@ -47,8 +47,10 @@ from flows.stages import (
     run_tokenize_stage,
     stage_key,
 )
+from flows.tracked_run import start_tracked_run
 from forja import tracking
 from forja.home import Home
+from forja.plots import loss_curve_png
 from lm import checkpoint as ckpt
 from lm.config import ModelConfig, TrainConfig, from_dict, to_dict
 from lm.fileio import atomic_write_json, read_json, sha256_file
@@ -383,7 +385,7 @@ def run_pipeline(
         "prefect.flow_run_url": str(flow_run.ui_url or ""),
         **(extra_tags or {}),
     }
-    run_id = tracking.start_run(flow_run.name or kind, tags, exp_id)
+    run_id = start_tracked_run(flow_run.name or kind, tags, exp_id)
     monitor = _system_metrics(run_id)
     try:
         create_link_artifact(
@@ -423,7 +425,14 @@ def run_pipeline(
             init_digest,
             out,
             code_digest(
-                "lm.model", "lm.lstm", "lm.train", "lm.data", "lm.config", "lm.checkpoint", "lm.runtime"
+                "lm.model",
+                "lm.lstm",
+                "lm.models",
+                "lm.train",
+                "lm.data",
+                "lm.config",
+                "lm.checkpoint",
+                "lm.runtime",
             ),
         )
         run_dir = run_dir_for(params, key)
@@ -453,7 +462,7 @@ def run_pipeline(
         tracking.log_metrics(run_id, final, trained["step"])
         metrics_file = run_dir / "metrics.jsonl"
         if metrics_file.is_file():
-            tracking.log_artifact(run_id, tracking.loss_curve_png(metrics_file, run_dir / "loss_curve.png"))
+            tracking.log_artifact(run_id, loss_curve_png(metrics_file, run_dir / "loss_curve.png"))
             tracking.log_artifact(run_id, metrics_file)
 
         eval_dir = ds / "eval"

@@ -3,6 +3,10 @@
 Everything goes through `MlflowClient` with explicit run ids (thread-safe: Prefect runs tasks in
 worker threads), except `log_model`, which MLflow only offers in the fluent API.
 
+Only MLflow lives here. The loss-curve plot is in `forja.plots`; nothing here touches Prefect: the
+Prefect side of a vanished run (its flow run marked Crashed) is done by the flows, in
+`flows/tracked_run.py`, from the `StaleRun`s that `mark_stale_runs` returns.
+
 The champion: the registered model `forja` carries the alias `champion`. A new version takes it only
 when its bits per byte on the fixed evaluation set beats the champion's on the same set; the check
 and the move happen under a lock, so two retrains finishing together leave it on the better model.
@@ -21,6 +25,7 @@ import threading
 import time
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -113,8 +118,19 @@ def experiment_id(name: str = EXPERIMENT) -> str:
         return c.get_experiment_by_name(name).experiment_id
 
 
-def mark_stale_runs(exp_id: str | None = None) -> list[str]:
-    """End as KILLED the runs left RUNNING by a process of this host that no longer exists."""
+@dataclass(frozen=True)
+class StaleRun:
+    """A run that `mark_stale_runs` ended because its process is gone."""
+
+    run_id: str
+    flow_run_id: str | None  # the Prefect flow run it recorded (tag prefect.flow_run_id), if any
+
+
+def mark_stale_runs(exp_id: str | None = None) -> list[StaleRun]:
+    """End as KILLED the runs left RUNNING by a process of this host that no longer exists.
+
+    Their Prefect flow runs, still Running too, are the caller's to mark: see flows/tracked_run.py.
+    """
     c, host, ended = client(), socket.gethostname(), []
     exp_id = exp_id or experiment_id()
     for run in c.search_runs([exp_id], "attributes.status = 'RUNNING'", max_results=200):
@@ -128,34 +144,19 @@ def mark_stale_runs(exp_id: str | None = None) -> list[str]:
             pass
         c.set_tag(run.info.run_id, "forja.ended_by", "stale-run cleanup: its process is gone")
         c.set_terminated(run.info.run_id, status="KILLED")
-        ended.append(run.info.run_id)
+        ended.append(StaleRun(run.info.run_id, tags.get("prefect.flow_run_id") or None))
         log.warning(
             "marked MLflow run %s KILLED: process %s on %s is gone", run.info.run_id, tags["forja.pid"], host
         )
-        if tags.get("prefect.flow_run_id"):
-            _crash_flow_run(tags["prefect.flow_run_id"])
     return ended
 
 
-def _crash_flow_run(flow_run_id: str) -> None:
-    """Mark Crashed the Prefect flow run of a process that vanished (SIGKILL, OOM, power loss):
-    nothing else would, and it would show as Running forever."""
-    try:
-        from prefect.client.orchestration import get_client
-        from prefect.states import Crashed
-
-        with get_client(sync_client=True) as pc:
-            state = pc.read_flow_run(flow_run_id).state
-            if state is not None and not state.is_final():
-                message = "its process is gone (found by forja's stale-run cleanup)"
-                pc.set_flow_run_state(flow_run_id, Crashed(message=message), force=True)
-    except Exception as e:  # no Prefect API here, or the run is gone: the MLflow side is done
-        log.warning("could not mark Prefect flow run %s crashed: %s", flow_run_id, e)
-
-
 def start_run(run_name: str, tags: dict[str, str], exp_id: str | None = None) -> str:
+    """A new run tagged with this host, process and commit (the tags `mark_stale_runs` reads).
+
+    A flow starts its run through flows/tracked_run.py, which first cleans up after vanished runs.
+    """
     exp_id = exp_id or experiment_id()
-    mark_stale_runs(exp_id)
     all_tags = {
         "forja.host": socket.gethostname(),
         "forja.pid": str(os.getpid()),
@@ -259,29 +260,6 @@ def log_text(run_id: str, text: str, name: str) -> None:
     client().log_text(run_id, text, name)
 
 
-def loss_curve_png(metrics_jsonl: str | os.PathLike, out_png: str | os.PathLike) -> Path:
-    """Training loss and validation loss against step, from a run's metrics.jsonl."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [json.loads(line) for line in Path(metrics_jsonl).read_text().splitlines() if line.strip()]
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label="train loss", lw=1)
-    val = [r for r in rows if "val_loss" in r]
-    if val:
-        ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="val loss")
-    ax.set_xlabel("step")
-    ax.set_ylabel("nats per token")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out_png)
-    plt.close(fig)
-    return Path(out_png)
-
-
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
 GENERATION_DEFAULTS = {"max_new_tokens": 64, "temperature": 0.8, "top_k": 0, "top_p": 1.0, "seed": 0}
 
@@ -341,6 +319,7 @@ __all__ = [
     "CHAMPION",
     "MODEL_NAME",
     "MetricsLogger",
+    "StaleRun",
     "champion",
     "end_run",
     "experiment_id",
@@ -350,7 +329,6 @@ __all__ = [
     "log_metrics",
     "log_model",
     "log_params",
-    "loss_curve_png",
     "mark_stale_runs",
     "registry_lock",
     "set_tags",

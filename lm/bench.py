@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lm.config import ModelConfig, TrainConfig, get_preset
-from lm.model import build_model
+from lm.models import build_model
 from lm.runtime import autocast, cpu_has_native_bf16, matmul_peak_flops
 from lm.train import make_optimizer
 

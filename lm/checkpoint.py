@@ -354,7 +354,7 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
 
 
 def load_for_inference(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
-    from lm.model import build_model
+    from lm.models import build_model
 
     ckpt = resolve_checkpoint(path)
     state = read_state(ckpt)

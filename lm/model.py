@@ -244,12 +244,3 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     Positions whose target is -1 are ignored (padding); everything else counts equally.
     """
     return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
-
-
-def build_model(cfg: ModelConfig) -> nn.Module:
-    """The model named by `cfg.arch`: the transformer here or the LSTM baseline of lm/lstm.py."""
-    if cfg.arch == "lstm":
-        from lm.lstm import LSTMModel
-
-        return LSTMModel(cfg)
-    return Transformer(cfg)

@@ -35,7 +35,7 @@ from lm.config import ModelConfig, TrainConfig, to_dict
 from lm.data import TokenData, WindowSampler, sequential_windows, window_batch
 from lm.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError
 from lm.fileio import atomic_write_json
-from lm.model import build_model
+from lm.models import build_model
 from lm.runtime import (
     Dist,
     all_reduce_mean,

@@ -31,7 +31,7 @@ from lm import checkpoint as ckpt  # noqa: E402
 from lm.config import ModelConfig, TrainConfig, to_dict  # noqa: E402
 from lm.errors import ForjaError  # noqa: E402
 from lm.generate import generate  # noqa: E402
-from lm.model import build_model  # noqa: E402
+from lm.models import build_model  # noqa: E402
 from lm.tokenizer import Tokenizer  # noqa: E402
 from lm.train import Trainer, train  # noqa: E402
 

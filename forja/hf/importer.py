@@ -150,7 +150,7 @@ def import_hf(src: Path, out: Path) -> dict[str, Any]:
     Returns the import manifest, also written to OUT/hf_import.json.
     """
     from lm.checkpoint import list_checkpoints, save_checkpoint
-    from lm.model import build_model
+    from lm.models import build_model
     from lm.tokenizer import Tokenizer
 
     src, out = Path(src), Path(out)

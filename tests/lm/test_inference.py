@@ -131,7 +131,7 @@ def test_cli_errors_name_the_problem(token_dir, tmp_path):
 
 def test_lm_never_imports_orchestration_or_tracking():
     code = (
-        "import sys, lm, lm.train, lm.model, lm.lstm, lm.evaluate, lm.generate, lm.checkpoint, lm.data;"
+        "import sys, lm, lm.train, lm.model, lm.lstm, lm.models, lm.evaluate, lm.generate, lm.checkpoint, lm.data;"
         "bad = [m for m in ('prefect', 'mlflow', 'duckdb', 'pyarrow') if m in sys.modules];"
         "print(bad); sys.exit(1 if bad else 0)"
     )

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from lm.config import ModelConfig
-from lm.model import Transformer, build_model, lm_loss
+from lm.model import Transformer, lm_loss
+from lm.models import build_model
 
 VOCAB = 97
 
