@@ -1,24 +1,22 @@
-"""The data stages as Prefect tasks, mapped over shards by the flow's task runner.
+"""The stages as Prefect tasks: the same `Stage` runner as the CLI, its shards mapped over the flow's
+task runner (threads, or a Dask cluster).
 
-Each stage has a content key: sha256 of its upstream digest (for ingest: a fingerprint of the
-sources), its config and its code. The key names the stage's output folder and keys the cached
-result of its last task, so an unchanged stage shows as Cached and nothing of it runs, in any later
-flow run. When the cache or the output folder is missing, every task of the stage runs again, and
-writes the same bytes (the stages are deterministic).
+For each stage a flow run makes three kinds of task run:
 
-Task arguments and results are small JSON-able dicts and paths: they travel to Dask workers and
-into Prefect's result store as JSON.
+    <stage>-plan          the shards (for tokenize: trains the tokenizer first)
+    <stage>-shard-<n>     one per shard, mapped
+    <stage>               writes the output and publishes it (manifest last); cached by the
+                          stage's key, so an unchanged stage shows as Cached and nothing of it runs
+
+The key is the one `forja <stage>` computes (tasks/stage.py): the same inputs give the same key,
+the same digest and the same manifest on both paths. A flow keeps each stage's output in
+FORJA_HOME/data/<dataset>/<stage>/<key[:16]> (ingest: FORJA_HOME/data/<dataset>/ingest, which grows
+incrementally). Task arguments and results are small JSON-able dicts and paths: they travel to Dask
+workers and into Prefect's result store as JSON.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import importlib
-import os
-import re
-import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,33 +24,16 @@ from prefect import task, unmapped
 from prefect.results import get_default_result_storage, get_result_store
 from prefect.tasks import exponential_backoff
 
-from lm.fileio import TMP_PREFIX, sha256_file, sha256_json
-from tasks import clean as clean_mod
-from tasks import ingest as ingest_mod
-from tasks import tokenize as tokenize_mod
-from tasks.common import read_manifest
+from lm.fileio import sha256_json
 from tasks.ingest import SourceUnavailable
+from tasks.stage import StageRun, files_digest, get_stage, module_files
 
 TASK_OPTS = {"persist_result": True, "result_serializer": "json"}
 
 
-@functools.cache
 def code_digest(*names: str) -> str:
-    """sha256 of the source of some modules (`tasks.clean`), packages (`lm`) or data folders of a
-    package (`tasks.sql`): the 'its code' part of a cache key, so editing a stage re-runs it."""
-    h = hashlib.sha256()
-    for name in names:
-        mod = importlib.import_module(name)
-        if getattr(mod, "__file__", None) is None:  # a folder without __init__.py (tasks/sql)
-            folder = Path(next(iter(mod.__path__)))
-            files = sorted(p for p in folder.iterdir() if p.is_file())
-        elif Path(mod.__file__).name == "__init__.py":
-            files = sorted(Path(mod.__file__).parent.rglob("*.py"))
-        else:
-            files = [Path(mod.__file__)]
-        for p in files:
-            h.update(p.name.encode() + b"\0" + p.read_bytes())
-    return h.hexdigest()
+    """sha256 of the source of some modules or packages: the 'its code' part of a cache key."""
+    return files_digest(module_files(*names))
 
 
 def stage_key(stage: str, *parts: Any) -> str:
@@ -74,44 +55,10 @@ def is_cached(key: str) -> bool:
         return False
 
 
-def complete(folder: Path, stage: str | None = None) -> bool:
-    try:
-        read_manifest(folder, stage)
-        return True
-    except Exception:
-        return False
-
-
-LEFTOVER = re.compile(r"^" + re.escape(TMP_PREFIX) + r".+\.(?:work-)?(\d+)-\d+$")
-
-
-def remove_dead_leftovers(folder: Path) -> list[Path]:
-    """Delete the work folders that flow runs of dead processes left in `folder` (a killed run).
-
-    Their names carry the pid of the process that made them; a live process's folder (a concurrent
-    run on the same data) is left alone."""
-    removed = []
-    if not folder.is_dir():
-        return removed
-    for p in folder.iterdir():
-        m = LEFTOVER.match(p.name)
-        if m is None or int(m.group(1)) == os.getpid():
-            continue
-        try:
-            os.kill(int(m.group(1)), 0)
-            continue  # still running
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            continue  # alive, another user's
-        shutil.rmtree(p, ignore_errors=True)
-        removed.append(p)
-    return removed
-
-
 def summary(manifest: dict[str, Any], out: Path) -> dict[str, Any]:
     keep = (
         "stage",
+        "key",
         "digest",
         "counts",
         "upstream",
@@ -143,193 +90,72 @@ IO_RETRIES = {
 }
 
 
-# ------------------------------------------------------------------ ingest
+# Not persisted: ingest's plan holds the sources' URLs as given, credentials included (docs/security.md).
+@task(name="plan", task_run_name="{stage_name}-plan", persist_result=False, **IO_RETRIES)
+def plan_task(stage_name: str, spec: dict[str, Any]) -> list[dict[str, Any]]:
+    return get_stage(stage_name).plan(StageRun.from_spec(spec))
 
 
-def fingerprint(shards: list[dict[str, Any]]) -> str:
-    """Identity of what the sources hold now: every item's path, size and modification time."""
-    rows = []
-    for shard in shards:
-        for item in shard["items"]:
-            row = [item.get("kind"), item.get("path"), item.get("size")]
-            path = item.get("path")
-            if item.get("kind") != "url" and path and os.path.exists(path):
-                row.append(os.stat(path).st_mtime_ns)
-            rows.append(row)
-    return sha256_json(rows)
-
-
-# Not persisted: the plan holds the sources' URLs as given, credentials included (docs/security.md).
-@task(name="plan-ingest", persist_result=False, **IO_RETRIES)
-def plan_ingest_task(sources: list[str], config: dict[str, Any]) -> dict[str, Any]:
-    shards = ingest_mod.plan_ingest(sources, config)
-    return {"shards": shards, "fingerprint": fingerprint(shards)}
-
-
-@task(name="ingest-shard", task_run_name="ingest-shard-{shard[index]}", **IO_RETRIES)
-def ingest_shard_task(shard: dict[str, Any], out: str, config: dict[str, Any], run_id: str) -> dict[str, Any]:
-    return ingest_mod.ingest_shard(shard, out, config, run_id)
-
-
-@task(name="ingest", cache_key_fn=by_key, **TASK_OPTS)
-def ingest_commit_task(
-    out: str, results: list[dict[str, Any]], config: dict[str, Any], key: str
+@task(name="shard", task_run_name="{stage_name}-shard-{index}", **IO_RETRIES)
+def shard_task(
+    stage_name: str, shard: dict[str, Any], work: str, config: dict[str, Any], index: int
 ) -> dict[str, Any]:
-    m = ingest_mod.commit_ingest(out, results, config)
-    return summary(m, Path(out))
+    return get_stage(stage_name).run_shard(shard, work, config)
+
+
+@task(name="publish", task_run_name="{stage_name}", cache_key_fn=by_key, **TASK_OPTS)
+def publish_task(
+    stage_name: str, spec: dict[str, Any], results: list[dict[str, Any]] | None, key: str
+) -> dict[str, Any]:
+    """Write and publish the stage's output from the shard results; `results=None`: the output is
+    already there with this key (only reached when Prefect's cache has no record of it)."""
+    run = StageRun.from_spec(spec)
+    if results is None and (m := run.stage.cached(run)) is not None:
+        return summary({**m, "changed": False}, run.out)
+    return summary(run.finish(results or []), run.out)
+
+
+def run_stage_in_flow(
+    stage_name: str, inputs: Any, out: Path | Any, config: dict[str, Any], fresh: bool
+) -> dict[str, Any]:
+    """One stage inside a flow: Cached when its output is there with the same key, else plan ->
+    shards (mapped) -> publish. `out` may be a function of the key."""
+    stage = get_stage(stage_name)
+    run = stage.prepare(inputs, out, config)
+    if not fresh and stage.cached(run) is not None:
+        cached = publish_task(stage_name, run.spec(), None, key=run.key)
+        return {**cached, "changed": False}
+    run.begin()
+    try:
+        spec = run.spec()
+        shards = plan_task(stage_name, spec)
+        futures = shard_task.map(
+            unmapped(stage_name),
+            shards,
+            unmapped(str(run.staging / "work")),
+            unmapped(spec["config"]),
+            index=list(range(len(shards))),
+        )
+        results = [f.result() for f in futures]
+        return publish_task.with_options(refresh_cache=True)(stage_name, spec, results, key=run.key)
+    except BaseException:
+        run.abort()
+        raise
 
 
 def run_ingest_stage(sources: list[str], out: Path, config: dict[str, Any], fresh: bool) -> dict[str, Any]:
-    plan = plan_ingest_task(sources, config)
-    key = stage_key(
-        "ingest",
-        plan["fingerprint"],
-        sources,
-        config,
-        code_digest("tasks.ingest", "tasks.common"),
-        str(out),
-    )
-    if fresh or not is_cached(key) or not complete(out, "ingest"):
-        run_id = ingest_mod.new_run_id()
-        futures = ingest_shard_task.map(
-            plan["shards"], unmapped(str(out)), unmapped(config), unmapped(run_id)
-        )
-        results = [f.result() for f in futures]
-        return ingest_commit_task.with_options(refresh_cache=True)(str(out), results, config, key=key)
-    cached = ingest_commit_task(str(out), [], config, key=key)  # Cached: the sources have not changed
-    return {**cached, "changed": False}
-
-
-# ------------------------------------------------------------------ clean
-
-
-@task(name="clean-plan")
-def clean_plan_task(in_dir: str, config: dict[str, Any]) -> list[str]:
-    return [str(p) for p in clean_mod.input_parts(in_dir, config)]
-
-
-@task(name="clean-shard", task_run_name="clean-{part_name}")
-def clean_shard_task(part: str, work: str, config: dict[str, Any], part_name: str = "") -> dict[str, Any]:
-    return clean_mod.clean_shard(part, work, config)
-
-
-@task(name="clean-dedup")
-def clean_dedup_task(results: list[dict[str, Any]], work: str, config: dict[str, Any]) -> dict[str, Any]:
-    return clean_mod.dedup_shards(results, work, config)
-
-
-@task(name="clean", cache_key_fn=by_key, **TASK_OPTS)
-def clean_finalize_task(
-    results: list[dict[str, Any]],
-    dedup: dict[str, Any] | None,
-    out: str,
-    config: dict[str, Any],
-    upstream: str,
-    work: str | None,
-    key: str,
-) -> dict[str, Any]:
-    out_p = Path(out)
-    if not complete(out_p, "clean"):  # (a concurrent run may have finished it meanwhile)
-        clean_mod.finalize(results, dedup, out_p, config, upstream=upstream, work_dir=work)
-    if work:
-        shutil.rmtree(work, ignore_errors=True)
-    return summary(read_manifest(out_p, "clean"), out_p)
+    return run_stage_in_flow("ingest", list(sources), out, config, fresh)
 
 
 def run_clean_stage(
     ingest_dir: Path, dataset_dir: Path, config: dict[str, Any], fresh: bool
 ) -> dict[str, Any]:
-    upstream = read_manifest(ingest_dir, "ingest")["digest"]
-    key = stage_key("clean", upstream, config, code_digest("tasks.clean", "tasks.sql", "tasks.common"))
-    out = dataset_dir / "clean" / key[:16]
-    remove_dead_leftovers(out.parent)
-    if fresh or not is_cached(key) or not complete(out, "clean"):
-        if fresh and out.exists():
-            shutil.rmtree(out)
-        work = out.parent / f"{TMP_PREFIX}{out.name}.work-{os.getpid()}-{time.monotonic_ns()}"
-        parts = clean_plan_task(str(ingest_dir), config)
-        futures = clean_shard_task.map(
-            parts, unmapped(str(work)), unmapped(config), part_name=[Path(p).stem for p in parts]
-        )
-        results = [f.result() for f in futures]
-        dedup = clean_dedup_task(results, str(work), config)
-        return clean_finalize_task.with_options(refresh_cache=True)(
-            results, dedup, str(out), config, upstream, str(work), key=key
-        )
-    return clean_finalize_task([], None, str(out), config, upstream, None, key=key)
-
-
-# ------------------------------------------------------------------ tokenize
-
-
-@task(name="train-tokenizer")
-def train_tokenizer_task(in_dir: str, staging: str, config: dict[str, Any]) -> dict[str, Any]:
-    cfg = tokenize_mod.TokenizeConfig.model_validate(config)
-    if cfg.tokenizer is not None:
-        return tokenize_mod.reuse_tokenizer(cfg.tokenizer, staging)
-    return tokenize_mod.train_tokenizer(in_dir, staging, cfg)
-
-
-@task(name="encode-part", task_run_name="encode-{part_name}")
-def encode_part_task(
-    part: str, tokenizer_path: str, work: str, config: dict[str, Any], part_name: str = ""
-) -> dict[str, Any]:
-    return tokenize_mod.encode_part(
-        part, tokenizer_path, work, tokenize_mod.TokenizeConfig.model_validate(config)
-    )
-
-
-@task(name="tokenize", cache_key_fn=by_key, **TASK_OPTS)
-def tokenize_finalize_task(
-    in_dir: str,
-    staging: str | None,
-    tokenizer: dict[str, Any] | None,
-    parts: list[dict[str, Any]],
-    config: dict[str, Any],
-    out: str,
-    key: str,
-) -> dict[str, Any]:
-    out_p = Path(out)
-    if staging and not complete(out_p, "tokenize"):
-        tokenize_mod.finalize(
-            in_dir, staging, tokenizer, parts, tokenize_mod.TokenizeConfig.model_validate(config)
-        )
-        shutil.rmtree(Path(staging) / "work", ignore_errors=True)
-        try:
-            os.rename(staging, out_p)
-        except OSError:  # a concurrent run published the same content first
-            if not complete(out_p, "tokenize"):
-                raise
-    if staging:
-        shutil.rmtree(staging, ignore_errors=True)
-    return summary(read_manifest(out_p, "tokenize"), out_p)
+    return run_stage_in_flow("clean", ingest_dir, lambda key: dataset_dir / "clean" / key[:16], config, fresh)
 
 
 def run_tokenize_stage(
     clean_dir: Path, dataset_dir: Path, config: dict[str, Any], fresh: bool
 ) -> dict[str, Any]:
-    upstream = read_manifest(clean_dir, "clean")["digest"]
-    tok = config.get("tokenizer")
-    tok_digest = sha256_file(tok) if tok else None
-    key = stage_key("tokenize", upstream, config, tok_digest, code_digest("tasks.tokenize", "tasks.common"))
-    out = dataset_dir / "tokens" / key[:16]
-    remove_dead_leftovers(out.parent)
-    if fresh or not is_cached(key) or not complete(out, "tokenize"):
-        if out.exists() and (fresh or not complete(out, "tokenize")):
-            shutil.rmtree(out)
-        staging = out.parent / f"{TMP_PREFIX}{out.name}.{os.getpid()}-{time.monotonic_ns()}"
-        staging.mkdir(parents=True)
-        tokenizer = train_tokenizer_task(str(clean_dir), str(staging), config)
-        parts = [str(p) for p in tokenize_mod.list_parts(clean_dir)]
-        futures = encode_part_task.map(
-            parts,
-            unmapped(tokenizer["path"]),
-            unmapped(str(staging / "work")),
-            unmapped(config),
-            part_name=[Path(p).stem for p in parts],
-        )
-        encoded = [f.result() for f in futures]
-        return tokenize_finalize_task.with_options(refresh_cache=True)(
-            str(clean_dir), str(staging), tokenizer, encoded, config, str(out), key=key
-        )
-    return tokenize_finalize_task(str(clean_dir), None, None, [], config, str(out), key=key)
+    return run_stage_in_flow(
+        "tokenize", clean_dir, lambda key: dataset_dir / "tokens" / key[:16], config, fresh
+    )

@@ -18,7 +18,7 @@ The package, by concern:
     shard.py        ingest_shard and its Parquet part writer
     commit.py       commit_ingest: dedup in DuckDB, publish, manifest
     layout.py       OUT's names and schemas, run ids
-    run.py          run_ingest
+    stage.py        the stage declared once (tasks/stage.py runs it); run_ingest
 
 Output folder OUT (one ingest at a time per folder; a lock guards the commit):
 
@@ -56,8 +56,8 @@ from tasks.ingest.layout import DATA_SCHEMA, QUARANTINE_SCHEMA, new_run_id
 from tasks.ingest.plan import plan_ingest
 from tasks.ingest.readers import read_item
 from tasks.ingest.records import REASONS, Doc, ReadOptions, Reject
-from tasks.ingest.run import run_ingest
 from tasks.ingest.shard import ingest_shard
+from tasks.ingest.stage import run_ingest
 from tasks.ingest.urls import SourceUnavailable, redact
 
 __all__ = [

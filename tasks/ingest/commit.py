@@ -241,7 +241,10 @@ def _sum_counts(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def commit_ingest(
-    out: str | os.PathLike, shard_results: list[dict[str, Any]], config: IngestConfig | dict[str, Any] | None
+    out: str | os.PathLike,
+    shard_results: list[dict[str, Any]],
+    config: IngestConfig | dict[str, Any] | None,
+    key: str | None = None,
 ) -> dict[str, Any]:
     """Publish the shards of one run as a new snapshot (or nothing, when nothing is new).
 
@@ -250,6 +253,8 @@ def commit_ingest(
     "changed" (False: nothing new, manifest untouched) and "run" (this run's counts).
     Fails with StageError when the run quarantined more than max_reject_ratio of its items; its
     quarantine is then kept in quarantine/rejected-<run_id>.parquet and the manifest is untouched.
+    `key`, the stage's cache key (tasks/ingest/stage.py), is recorded in the manifest; a run that
+    found nothing new only updates that field, so the same sources are not read again.
     """
     import duckdb
 
@@ -295,7 +300,7 @@ def commit_ingest(
             config={"memory_limit": DUCKDB_MEMORY, "temp_directory": str(tmpdir), "threads": 2}
         )
         try:
-            manifest, changed = _commit_locked(con, out, results, config, prev, run)
+            manifest, changed = _commit_locked(con, out, results, config, prev, run, key)
         finally:
             con.close()
         shutil.rmtree(staging, ignore_errors=True)
@@ -311,6 +316,7 @@ def _commit_locked(
     config: IngestConfig,
     prev: dict[str, Any] | None,
     run: dict[str, Any],
+    key: str | None,
 ) -> tuple[dict[str, Any], bool]:
     prev_outputs = list((prev or {}).get("outputs", []))
     prev_q = dict((prev or {}).get("quarantine", {}))
@@ -367,8 +373,11 @@ def _commit_locked(
             run["duplicates"],
             run["quarantined"],
         )
-        manifest = prev if prev is not None else _empty_manifest(sources)
-        return manifest, False
+        if prev is None:
+            return _empty_manifest(sources), False
+        if key is not None and prev.get("key") != key:  # same content, new sources' fingerprint
+            prev = write_manifest(out, {**prev, "key": key})
+        return prev, False
 
     snapshot = int((prev or {}).get("snapshot", 0)) + 1
     stem = f"part-{snapshot:06d}"
@@ -407,6 +416,7 @@ def _commit_locked(
         columns=DATA_SCHEMA.names,
         offset_units=offset_units(),
         reasons=REASONS,
+        **({"key": key} if key is not None else {}),
     )
     atomic_write_json(out / "snapshots" / f"{snapshot:06d}.json", manifest)
     write_manifest(out, manifest)  # last: the snapshot exists once this rename happens

@@ -44,7 +44,7 @@ def plan_ingest(
         shard.update(index=i, count=len(shards), sources=shown)
         shard["skipped"] = skipped if i == 0 else {}
     n_urls = sum(it["kind"] == "url" for it in items)
-    log.info(
+    log.debug(
         "planned %d shard(s): %d item(s) (%d URL(s)), %.1f MB known size; skipped %s",
         len(shards),
         len(items),
