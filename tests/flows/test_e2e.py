@@ -32,7 +32,7 @@ def api(servers, path, body=None):
 
 def task_states(servers, flow_run_id):
     runs = api(servers, "/task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}}, "limit": 200})
-    return {re.sub(r"-\d+$", "", t["name"]): t["state"]["name"] for t in runs}
+    return {re.sub(r"-(\d+|[0-9a-f]{3})$", "", t["name"]): t["state"]["name"] for t in runs}
 
 
 def all_task_states(servers, flow_run_id):

@@ -592,7 +592,7 @@ def test_nan_in_a_forja_run_fails_the_mlflow_run_and_the_prefect_task(servers, t
     flow_run = httpx.get(f"{servers.prefect_api}/flow_runs/{run.data.tags['prefect.flow_run_id']}").json()
     assert flow_run["state"]["type"] == "FAILED"
     tasks = api(servers, "/task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run["id"]]}}, "limit": 200})
-    states = {re.sub(r"-\d+$", "", t["name"]): t["state"]["name"] for t in tasks}
+    states = {re.sub(r"-(\d+|[0-9a-f]{3})$", "", t["name"]): t["state"]["name"] for t in tasks}
     assert states["train"] == "Failed", states
 
     run_dir = Path(run.data.tags["run_dir"])

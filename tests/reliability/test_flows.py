@@ -114,7 +114,7 @@ def task_states(servers, flow_run_id: str) -> dict[str, str]:
         for s in api(servers, "/flow_runs/filter", {"flow_runs": {"parent_flow_run_id": {"any_": ids}}})
     ]
     runs = api(servers, "/task_runs/filter", {"flow_runs": {"id": {"any_": ids}}, "limit": 200})
-    return {re.sub(r"-\d+$", "", t["name"]): t["state"]["name"] for t in runs}
+    return {re.sub(r"-(\d+|[0-9a-f]{3})$", "", t["name"]): t["state"]["name"] for t in runs}
 
 
 # ------------------------------------------------------------------ bad parameters
