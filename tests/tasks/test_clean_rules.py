@@ -242,3 +242,43 @@ def test_a_missing_or_unreadable_rules_dir_is_named(tmp_path: Path):
             CleanConfig(rules_dir=d)
     finally:
         d.chmod(0o755)
+
+
+# --------------------------------------------------------------------------- rules change: clean again
+
+
+def test_a_rule_added_or_edited_in_the_same_folder_re_runs_clean_into_the_same_out(tmp_path: Path):
+    """The issue's case: a rule file added (or edited) after a first clean; cleaning again into the
+    same --out must apply it, not answer "up to date"."""
+    ing = make_ingest(tmp_path / "in", KEEP + LOREM)
+    rules = rules_dir(tmp_path / "rules", {})
+    out = tmp_path / "out"
+    config = CleanConfig(rules=NO_DEDUP, rules_dir=rules)
+    first = run_clean(ing, out, config)
+    assert texts_out(out) == sorted(KEEP + LOREM)
+    (rules / "065_no_lorem.sql").write_text(NO_LOREM, encoding="utf-8")
+    added = run_clean(ing, out, CleanConfig(rules=NO_DEDUP, rules_dir=rules))
+    assert added["key"] != first["key"] and texts_out(out) == sorted(KEEP)
+    (rules / "065_no_lorem.sql").write_text(NO_LOREM.replace("lorem ipsum", "quick brown"), encoding="utf-8")
+    edited = run_clean(ing, out, CleanConfig(rules=NO_DEDUP, rules_dir=rules))
+    assert edited["key"] != added["key"]
+    assert texts_out(out) == sorted([KEEP[1], *LOREM])
+
+
+def test_a_built_in_rule_file_edited_re_runs_clean(tmp_path: Path, monkeypatch):
+    """A built-in rule's file is part of the key too: the stage's code files include tasks/sql/."""
+    from tasks.stage import get_stage
+
+    stage = get_stage("clean")
+    config = CleanConfig()
+    files = stage.code_files(config)
+    assert {p.name for p in SQL_DIR.glob("*.sql")} <= {p.name for p in files}
+    before = stage.key("upstream", config)
+    copy = tmp_path / "sql"
+    copy.mkdir()
+    for p in SQL_DIR.glob("*.sql"):
+        (copy / p.name).write_bytes(p.read_bytes())
+    (copy / "060_length.sql").write_text((SQL_DIR / "060_length.sql").read_text() + "\n-- edited\n")
+    swapped = [copy / p.name if p.parent == SQL_DIR else p for p in files]
+    monkeypatch.setattr(type(stage), "code_files", lambda self, cfg: swapped)
+    assert stage.key("upstream", config) != before
