@@ -130,6 +130,10 @@ class Trainer:
     ):
         self.data = data if isinstance(data, TokenData) else TokenData.open(data)
         self.run_dir = Path(run_dir)
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise ConfigError(f"--out {self.run_dir} is a file; give a folder for the run (new or earlier)")
+        if self.run_dir.parent.exists() and not self.run_dir.parent.is_dir():
+            raise ConfigError(f"--out {self.run_dir}: {self.run_dir.parent} is a file, not a folder")
         self.on_metrics = on_metrics or (lambda metrics, step: None)
         self.on_checkpoint = on_checkpoint or (lambda path, step: None)
         self.should_stop = should_stop or (lambda step: False)  # e.g. a cancelled flow: checkpoint, then stop
