@@ -9,16 +9,16 @@ preset's value. `resolve()` turns everything into the concrete configs a run use
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import typing
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from forja.settings import build, parse_raw
-from lm.config import ModelConfig, TrainConfig, apply_overrides, get_preset, split_assignment
+from forja.settings import build, model_settings
+from lm.config import ModelConfig, TrainConfig, apply_overrides, get_preset
 from lm.errors import ConfigError
+from lm.overrides import TOP, Setting, parse_sets
 from tasks.clean import CleanConfig
 from tasks.evaluate import EvalConfig
 from tasks.ingest import IngestConfig
@@ -154,39 +154,28 @@ class PipelineParams(BaseModel):
             )
 
 
+def pipeline_settings() -> dict[str, dict[str, Setting]]:
+    """What `--set` reaches in a pipeline run: `sources` and `preset`, then each stage's fields."""
+    top = model_settings(PipelineParams)
+    return {TOP: {k: top[k] for k in ("sources", "preset")}} | {
+        s: model_settings(c) for s, c in STAGES.items()
+    }
+
+
 def apply_sets(params: PipelineParams, items: list[str]) -> PipelineParams:
     """`--set key=value` onto the pipeline's parameters.
 
     `key` is `stage.field` (e.g. `tokenize.vocab_size`, `train.lr`) or a bare field that exactly one
-    stage has (e.g. `max_steps`, `vocab_size`, `near_dedup_threshold`); an ambiguous bare key is an
-    error listing the stages that have it.
+    stage has (e.g. `max_steps`, `near_dedup_threshold`); an ambiguous bare key (`vocab_size`: the
+    tokenizer's or the model's) is an error listing the stages that have it.
     """
-    data = params.model_dump(mode="json")
-    for item in items:
-        key, raw = split_assignment(item)
-        if key in ("preset", "sources"):
-            data[key] = parse_raw(PipelineParams, key, raw) if key == "sources" else raw
-            if key == "sources" and isinstance(data[key], str):
-                data[key] = [data[key]]
-            continue
-        stage, _, name = key.rpartition(".")
-        owners = [stage] if stage else [s for s, cls in STAGES.items() if name in cls.model_fields]
-        if stage and (stage not in STAGES or name not in STAGES[stage].model_fields):
-            owners = []
-        if not owners:
-            every = sorted({f for cls in STAGES.values() for f in cls.model_fields})
-            hint = difflib.get_close_matches(name, every, n=1)
-            raise ConfigError(
-                f"unknown setting {key!r}"
-                + (f" (did you mean {hint[0]!r}?)" if hint else "")
-                + "; use stage.field with a stage among "
-                + ", ".join(STAGES)
-            )
-        if len(owners) > 1:
-            raise ConfigError(
-                f"setting {key!r} is ambiguous: " + ", ".join(f"{o}.{name}" for o in owners) + "; say which"
-            )
-        data[owners[0]][name] = parse_raw(STAGES[owners[0]], name, raw)
+    changes = parse_sets(items, pipeline_settings())
+    top = changes.pop(TOP)
+    if isinstance(top.get("sources"), str):  # `sources=x`: one source; a JSON list names several
+        top["sources"] = [top["sources"]]
+    data = params.model_dump(mode="json") | top
+    for stage, values in changes.items():
+        data[stage] |= values
     return build(PipelineParams, data)
 
 
