@@ -3,17 +3,22 @@
 The Prefect UI renders each as a form (defaults and descriptions). `ModelParams` and `TrainParams`
 mirror lm's `ModelConfig` / `TrainConfig` with every field optional: a field left empty keeps the
 preset's value. `resolve()` turns everything into the concrete configs a run uses, and
-`apply_sets()` maps `--set key=value` (bare or `stage.key`) onto the right model.
+`apply_sets()` maps `--set key=value` (bare or `stage.key`) onto the right model, and
+`takes_pipeline_parameters` gives the `pipeline` and `retrain` flows their parameters from
+PipelineParams's fields, declared once.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic.fields import FieldInfo
 
 from forja.settings import build, model_settings
 from lm.config import ModelConfig, TrainConfig, apply_overrides, get_preset
@@ -24,6 +29,8 @@ from tasks.evaluate import EvalConfig
 from tasks.ingest import IngestConfig
 from tasks.sources import redact
 from tasks.tokenize import TokenizeConfig
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _optional_model(name: str, cls: type, doc: str) -> type[BaseModel]:
@@ -92,15 +99,29 @@ class PipelineParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    sources: list[str] = Field(default_factory=lambda: ["python-docs"], min_length=1)
-    preset: str = "tiny"
-    ingest: IngestConfig = Field(default_factory=IngestConfig)
-    clean: CleanConfig = Field(default_factory=CleanConfig)
-    tokenize: TokenizeConfig = Field(default_factory=TokenizeConfig)
-    model: ModelParams = Field(default_factory=ModelParams)  # type: ignore[valid-type]
-    train: TrainParams = Field(default_factory=TrainParams)  # type: ignore[valid-type]
-    evaluate: EvalConfig = Field(default_factory=EvalConfig)
-    run: RunParams = Field(default_factory=RunParams)
+    sources: list[str] = Field(
+        default_factory=lambda: ["python-docs"],
+        min_length=1,
+        description="Files, folders, globs, http(s) URLs, or python-docs (the bundled Python docs).",
+    )
+    preset: str = Field("tiny", description="Named preset of model and training: tiny, small, gpt2-124m.")
+    ingest: IngestConfig = Field(default_factory=IngestConfig, description="Ingest: reading the sources.")
+    clean: CleanConfig = Field(default_factory=CleanConfig, description="Clean: rules and thresholds.")
+    tokenize: TokenizeConfig = Field(
+        default_factory=TokenizeConfig, description="Tokenize: the SentencePiece model and the shards."
+    )
+    model: ModelParams = Field(  # type: ignore[valid-type]
+        default_factory=ModelParams, description="Model shape (empty fields keep the preset's)."
+    )
+    train: TrainParams = Field(  # type: ignore[valid-type]
+        default_factory=TrainParams, description="Training (empty fields keep the preset's)."
+    )
+    evaluate: EvalConfig = Field(
+        default_factory=EvalConfig, description="Evaluate: the evaluation set and the samples."
+    )
+    run: RunParams = Field(
+        default_factory=RunParams, description="Run: folders, runners, registration of the model."
+    )
 
     def lm_configs(self) -> tuple[ModelConfig, TrainConfig]:
         """The preset with the model/train overrides applied (vocab size still from the tokenizer)."""
@@ -152,6 +173,37 @@ class PipelineParams(BaseModel):
                 f"{text_bytes:,} bytes of text, from which a {cfg.model_type} tokenizer can make at most "
                 f"{most:,} pieces; lower tokenize.vocab_size or add text"
             )
+
+
+def _flow_parameter(name: str, field: FieldInfo) -> inspect.Parameter:
+    default = field.get_default(call_default_factory=True)
+    return inspect.Parameter(
+        name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=field.annotation
+    )
+
+
+def takes_pipeline_parameters(*extra: type[BaseModel]) -> Callable[[F], F]:
+    """Give a flow function `fn(**params)` one keyword parameter per field of PipelineParams.
+
+    The fields are declared once, in PipelineParams; this builds the flow's signature from them, so
+    Prefect's form shows `sources` and `preset`, then the fields of the `extra` models (a flow's own
+    options), then one typed sub-form per stage with its defaults and descriptions. The docstring
+    gains an `Args:` section, where Prefect reads each parameter's description.
+    """
+    own = PipelineParams.model_fields
+    top = {n: f for n, f in own.items() if n not in STAGES}
+    groups = {n: f for n, f in own.items() if n in STAGES}
+    fields = top | {n: f for model in extra for n, f in model.model_fields.items()} | groups
+
+    def decorate(fn: F) -> F:
+        returns = typing.get_type_hints(fn).get("return", inspect.Signature.empty)
+        parameters = [_flow_parameter(n, f) for n, f in fields.items()]
+        fn.__signature__ = inspect.Signature(parameters, return_annotation=returns)  # type: ignore[attr-defined]
+        args = "\n".join(f"    {n}: {f.description}" for n, f in fields.items())
+        fn.__doc__ = f"{inspect.getdoc(fn) or ''}\n\nArgs:\n{args}\n"
+        return fn
+
+    return decorate
 
 
 def pipeline_settings() -> dict[str, dict[str, Setting]]:

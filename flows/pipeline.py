@@ -30,12 +30,11 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.params import (
     EvalConfig,
-    ModelParams,
     PipelineParams,
     RunParams,
-    TrainParams,
     flatten,
     recorded,
+    takes_pipeline_parameters,
 )
 from flows.stages import (
     TASK_OPTS,
@@ -53,11 +52,8 @@ from lm import checkpoint as ckpt
 from lm.config import ModelConfig, TrainConfig, from_dict, to_dict
 from lm.fileio import atomic_write_json, read_json, sha256_file
 from lm.train import train as lm_train
-from tasks.clean import CleanConfig
 from tasks.common import read_manifest
 from tasks.evaluate import evaluate_checkpoint, freeze_eval_set, sample_texts
-from tasks.ingest import IngestConfig
-from tasks.tokenize import TokenizeConfig
 
 log = logging.getLogger("forja.pipeline")
 
@@ -537,30 +533,10 @@ def _eval_markdown(params, trained, ev, registered, samples_md) -> str:
 
 
 @flow(name="pipeline", persist_result=True, result_serializer="json")
-def pipeline(
-    sources: list[str] = ["python-docs"],  # noqa: B006 (Prefect shows the default in the UI form)
-    preset: str = "tiny",
-    ingest: IngestConfig = IngestConfig(),
-    clean: CleanConfig = CleanConfig(),
-    tokenize: TokenizeConfig = TokenizeConfig(),
-    model: ModelParams = ModelParams(),  # type: ignore[valid-type]
-    train: TrainParams = TrainParams(),  # type: ignore[valid-type]
-    evaluate: EvalConfig = EvalConfig(),
-    run: RunParams = RunParams(),
-) -> dict[str, Any]:
+@takes_pipeline_parameters()
+def pipeline(**params: Any) -> dict[str, Any]:
     """Raw text in, a trained, evaluated and registered model out."""
-    params = PipelineParams(
-        sources=sources,
-        preset=preset,
-        ingest=ingest,
-        clean=clean,
-        tokenize=tokenize,
-        model=model,
-        train=train,
-        evaluate=evaluate,
-        run=run,
-    )
-    return run_pipeline(params)
+    return run_pipeline(PipelineParams(**params))
 
 
 def params_of_run_dir(run_dir: str | os.PathLike) -> PipelineParams:
