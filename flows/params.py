@@ -3,26 +3,33 @@
 The Prefect UI renders each as a form (defaults and descriptions). `ModelParams` and `TrainParams`
 mirror lm's `ModelConfig` / `TrainConfig` with every field optional: a field left empty keeps the
 preset's value. `resolve()` turns everything into the concrete configs a run uses, and
-`apply_sets()` maps `--set key=value` (bare or `stage.key`) onto the right model.
+`apply_sets()` maps `--set key=value` (bare or `stage.key`) onto the right model, and
+`takes_pipeline_parameters` gives the `pipeline` and `retrain` flows their parameters from
+PipelineParams's fields, declared once.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
+import inspect
 import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic.fields import FieldInfo
 
-from forja.settings import build, parse_raw
-from lm.config import ModelConfig, TrainConfig, apply_overrides, get_preset, split_assignment
+from forja.settings import build, model_settings
+from lm.config import ModelConfig, TrainConfig, apply_overrides, get_preset
 from lm.errors import ConfigError
+from lm.overrides import TOP, Setting, parse_sets
 from tasks.clean import CleanConfig
 from tasks.evaluate import EvalConfig
 from tasks.ingest import IngestConfig, redact
 from tasks.tokenize import TokenizeConfig
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _optional_model(name: str, cls: type, doc: str) -> type[BaseModel]:
@@ -91,15 +98,29 @@ class PipelineParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    sources: list[str] = Field(default_factory=lambda: ["python-docs"], min_length=1)
-    preset: str = "tiny"
-    ingest: IngestConfig = Field(default_factory=IngestConfig)
-    clean: CleanConfig = Field(default_factory=CleanConfig)
-    tokenize: TokenizeConfig = Field(default_factory=TokenizeConfig)
-    model: ModelParams = Field(default_factory=ModelParams)  # type: ignore[valid-type]
-    train: TrainParams = Field(default_factory=TrainParams)  # type: ignore[valid-type]
-    evaluate: EvalConfig = Field(default_factory=EvalConfig)
-    run: RunParams = Field(default_factory=RunParams)
+    sources: list[str] = Field(
+        default_factory=lambda: ["python-docs"],
+        min_length=1,
+        description="Files, folders, globs, http(s) URLs, or python-docs (the bundled Python docs).",
+    )
+    preset: str = Field("tiny", description="Named preset of model and training: tiny, small, gpt2-124m.")
+    ingest: IngestConfig = Field(default_factory=IngestConfig, description="Ingest: reading the sources.")
+    clean: CleanConfig = Field(default_factory=CleanConfig, description="Clean: rules and thresholds.")
+    tokenize: TokenizeConfig = Field(
+        default_factory=TokenizeConfig, description="Tokenize: the SentencePiece model and the shards."
+    )
+    model: ModelParams = Field(  # type: ignore[valid-type]
+        default_factory=ModelParams, description="Model shape (empty fields keep the preset's)."
+    )
+    train: TrainParams = Field(  # type: ignore[valid-type]
+        default_factory=TrainParams, description="Training (empty fields keep the preset's)."
+    )
+    evaluate: EvalConfig = Field(
+        default_factory=EvalConfig, description="Evaluate: the evaluation set and the samples."
+    )
+    run: RunParams = Field(
+        default_factory=RunParams, description="Run: folders, runners, registration of the model."
+    )
 
     def lm_configs(self) -> tuple[ModelConfig, TrainConfig]:
         """The preset with the model/train overrides applied (vocab size still from the tokenizer)."""
@@ -153,39 +174,59 @@ class PipelineParams(BaseModel):
             )
 
 
+def _flow_parameter(name: str, field: FieldInfo) -> inspect.Parameter:
+    default = field.get_default(call_default_factory=True)
+    return inspect.Parameter(
+        name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=field.annotation
+    )
+
+
+def takes_pipeline_parameters(*extra: type[BaseModel]) -> Callable[[F], F]:
+    """Give a flow function `fn(**params)` one keyword parameter per field of PipelineParams.
+
+    The fields are declared once, in PipelineParams; this builds the flow's signature from them, so
+    Prefect's form shows `sources` and `preset`, then the fields of the `extra` models (a flow's own
+    options), then one typed sub-form per stage with its defaults and descriptions. The docstring
+    gains an `Args:` section, where Prefect reads each parameter's description.
+    """
+    own = PipelineParams.model_fields
+    top = {n: f for n, f in own.items() if n not in STAGES}
+    groups = {n: f for n, f in own.items() if n in STAGES}
+    fields = top | {n: f for model in extra for n, f in model.model_fields.items()} | groups
+
+    def decorate(fn: F) -> F:
+        returns = typing.get_type_hints(fn).get("return", inspect.Signature.empty)
+        parameters = [_flow_parameter(n, f) for n, f in fields.items()]
+        fn.__signature__ = inspect.Signature(parameters, return_annotation=returns)  # type: ignore[attr-defined]
+        args = "\n".join(f"    {n}: {f.description}" for n, f in fields.items())
+        fn.__doc__ = f"{inspect.getdoc(fn) or ''}\n\nArgs:\n{args}\n"
+        return fn
+
+    return decorate
+
+
+def pipeline_settings() -> dict[str, dict[str, Setting]]:
+    """What `--set` reaches in a pipeline run: `sources` and `preset`, then each stage's fields."""
+    top = model_settings(PipelineParams)
+    return {TOP: {k: top[k] for k in ("sources", "preset")}} | {
+        s: model_settings(c) for s, c in STAGES.items()
+    }
+
+
 def apply_sets(params: PipelineParams, items: list[str]) -> PipelineParams:
     """`--set key=value` onto the pipeline's parameters.
 
     `key` is `stage.field` (e.g. `tokenize.vocab_size`, `train.lr`) or a bare field that exactly one
-    stage has (e.g. `max_steps`, `vocab_size`, `near_dedup_threshold`); an ambiguous bare key is an
-    error listing the stages that have it.
+    stage has (e.g. `max_steps`, `near_dedup_threshold`); an ambiguous bare key (`vocab_size`: the
+    tokenizer's or the model's) is an error listing the stages that have it.
     """
-    data = params.model_dump(mode="json")
-    for item in items:
-        key, raw = split_assignment(item)
-        if key in ("preset", "sources"):
-            data[key] = parse_raw(PipelineParams, key, raw) if key == "sources" else raw
-            if key == "sources" and isinstance(data[key], str):
-                data[key] = [data[key]]
-            continue
-        stage, _, name = key.rpartition(".")
-        owners = [stage] if stage else [s for s, cls in STAGES.items() if name in cls.model_fields]
-        if stage and (stage not in STAGES or name not in STAGES[stage].model_fields):
-            owners = []
-        if not owners:
-            every = sorted({f for cls in STAGES.values() for f in cls.model_fields})
-            hint = difflib.get_close_matches(name, every, n=1)
-            raise ConfigError(
-                f"unknown setting {key!r}"
-                + (f" (did you mean {hint[0]!r}?)" if hint else "")
-                + "; use stage.field with a stage among "
-                + ", ".join(STAGES)
-            )
-        if len(owners) > 1:
-            raise ConfigError(
-                f"setting {key!r} is ambiguous: " + ", ".join(f"{o}.{name}" for o in owners) + "; say which"
-            )
-        data[owners[0]][name] = parse_raw(STAGES[owners[0]], name, raw)
+    changes = parse_sets(items, pipeline_settings())
+    top = changes.pop(TOP)
+    if isinstance(top.get("sources"), str):  # `sources=x`: one source; a JSON list names several
+        top["sources"] = [top["sources"]]
+    data = params.model_dump(mode="json") | top
+    for stage, values in changes.items():
+        data[stage] |= values
     return build(PipelineParams, data)
 
 

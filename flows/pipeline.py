@@ -15,12 +15,12 @@ import os
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, task
 from prefect.artifacts import (
-    create_link_artifact,
     create_markdown_artifact,
     create_progress_artifact,
     create_table_artifact,
@@ -28,14 +28,14 @@ from prefect.artifacts import (
 )
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.mlflow_run import tracked_run
 from flows.params import (
     EvalConfig,
-    ModelParams,
     PipelineParams,
     RunParams,
-    TrainParams,
     flatten,
     recorded,
+    takes_pipeline_parameters,
 )
 from flows.stages import (
     TASK_OPTS,
@@ -47,7 +47,6 @@ from flows.stages import (
     run_tokenize_stage,
     stage_key,
 )
-from flows.tracked_run import start_tracked_run
 from forja import tracking
 from forja.home import Home
 from forja.plots import loss_curve_png
@@ -55,11 +54,8 @@ from lm import checkpoint as ckpt
 from lm.config import ModelConfig, TrainConfig, from_dict, to_dict
 from lm.fileio import atomic_write_json, read_json, sha256_file
 from lm.train import train as lm_train
-from tasks.clean import CleanConfig
 from tasks.common import read_manifest
 from tasks.evaluate import evaluate_checkpoint, freeze_eval_set, sample_texts
-from tasks.ingest import IngestConfig
-from tasks.tokenize import TokenizeConfig
 
 log = logging.getLogger("forja.pipeline")
 
@@ -300,16 +296,6 @@ def run_dir_for(params: PipelineParams, key: str) -> Path:
     return Home.from_env().runs / f"{params.run.dataset}-{params.preset}-{key[:12]}"
 
 
-def _mlflow_ui_url(exp_id: str, run_id: str) -> str:
-    ui = Home.from_env().ui_state() or {}
-    base = (
-        ui.get("mlflow_ui_url") or os.environ.get("FORJA_MLFLOW_UI_URL") or tracking.mlflow.get_tracking_uri()
-    )
-    if not base.startswith("http"):
-        base = "http://127.0.0.1:5000"  # where `forja ui` serves this store
-    return f"{base.rstrip('/')}/#/experiments/{exp_id}/runs/{run_id}"
-
-
 def _log_data(run_id: str, data: dict[str, Any]) -> None:
     tracking.log_dataset(
         run_id,
@@ -363,6 +349,142 @@ def ingest_metrics(ingest: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items()}
 
 
+def _init_weights(init_from: str | None) -> tuple[str | None, str | None]:
+    """The local checkpoint to start training from (a run folder or models:/ URI), and its digest."""
+    if not init_from:
+        return None, None
+    from forja.models import local_checkpoint
+
+    init_from = str(local_checkpoint(init_from))
+    return init_from, sha256_file(ckpt.resolve_checkpoint(init_from) / ckpt.MODEL_FILE)
+
+
+def train_step(
+    params: PipelineParams, data: dict[str, Any], model_cfg: ModelConfig, train_cfg: TrainConfig, run_id: str
+) -> tuple[Path, dict[str, Any]]:
+    """Train on the token folder (or take the cached training) and record it: the run folder and
+    the train task's result."""
+    from lm.data import TokenData
+    from lm.train import resolve_configs
+
+    tokens_dir = data["tokens"]["out"]
+    model_cfg, train_cfg = resolve_configs(model_cfg, train_cfg, TokenData.open(tokens_dir))
+    config = to_dict(model_cfg, train_cfg)
+    init_from, init_digest = _init_weights(params.run.init_from)
+    # A folder the user chose is part of what is asked for: a cached training elsewhere does not
+    # put a model there. (The default folder is named after the key, so it needs no mention.)
+    out = str(Path(params.run.out).resolve()) if params.run.out is not None else None
+    key = stage_key(
+        "train",
+        data["tokens"]["digest"],
+        config,
+        init_digest,
+        out,
+        code_digest(
+            "lm.model",
+            "lm.lstm",
+            "lm.models",
+            "lm.train",
+            "lm.data",
+            "lm.config",
+            "lm.checkpoint",
+            "lm.runtime",
+        ),
+    )
+    run_dir = run_dir_for(params, key)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run_dir / PARAMS_FILE, recorded(params))  # no URL credentials on disk
+    tracking.log_params(run_id, flatten(params, model_cfg, train_cfg))
+    tracking.log_json(run_id, {"params": recorded(params), "resolved": config}, "config.json")
+    tracking.set_tags(run_id, {"run_dir": str(run_dir), "train_key": key})
+    cached_train = is_cached(key) and not params.run.fresh
+    trained = train_task.with_options(refresh_cache=params.run.fresh)(
+        tokens_dir,
+        str(run_dir),
+        config,
+        init_from,
+        params.run.nproc,
+        None if cached_train else run_id,  # a cached training logs no metrics again
+        key=key,
+    )
+    _log_training(run_id, run_dir, trained, init_digest)
+    return run_dir, trained
+
+
+def _log_training(run_id: str, run_dir: Path, trained: dict[str, Any], init_digest: str | None) -> None:
+    tracking.set_tags(
+        run_id,
+        {
+            "checkpoint_sha256": trained["checkpoint_sha256"],
+            **({"init_from_sha256": init_digest} if init_digest else {}),
+        },
+    )
+    final = {f"final_{k}": v for k, v in trained["metrics"].items()}
+    tracking.log_metrics(run_id, final, trained["step"])
+    metrics_file = run_dir / "metrics.jsonl"
+    if metrics_file.is_file():
+        tracking.log_artifact(run_id, loss_curve_png(metrics_file, run_dir / "loss_curve.png"))
+        tracking.log_artifact(run_id, metrics_file)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    metrics: dict[str, Any]
+    samples: list[dict[str, Any]]
+    eval_dir: Path  # the dataset's fixed evaluation set
+    eval_digest: str
+
+
+def evaluate_step(
+    params: PipelineParams, tokens_dir: str, trained: dict[str, Any], run_id: str
+) -> Evaluation:
+    """Evaluate the trained model on the dataset's fixed evaluation set (frozen on first use) and
+    record the metrics and samples."""
+    eval_dir = Home.from_env().dataset(params.run.dataset) / "eval"
+    freeze_eval_set(tokens_dir, eval_dir, params.evaluate)
+    eval_digest = read_manifest(eval_dir, "eval-set")["digest"]
+    ekey = stage_key(
+        "evaluate", trained["checkpoint_sha256"], eval_digest, params.evaluate.model_dump(mode="json")
+    )
+    evaluated = evaluate_task(
+        trained["checkpoint"], str(eval_dir), params.evaluate.model_dump(mode="json"), key=ekey
+    )
+    ev = evaluated["metrics"]
+    tracking.log_metrics(run_id, {k: v for k, v in ev.items() if isinstance(v, int | float)}, trained["step"])
+    tracking.set_tags(run_id, {"eval_set_digest": eval_digest})
+    tracking.log_text(run_id, "\n\n---\n\n".join(s["text"] for s in evaluated["samples"]), "samples.txt")
+    return Evaluation(ev, evaluated["samples"], eval_dir, eval_digest)
+
+
+def register_step(
+    params: PipelineParams, trained: dict[str, Any], evaluation: Evaluation, run_id: str
+) -> dict[str, Any]:
+    """Log and register the model in MLflow; the champion alias moves only to a better model."""
+    rkey = stage_key(
+        "register", trained["checkpoint_sha256"], evaluation.eval_digest, tracking.mlflow.get_tracking_uri()
+    )
+    registered = register_task(
+        trained["checkpoint"],
+        run_id,
+        evaluation.metrics,
+        str(evaluation.eval_dir),
+        params.run.export_hf,
+        key=rkey,
+    )
+    tracking.set_tags(
+        run_id, {"model_version": registered.get("version"), "promoted": registered.get("promoted")}
+    )
+    return registered
+
+
+def _nothing_new(run_id: str, data: dict[str, Any]) -> dict[str, Any]:
+    msg = "no new documents in the sources: nothing to retrain"
+    log.info(msg)
+    tracking.set_tags(run_id, {"forja.outcome": "nothing new"})
+    create_markdown_artifact(key="retrain-summary", markdown=f"**{msg}**")
+    return {"status": "unchanged", "mlflow_run_id": run_id, "data": data}
+
+
 def run_pipeline(
     params: PipelineParams,
     *,
@@ -371,165 +493,38 @@ def run_pipeline(
     extra_tags: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The body shared by `pipeline` and `retrain`: validate, data, train, evaluate, register."""
-    from prefect.runtime import flow_run
-
     model_cfg, train_cfg = params.validate_all()  # before any work: a bad parameter fails at once
-    home = Home.from_env()
-    ds = home.dataset(params.run.dataset)
-    exp_id = tracking.experiment_id()
-    tags = {
-        "preset": params.preset,
-        "dataset": params.run.dataset,
-        "forja.kind": kind,
-        "prefect.flow_run_id": str(flow_run.id or ""),
-        "prefect.flow_run_url": str(flow_run.ui_url or ""),
-        **(extra_tags or {}),
-    }
-    run_id = start_tracked_run(flow_run.name or kind, tags, exp_id)
-    monitor = _system_metrics(run_id)
-    try:
-        create_link_artifact(
-            key="mlflow-run",
-            link=_mlflow_ui_url(exp_id, run_id),
-            link_text="MLflow run",
-            description="This flow run's MLflow run",
-        )
+    with tracked_run(params, kind, extra_tags) as run_id:
         data = prepare_data.with_options(task_runner=make_task_runner(params.run))(params)
         if stop_if_unchanged and not data["ingest"].get("changed", True):
-            msg = "no new documents in the sources: nothing to retrain"
-            log.info(msg)
-            tracking.set_tags(run_id, {"forja.outcome": "nothing new"})
-            create_markdown_artifact(key="retrain-summary", markdown=f"**{msg}**")
-            tracking.end_run(run_id, "FINISHED")
-            return {"status": "unchanged", "mlflow_run_id": run_id, "data": data}
+            return _nothing_new(run_id, data)
         _log_data(run_id, data)
-        tokens_dir = data["tokens"]["out"]
-        from lm.data import TokenData
-        from lm.train import resolve_configs
-
-        model_cfg, train_cfg = resolve_configs(model_cfg, train_cfg, TokenData.open(tokens_dir))
-        config = to_dict(model_cfg, train_cfg)
-        init_from = params.run.init_from
-        if init_from:
-            from forja.models import local_checkpoint
-
-            init_from = str(local_checkpoint(init_from))
-        init_digest = sha256_file(ckpt.resolve_checkpoint(init_from) / ckpt.MODEL_FILE) if init_from else None
-        # A folder the user chose is part of what is asked for: a cached training elsewhere does not
-        # put a model there. (The default folder is named after the key, so it needs no mention.)
-        out = str(Path(params.run.out).resolve()) if params.run.out is not None else None
-        key = stage_key(
-            "train",
-            data["tokens"]["digest"],
-            config,
-            init_digest,
-            out,
-            code_digest(
-                "lm.model",
-                "lm.lstm",
-                "lm.models",
-                "lm.train",
-                "lm.data",
-                "lm.config",
-                "lm.checkpoint",
-                "lm.runtime",
-            ),
-        )
-        run_dir = run_dir_for(params, key)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run_dir / PARAMS_FILE, recorded(params))  # no URL credentials on disk
-        tracking.log_params(run_id, flatten(params, model_cfg, train_cfg))
-        tracking.log_json(run_id, {"params": recorded(params), "resolved": config}, "config.json")
-        tracking.set_tags(run_id, {"run_dir": str(run_dir), "train_key": key})
-        cached_train = is_cached(key) and not params.run.fresh
-        trained = train_task.with_options(refresh_cache=params.run.fresh)(
-            tokens_dir,
-            str(run_dir),
-            config,
-            init_from,
-            params.run.nproc,
-            None if cached_train else run_id,
-            key=key,
-        )
-        tracking.set_tags(
-            run_id,
-            {
-                "checkpoint_sha256": trained["checkpoint_sha256"],
-                **({"init_from_sha256": init_digest} if init_digest else {}),
-            },
-        )
-        final = {f"final_{k}": v for k, v in trained["metrics"].items()}
-        tracking.log_metrics(run_id, final, trained["step"])
-        metrics_file = run_dir / "metrics.jsonl"
-        if metrics_file.is_file():
-            tracking.log_artifact(run_id, loss_curve_png(metrics_file, run_dir / "loss_curve.png"))
-            tracking.log_artifact(run_id, metrics_file)
-
-        eval_dir = ds / "eval"
-        freeze_eval_set(tokens_dir, eval_dir, params.evaluate)
-        eval_digest = read_manifest(eval_dir, "eval-set")["digest"]
-        ekey = stage_key(
-            "evaluate", trained["checkpoint_sha256"], eval_digest, params.evaluate.model_dump(mode="json")
-        )
-        evaluated = evaluate_task(
-            trained["checkpoint"], str(eval_dir), params.evaluate.model_dump(mode="json"), key=ekey
-        )
-        ev = evaluated["metrics"]
-        tracking.log_metrics(
-            run_id, {k: v for k, v in ev.items() if isinstance(v, int | float)}, trained["step"]
-        )
-        tracking.set_tags(run_id, {"eval_set_digest": eval_digest})
-        samples_md = "\n\n".join(f"**{s['prompt']!r}** → {s['text']!r}" for s in evaluated["samples"])
-        tracking.log_text(run_id, "\n\n---\n\n".join(s["text"] for s in evaluated["samples"]), "samples.txt")
-
-        registered: dict[str, Any] = {}
-        if params.run.register_model:
-            rkey = stage_key(
-                "register", trained["checkpoint_sha256"], eval_digest, tracking.mlflow.get_tracking_uri()
-            )
-            registered = register_task(
-                trained["checkpoint"], run_id, ev, str(eval_dir), params.run.export_hf, key=rkey
-            )
-            tracking.set_tags(
-                run_id, {"model_version": registered.get("version"), "promoted": registered.get("promoted")}
-            )
+        run_dir, trained = train_step(params, data, model_cfg, train_cfg, run_id)
+        evaluation = evaluate_step(params, data["tokens"]["out"], trained, run_id)
+        registered = register_step(params, trained, evaluation, run_id) if params.run.register_model else {}
         create_markdown_artifact(
             key="evaluation",
-            markdown=_eval_markdown(params, trained, ev, registered, samples_md),
+            markdown=_eval_markdown(params, trained, evaluation, registered),
             description="Evaluation on the fixed evaluation set",
         )
-        tracking.end_run(run_id, "FINISHED")
         return {
             "status": "trained",
             "mlflow_run_id": run_id,
             "run_dir": str(run_dir),
             "data": data,
             "train": trained,
-            "eval": ev,
-            "samples": evaluated["samples"],
+            "eval": evaluation.metrics,
+            "samples": evaluation.samples,
             "registered": registered,
         }
-    except BaseException:
-        tracking.end_run(run_id, "FAILED")
-        raise
-    finally:
-        if monitor is not None:
-            monitor.finish()
 
 
-def _system_metrics(run_id: str):
-    try:
-        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-
-        monitor = SystemMetricsMonitor(run_id, sampling_interval=5, samples_before_logging=1)
-        monitor.start()
-        return monitor
-    except Exception as e:  # psutil missing, say: the run goes on without system metrics
-        log.warning("system metrics are off: %s", e)
-        return None
-
-
-def _eval_markdown(params, trained, ev, registered, samples_md) -> str:
+def _eval_markdown(
+    params: PipelineParams, trained: dict[str, Any], evaluation: Evaluation, registered: dict[str, Any]
+) -> str:
+    """The Prefect artifact of a finished run: its evaluation, its registration, its samples."""
+    ev = evaluation.metrics
+    samples_md = "\n\n".join(f"**{s['prompt']!r}** → {s['text']!r}" for s in evaluation.samples)
     reg = ""
     if registered:
         reg = (
@@ -546,30 +541,10 @@ def _eval_markdown(params, trained, ev, registered, samples_md) -> str:
 
 
 @flow(name="pipeline", persist_result=True, result_serializer="json")
-def pipeline(
-    sources: list[str] = ["python-docs"],  # noqa: B006 (Prefect shows the default in the UI form)
-    preset: str = "tiny",
-    ingest: IngestConfig = IngestConfig(),
-    clean: CleanConfig = CleanConfig(),
-    tokenize: TokenizeConfig = TokenizeConfig(),
-    model: ModelParams = ModelParams(),  # type: ignore[valid-type]
-    train: TrainParams = TrainParams(),  # type: ignore[valid-type]
-    evaluate: EvalConfig = EvalConfig(),
-    run: RunParams = RunParams(),
-) -> dict[str, Any]:
+@takes_pipeline_parameters()
+def pipeline(**params: Any) -> dict[str, Any]:
     """Raw text in, a trained, evaluated and registered model out."""
-    params = PipelineParams(
-        sources=sources,
-        preset=preset,
-        ingest=ingest,
-        clean=clean,
-        tokenize=tokenize,
-        model=model,
-        train=train,
-        evaluate=evaluate,
-        run=run,
-    )
-    return run_pipeline(params)
+    return run_pipeline(PipelineParams(**params))
 
 
 def params_of_run_dir(run_dir: str | os.PathLike) -> PipelineParams:

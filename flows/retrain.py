@@ -14,15 +14,13 @@ import shutil
 from typing import Any
 
 from prefect import flow
+from pydantic import BaseModel, Field
 
-from flows.params import EvalConfig, ModelParams, PipelineParams, RunParams, TrainParams
+from flows.params import PipelineParams, takes_pipeline_parameters
 from flows.pipeline import run_pipeline
 from forja import tracking
 from forja.home import Home
 from lm.fileio import sha256_file
-from tasks.clean import CleanConfig
-from tasks.ingest import IngestConfig
-from tasks.tokenize import TokenizeConfig
 
 log = logging.getLogger("forja.retrain")
 
@@ -64,39 +62,29 @@ def retrain_params(
     return params.model_copy(update=updates)
 
 
-@flow(name="retrain", persist_result=True, result_serializer="json")
-def retrain(
-    sources: list[str] = ["python-docs"],  # noqa: B006
-    preset: str = "tiny",
-    continue_from_champion: bool = False,
-    new_tokenizer: bool = False,
-    ingest: IngestConfig = IngestConfig(),
-    clean: CleanConfig = CleanConfig(),
-    tokenize: TokenizeConfig = TokenizeConfig(),
-    model: ModelParams = ModelParams(),  # type: ignore[valid-type]
-    train: TrainParams = TrainParams(),  # type: ignore[valid-type]
-    evaluate: EvalConfig = EvalConfig(),
-    run: RunParams = RunParams(),
-) -> dict[str, Any]:
-    """Retrain on what arrived since the last run; promote the result only if it beats the champion."""
-    params = PipelineParams(
-        sources=sources,
-        preset=preset,
-        ingest=ingest,
-        clean=clean,
-        tokenize=tokenize,
-        model=model,
-        train=train,
-        evaluate=evaluate,
-        run=run,
+class RetrainOptions(BaseModel):
+    """What the retrain flow takes besides the pipeline's parameters."""
+
+    continue_from_champion: bool = Field(
+        False, description="Start from the champion's weights (and so with its tokenizer)."
     )
-    params = retrain_params(params, continue_from_champion, new_tokenizer)
+    new_tokenizer: bool = Field(False, description="Train a new tokenizer instead of reusing the champion's.")
+
+
+@flow(name="retrain", persist_result=True, result_serializer="json")
+@takes_pipeline_parameters(RetrainOptions)
+def retrain(**params: Any) -> dict[str, Any]:
+    """Retrain on what arrived since the last run; promote the result only if it beats the champion."""
+    options = RetrainOptions(**{k: params.pop(k) for k in RetrainOptions.model_fields if k in params})
+    pipeline_params = retrain_params(
+        PipelineParams(**params), options.continue_from_champion, options.new_tokenizer
+    )
     return run_pipeline(
-        params,
+        pipeline_params,
         kind="retrain",
         stop_if_unchanged=True,
         extra_tags={
-            "retrain.continue_from_champion": str(continue_from_champion),
-            "retrain.new_tokenizer": str(new_tokenizer),
+            "retrain.continue_from_champion": str(options.continue_from_champion),
+            "retrain.new_tokenizer": str(options.new_tokenizer),
         },
     )

@@ -1,37 +1,39 @@
-"""`--set key=value` for the pydantic stage configs: parsed, validated, errors that name the key."""
+"""`--set key=value` for the pydantic stage configs: the adapter between pydantic models and the one
+`--set` parser (lm/overrides.py), and validation whose errors name the key at fault."""
 
 from __future__ import annotations
 
-import difflib
-import json
+import functools
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from lm.config import split_assignment
 from lm.errors import ConfigError
+from lm.overrides import TOP, Setting, parse_sets
 
 M = TypeVar("M", bound=BaseModel)
 
 
-def parse_raw(cls: type[BaseModel], key: str, text: str) -> Any:
-    """A value as typed on the command line, for field `key` of `cls`.
+@functools.cache
+def _adapter(annotation: Any) -> TypeAdapter:
+    return TypeAdapter(annotation)
 
-    The text as it is when the field takes it (strings, numbers, true/false, paths), else the text
-    read as JSON (lists, dicts: `--set 'pii_types=["email"]'`).
-    """
-    field = cls.model_fields.get(key)
-    if field is None:
-        return text
-    adapter = TypeAdapter(field.annotation)
+
+def _takes_text(annotation: Any, text: str) -> bool:
+    """Does a field of this type take `text` as it is (a path, a string)? If not, it is read as JSON."""
     try:
-        adapter.validate_python(text)
-        return text
+        _adapter(annotation).validate_python(text)
+        return True
     except ValidationError:
-        try:
-            return json.loads(text)
-        except ValueError:
-            return text
+        return False
+
+
+def model_settings(cls: type[BaseModel]) -> dict[str, Setting]:
+    """The fields of a pydantic model as `--set` sees them."""
+    return {
+        name: Setting(field.annotation, functools.partial(_takes_text, field.annotation))
+        for name, field in cls.model_fields.items()
+    }
 
 
 def describe_validation_error(e: ValidationError, prefix: str = "") -> str:
@@ -44,14 +46,6 @@ def describe_validation_error(e: ValidationError, prefix: str = "") -> str:
 
 def build(cls: type[M], values: dict[str, Any], prefix: str = "") -> M:
     """Validate `values` into `cls`, turning pydantic's error into one that names each key."""
-    unknown = sorted(set(values) - set(cls.model_fields))
-    if unknown:
-        hint = difflib.get_close_matches(unknown[0], list(cls.model_fields), n=1)
-        raise ConfigError(
-            f"unknown setting '{prefix}{unknown[0]}'"
-            + (f" (did you mean '{prefix}{hint[0]}'?)" if hint else "")
-            + f"; known settings: {', '.join(prefix + k for k in cls.model_fields)}"
-        )
     try:
         return cls.model_validate(values)
     except ValidationError as e:
@@ -59,9 +53,6 @@ def build(cls: type[M], values: dict[str, Any], prefix: str = "") -> M:
 
 
 def apply_sets(config: M, items: list[str]) -> M:
-    """A copy of `config` with `key=value` items applied (values parsed as JSON where they parse)."""
-    values = config.model_dump()
-    for item in items:
-        key, raw = split_assignment(item)
-        values[key] = parse_raw(type(config), key, raw)
-    return build(type(config), values)
+    """A copy of `config` with `key=value` items applied (keys are the config's field names)."""
+    changes = parse_sets(items, {TOP: model_settings(type(config))})[TOP]
+    return build(type(config), config.model_dump() | changes)

@@ -9,12 +9,12 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-import types
 import typing
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 from lm.errors import ConfigError
+from lm.overrides import dataclass_settings, parse_sets, parse_value, split_assignment
 
 Arch = Literal["transformer", "lstm"]
 Mlp = Literal["swiglu", "relu2"]
@@ -215,55 +215,6 @@ def get_preset(name: str) -> Preset:
 # --------------------------------------------------------------------------- overrides
 
 
-def _field_types(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def parse_value(key: str, text: str, typ: Any) -> Any:
-    """Parse the text of `key=text` into the field's type, or raise a ConfigError naming the key."""
-    origin = typing.get_origin(typ)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(typ) if a is not type(None)]
-        if text.lower() in ("none", "null", ""):
-            return None
-        return parse_value(key, text, args[0])
-    if origin is Literal:
-        allowed = typing.get_args(typ)
-        if text not in allowed:
-            raise ConfigError(
-                f"invalid value {text!r} for '{key}': choose one of {', '.join(map(str, allowed))}"
-            )
-        return text
-    if typ is bool:
-        low = text.strip().lower()
-        if low in ("1", "true", "yes", "on"):
-            return True
-        if low in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"invalid value {text!r} for '{key}': expected true or false")
-    if typ is int:
-        try:
-            value = float(text.replace("_", ""))
-        except ValueError:
-            raise ConfigError(f"invalid value {text!r} for '{key}': expected an integer") from None
-        if not value.is_integer():
-            raise ConfigError(f"invalid value {text!r} for '{key}': expected an integer")
-        return int(value)
-    if typ is float:
-        try:
-            return float(text)
-        except ValueError:
-            raise ConfigError(f"invalid value {text!r} for '{key}': expected a number") from None
-    return text
-
-
-def split_assignment(item: str) -> tuple[str, str]:
-    if "=" not in item:
-        raise ConfigError(f"override {item!r} is not of the form key=value (e.g. --set max_steps=200)")
-    key, value = item.split("=", 1)
-    return key.strip(), value.strip()
-
-
 def apply_overrides(
     model: ModelConfig, train: TrainConfig, items: list[str] | dict[str, Any]
 ) -> tuple[ModelConfig, TrainConfig]:
@@ -271,34 +222,12 @@ def apply_overrides(
 
     Keys are bare field names (`max_steps`) or prefixed (`model.n_layer`, `train.lr`). Values are
     strings parsed by the field's type, or already-typed values (from a dict). An unknown key or a
-    bad value raises a ConfigError that names it.
+    bad value raises a ConfigError that names it (the parser is lm/overrides.py, shared by every
+    command).
     """
-    pairs = list(items.items()) if isinstance(items, dict) else [split_assignment(i) for i in items]
-    configs = {"model": model, "train": train}
-    changes: dict[str, dict[str, Any]] = {"model": {}, "train": {}}
-    all_keys = [f"{p}.{f.name}" for p, c in configs.items() for f in fields(c)]
-    for key, raw in pairs:
-        prefix, _, name = key.rpartition(".")
-        owners = (
-            [prefix] if prefix else [p for p, c in configs.items() if name in {f.name for f in fields(c)}]
-        )
-        if prefix and (prefix not in configs or name not in {f.name for f in fields(configs[prefix])}):
-            owners = []
-        if not owners:
-            bare = [k.split(".", 1)[1] for k in all_keys]
-            hint = difflib.get_close_matches(name, bare, n=1) or difflib.get_close_matches(key, all_keys, n=1)
-            raise ConfigError(
-                f"unknown setting {key!r}"
-                + (f" (did you mean {hint[0]!r}?)" if hint else "")
-                + f"; known settings: {', '.join(sorted(set(bare)))}"
-            )
-        owner = owners[0]
-        typ = _field_types(type(configs[owner]))[name]
-        changes[owner][name] = parse_value(key, raw, typ) if isinstance(raw, str) else raw
-    return (
-        dataclasses.replace(model, **changes["model"]),
-        dataclasses.replace(train, **changes["train"]),
-    )
+    groups = {"model": dataclass_settings(ModelConfig), "train": dataclass_settings(TrainConfig)}
+    changes = parse_sets(items, groups)
+    return dataclasses.replace(model, **changes["model"]), dataclasses.replace(train, **changes["train"])
 
 
 def to_dict(model: ModelConfig, train: TrainConfig) -> dict[str, dict[str, Any]]:
@@ -333,5 +262,6 @@ __all__ = [
     "from_dict",
     "get_preset",
     "parse_value",
+    "split_assignment",
     "to_dict",
 ]
