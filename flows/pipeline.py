@@ -14,7 +14,6 @@ import logging
 import os
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from prefect.artifacts import (
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.mlflow_run import tracked_run
+from flows.model_stages import stage_key
 from flows.params import (
     EvalConfig,
     PipelineParams,
@@ -37,15 +37,14 @@ from flows.params import (
     recorded,
     takes_pipeline_parameters,
 )
+from flows.registry import current_champion, register_task
 from flows.stages import (
     TASK_OPTS,
     by_key,
-    code_digest,
     is_cached,
     run_clean_stage,
     run_ingest_stage,
     run_tokenize_stage,
-    stage_key,
 )
 from forja import tracking
 from forja.home import Home
@@ -170,7 +169,7 @@ def _torchrun(
     subprocess.run(cmd, check=True, env=env)
 
 
-@task(name="train", cache_key_fn=by_key, **TASK_OPTS)
+@task(name="train", task_run_name="train", cache_key_fn=by_key, **TASK_OPTS)
 def train_task(
     tokens_dir: str,
     run_dir: str,
@@ -212,79 +211,11 @@ def train_task(
     }
 
 
-@task(name="evaluate", cache_key_fn=by_key, **TASK_OPTS)
+@task(name="evaluate", task_run_name="evaluate", cache_key_fn=by_key, **TASK_OPTS)
 def evaluate_task(checkpoint: str, eval_dir: str, config: dict[str, Any], key: str) -> dict[str, Any]:
     cfg = EvalConfig.model_validate(config)
     metrics = evaluate_checkpoint(checkpoint, eval_dir)
     return {"metrics": metrics, "samples": sample_texts(checkpoint, cfg)}
-
-
-@task(name="register", cache_key_fn=by_key, **TASK_OPTS)
-def register_task(
-    checkpoint: str,
-    mlflow_run_id: str,
-    eval_metrics: dict[str, Any],
-    eval_dir: str,
-    export_hf: bool,
-    key: str,
-) -> dict[str, Any]:
-    """Log the model to MLflow (pyfunc + HF folder), register a version, promote it if it is better."""
-    with tempfile.TemporaryDirectory() as tmp:
-        model_dir = ckpt.export_for_inference(checkpoint, Path(tmp) / "checkpoint")
-        hf_dir = None
-        if export_hf:
-            from forja.hf import export_hf
-
-            try:
-                hf_dir = Path(export_hf(str(model_dir), Path(tmp) / "hf", verify=False)["out"])
-            except Exception as e:  # an LSTM, say: the model is still logged, without the HF folder
-                log.warning("no Hugging Face export for this model: %s", e)
-        model_uri, version = tracking.log_model(mlflow_run_id, model_dir, hf_dir)
-    decision = promote_if_better(version, eval_metrics, eval_dir)
-    return {"model_uri": model_uri, "version": version, **decision}
-
-
-def promote_if_better(version: str | None, metrics: dict[str, Any], eval_dir: str) -> dict[str, Any]:
-    """Move the `champion` alias to `version` only if its eval bits per byte beats the champion's.
-
-    Both are measured on the same fixed evaluation set: when the champion was scored on another set
-    (or not at all), it is re-evaluated on this one first. Under a lock, so concurrent runs agree.
-    """
-    if version is None:
-        return {"promoted": False, "reason": "not registered"}
-    c = tracking.client()
-    bpb, digest = float(metrics["eval_bpb"]), metrics["eval_set_digest"]
-    c.set_model_version_tag(tracking.MODEL_NAME, version, "eval_bpb", f"{bpb:.6f}")
-    c.set_model_version_tag(tracking.MODEL_NAME, version, "eval_set_digest", digest)
-    with tracking.registry_lock():
-        champ = tracking.champion()
-        if champ is not None and str(champ.version) == str(version):
-            return {"promoted": True, "reason": "already champion", "champion_bpb": bpb}
-        champ_bpb = None
-        if champ is not None:
-            if champ.tags.get("eval_set_digest") == digest and "eval_bpb" in champ.tags:
-                champ_bpb = float(champ.tags["eval_bpb"])
-            else:
-                from forja.models import local_checkpoint
-
-                champ_bpb = evaluate_checkpoint(
-                    local_checkpoint(f"models:/{tracking.MODEL_NAME}/{champ.version}"), eval_dir
-                )["eval_bpb"]
-        if champ_bpb is None or bpb < champ_bpb:
-            c.set_registered_model_alias(tracking.MODEL_NAME, tracking.CHAMPION, version)
-            reason = (
-                "first model" if champ is None else f"{bpb:.4f} < champion v{champ.version} {champ_bpb:.4f}"
-            )
-            log.info("promoted version %s to champion (%s)", version, reason)
-            return {
-                "promoted": True,
-                "reason": reason,
-                "previous_champion": champ and champ.version,
-                "champion_bpb": champ_bpb,
-            }
-        reason = f"{bpb:.4f} >= champion v{champ.version} {champ_bpb:.4f}"
-        log.info("version %s stays a challenger (%s)", version, reason)
-        return {"promoted": False, "reason": reason, "champion": champ.version, "champion_bpb": champ_bpb}
 
 
 # ------------------------------------------------------------------ the whole run
@@ -374,23 +305,7 @@ def train_step(
     # A folder the user chose is part of what is asked for: a cached training elsewhere does not
     # put a model there. (The default folder is named after the key, so it needs no mention.)
     out = str(Path(params.run.out).resolve()) if params.run.out is not None else None
-    key = stage_key(
-        "train",
-        data["tokens"]["digest"],
-        config,
-        init_digest,
-        out,
-        code_digest(
-            "lm.model",
-            "lm.lstm",
-            "lm.models",
-            "lm.train",
-            "lm.data",
-            "lm.config",
-            "lm.checkpoint",
-            "lm.runtime",
-        ),
-    )
+    key = stage_key("train", data["tokens"]["digest"], config, init_from=init_digest, out=out)
     run_dir = run_dir_for(params, key)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_dir / PARAMS_FILE, recorded(params))  # no URL credentials on disk
@@ -444,7 +359,10 @@ def evaluate_step(
     freeze_eval_set(tokens_dir, eval_dir, params.evaluate)
     eval_digest = read_manifest(eval_dir, "eval-set")["digest"]
     ekey = stage_key(
-        "evaluate", trained["checkpoint_sha256"], eval_digest, params.evaluate.model_dump(mode="json")
+        "evaluate",
+        trained["checkpoint_sha256"],
+        params.evaluate.model_dump(mode="json"),
+        eval_set=eval_digest,
     )
     evaluated = evaluate_task(
         trained["checkpoint"], str(eval_dir), params.evaluate.model_dump(mode="json"), key=ekey
@@ -461,7 +379,12 @@ def register_step(
 ) -> dict[str, Any]:
     """Log and register the model in MLflow; the champion alias moves only to a better model."""
     rkey = stage_key(
-        "register", trained["checkpoint_sha256"], evaluation.eval_digest, tracking.mlflow.get_tracking_uri()
+        "register",
+        trained["checkpoint_sha256"],
+        {"export_hf": params.run.export_hf},
+        eval_set=evaluation.eval_digest,
+        tracking_uri=tracking.mlflow.get_tracking_uri(),
+        model=tracking.model_name_for(params.run.dataset),
     )
     registered = register_task(
         trained["checkpoint"],
@@ -469,6 +392,7 @@ def register_step(
         evaluation.metrics,
         str(evaluation.eval_dir),
         params.run.export_hf,
+        params.run.dataset,
         key=rkey,
     )
     tracking.set_tags(
@@ -502,9 +426,10 @@ def run_pipeline(
         run_dir, trained = train_step(params, data, model_cfg, train_cfg, run_id)
         evaluation = evaluate_step(params, data["tokens"]["out"], trained, run_id)
         registered = register_step(params, trained, evaluation, run_id) if params.run.register_model else {}
+        champion = current_champion(params.run.dataset)  # the registry's word, cached run or not
         create_markdown_artifact(
             key="evaluation",
-            markdown=_eval_markdown(params, trained, evaluation, registered),
+            markdown=_eval_markdown(params, trained, evaluation, registered, champion),
             description="Evaluation on the fixed evaluation set",
         )
         return {
@@ -516,21 +441,26 @@ def run_pipeline(
             "eval": evaluation.metrics,
             "samples": evaluation.samples,
             "registered": registered,
+            "champion": champion,
         }
 
 
 def _eval_markdown(
-    params: PipelineParams, trained: dict[str, Any], evaluation: Evaluation, registered: dict[str, Any]
+    params: PipelineParams,
+    trained: dict[str, Any],
+    evaluation: Evaluation,
+    registered: dict[str, Any],
+    champion: dict[str, Any] | None,
 ) -> str:
     """The Prefect artifact of a finished run: its evaluation, its registration, its samples."""
     ev = evaluation.metrics
     samples_md = "\n\n".join(f"**{s['prompt']!r}** → {s['text']!r}" for s in evaluation.samples)
     reg = ""
     if registered:
-        reg = (
-            f"\n| model version | {registered.get('version')} |\n| champion | "
-            f"{'yes' if registered.get('promoted') else 'no'} ({registered.get('reason')}) |"
-        )
+        reg = f"\n| model version | {registered.get('model_name')} v{registered.get('version')} |"
+    if champion:
+        bpb = f"{champion['eval_bpb']:.4f}" if champion["eval_bpb"] is not None else "?"
+        reg += f"\n| champion now | {champion['model_name']} v{champion['version']} ({bpb} bits per byte) |"
     return (
         f"## {params.run.dataset} · preset `{params.preset}` · step {trained['step']}\n\n"
         f"| metric | value |\n|---|---|\n"
@@ -558,4 +488,4 @@ def params_of_run_dir(run_dir: str | os.PathLike) -> PipelineParams:
     return PipelineParams.model_validate(read_json(path))
 
 
-__all__ = ["PipelineParams", "pipeline", "prepare_data", "promote_if_better", "run_pipeline"]
+__all__ = ["PipelineParams", "pipeline", "prepare_data", "run_pipeline"]

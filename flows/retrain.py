@@ -27,12 +27,13 @@ log = logging.getLogger("forja.retrain")
 
 def champion_tokenizer(dataset: str) -> tuple[str, str] | None:
     """The champion's tokenizer, copied to a stable path in the dataset folder, and its version."""
-    champ = tracking.champion()
+    name = tracking.model_name_for(dataset)
+    champ = tracking.champion(name)
     if champ is None:
         return None
     from forja.models import local_checkpoint
 
-    src = local_checkpoint(f"models:/{tracking.MODEL_NAME}/{champ.version}") / "tokenizer.model"
+    src = local_checkpoint(f"models:/{name}/{champ.version}") / "tokenizer.model"
     digest = sha256_file(src)
     dst = Home.from_env().dataset(dataset) / "tokenizers" / f"{digest[:16]}.model"
     if not dst.is_file():
@@ -57,7 +58,7 @@ def retrain_params(
         updates["tokenize"] = params.tokenize.model_copy(update={"tokenizer": tokenizer})
     if continue_from_champion:
         updates["run"] = params.run.model_copy(
-            update={"init_from": f"models:/{tracking.MODEL_NAME}/{version}"}
+            update={"init_from": f"models:/{tracking.model_name_for(params.run.dataset)}/{version}"}
         )
     return params.model_copy(update=updates)
 

@@ -24,20 +24,10 @@ from prefect import task, unmapped
 from prefect.results import get_default_result_storage, get_result_store
 from prefect.tasks import exponential_backoff
 
-from lm.fileio import sha256_json
 from tasks.ingest import SourceUnavailable
-from tasks.stage import StageRun, files_digest, get_stage, module_files
+from tasks.stage import StageRun, get_stage
 
 TASK_OPTS = {"persist_result": True, "result_serializer": "json"}
-
-
-def code_digest(*names: str) -> str:
-    """sha256 of the source of some modules or packages: the 'its code' part of a cache key."""
-    return files_digest(module_files(*names))
-
-
-def stage_key(stage: str, *parts: Any) -> str:
-    return sha256_json([stage, *parts])
 
 
 def by_key(context, parameters: dict[str, Any]) -> str:

@@ -211,7 +211,7 @@ def _print_result(result: dict) -> None:
     if result.get("status") == "unchanged":
         typer.echo("nothing new in the sources: no retraining (the champion stays as it is)")
         return
-    ev, reg = result["eval"], result.get("registered") or {}
+    ev, reg, champ = result["eval"], result.get("registered") or {}, result.get("champion") or {}
     typer.echo(
         json.dumps(
             {
@@ -221,8 +221,12 @@ def _print_result(result: dict) -> None:
                 "eval_bpb": round(ev["eval_bpb"], 4),
                 "eval_loss": round(ev["eval_loss"], 4),
                 "eval_perplexity": round(ev["eval_perplexity"], 2),
+                "model": reg.get("model_name"),
                 "model_version": reg.get("version"),
-                "champion": reg.get("promoted"),
+                # from the registry, read after the decision (a cached run's own result may be old)
+                "champion": bool(champ) and champ.get("version") == reg.get("version"),
+                "champion_version": champ.get("version"),
+                "champion_uri": champ.get("uri"),
                 "why": reg.get("reason"),
             },
             indent=2,
@@ -422,6 +426,34 @@ def tokenize(
     _setup_logging()
     m = run_tokenize(src, out, apply_sets(TokenizeConfig(), set_ or []))
     typer.echo(_summary(m, ("splits", "counts", "tokenizer_sha256", "digest")))
+
+
+@app.command()
+def models(
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
+) -> None:
+    """The registered models: one per dataset, each with its champion."""
+    from forja.home import configure
+    from forja.tracking import list_models
+
+    configure()
+    rows = list_models()
+    if as_json:
+        typer.echo(json.dumps([{k: r[k] for k in MODEL_KEYS} for r in rows], indent=2))
+        return
+    if not rows:
+        typer.echo("no registered models yet: `forja run` trains and registers one")
+        return
+    typer.echo(f"{'name':24} {'dataset':14} {'champion':>8} {'eval bpb':>9} {'versions':>8}  uri")
+    for r in rows:
+        bpb = f"{r['eval_bpb']:.4f}" if r["eval_bpb"] is not None else "-"
+        champ = f"v{r['champion_version']}" if r["champion_version"] is not None else "-"
+        typer.echo(
+            f"{r['name']:24} {r['dataset'] or '-':14} {champ:>8} {bpb:>9} {r['versions']:>8}  {r['uri'] or '-'}"
+        )
+
+
+MODEL_KEYS = ("name", "dataset", "champion_version", "eval_bpb", "uri", "versions")
 
 
 @app.command("export-hf")

@@ -307,6 +307,34 @@ def registry_lock() -> Iterator[None]:
         yield
 
 
+def model_name_for(dataset: str) -> str:
+    """The registered model of a dataset: each dataset has its own, with its own champion alias.
+    The default dataset (what `make run` trains) keeps the plain name, `forja`."""
+    return MODEL_NAME if dataset == "default" else f"{MODEL_NAME}-{dataset}"
+
+
+def list_models() -> list[dict[str, Any]]:
+    """Every registered model of the store: name, dataset, champion version and its evaluation
+    bits per byte, the champion's URI, the number of versions."""
+    c = client()
+    rows = []
+    for rm in c.search_registered_models(max_results=1000, order_by=["name ASC"]):
+        champ = champion(rm.name)
+        versions = c.search_model_versions(f"name = '{rm.name}'", max_results=10000)
+        dataset = rm.tags.get("dataset") or (champ.tags.get("dataset") if champ else None)
+        rows.append(
+            {
+                "name": rm.name,
+                "dataset": dataset,
+                "champion_version": int(champ.version) if champ else None,
+                "eval_bpb": float(champ.tags["eval_bpb"]) if champ and "eval_bpb" in champ.tags else None,
+                "uri": f"models:/{rm.name}@{CHAMPION}" if champ else None,
+                "versions": len(versions),
+            }
+        )
+    return rows
+
+
 def champion(model_name: str = MODEL_NAME):
     """The champion's model version, or None."""
     try:
@@ -323,6 +351,7 @@ __all__ = [
     "champion",
     "end_run",
     "experiment_id",
+    "list_models",
     "log_artifact",
     "log_dataset",
     "log_json",
@@ -330,6 +359,7 @@ __all__ = [
     "log_model",
     "log_params",
     "mark_stale_runs",
+    "model_name_for",
     "registry_lock",
     "set_tags",
     "start_run",

@@ -24,6 +24,11 @@ import torch.nn.functional as F
 
 from lm.runtime import autocast
 
+# How tokens are scored; a figure computed another way is not comparable (the champion gate
+# re-scores a champion whose recorded figure carries another method). Bump it when token_nats'
+# windows or counting change.
+METHOD = "rolling-full-context-1"
+
 
 @dataclass(frozen=True)
 class EvalResult:

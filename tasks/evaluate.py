@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lm.checkpoint import load_for_inference
 from lm.data import TokenData
+from lm.evaluate import METHOD as EVAL_METHOD
 from lm.evaluate import token_nats
 from lm.fileio import atomic_path, file_lock, sha256_file
 from lm.generate import generate
@@ -145,6 +146,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, eval_dir: str | os.PathLi
         "eval_tokens": count,
         "eval_bytes": n_bytes,
         "eval_set_digest": digest,
+        "eval_method": EVAL_METHOD,
     }
 
 

@@ -178,6 +178,7 @@ class Stage:
     name: ClassVar[str]
     config_model: ClassVar[type[BaseModel]]
     code: ClassVar[tuple[str, ...]] = ()  # modules / packages / data folders the stage runs
+    runner_code: ClassVar[tuple[str, ...]] = ("tasks.stage", "tasks.common")  # what writes its folder
     upstream_stage: ClassVar[str | None] = None  # the stage whose folder this one reads
     incremental: ClassVar[bool] = False  # True: the output folder grows in place (ingest)
     # "up to date" re-hashes every output (False: checks that each exists with its size; for stages
@@ -202,18 +203,20 @@ class Stage:
         return {}
 
     def code_files(self, config: BaseModel) -> list[Path]:
-        return module_files(*self.code, "tasks.stage", "tasks.common")
+        return module_files(*self.code, *self.runner_code)
 
     def upstream_digest(self, inputs: Any, config: BaseModel, out: Path) -> str | None:
         return read_manifest(inputs, self.upstream_stage)["digest"]
 
-    def key(self, upstream: str | None, config: BaseModel) -> str:
+    def key(self, upstream: str | None, config: BaseModel, inputs: dict[str, Any] | None = None) -> str:
+        """sha256 of the upstream digest, the identity, the other inputs (`extra_inputs` unless
+        given) and every code file: the stage's cache key."""
         return sha256_json(
             {
                 "stage": self.name,
                 "upstream": upstream,
                 "identity": self.identity(config),
-                "inputs": self.extra_inputs(config),
+                "inputs": self.extra_inputs(config) if inputs is None else inputs,
                 "code": files_digest(self.code_files(config)),
             }
         )
