@@ -22,8 +22,8 @@ log = logging.getLogger("forja.pipeline")
 def tracked_run(params: PipelineParams, kind: str, extra_tags: dict[str, str] | None) -> Iterator[str]:
     """The flow run's MLflow run, from start to end: tagged, linked from Prefect, with system metrics.
 
-    Yields the MLflow run id; ends the run FINISHED when the body returns and FAILED when it raises
-    (an interrupt included).
+    Yields the MLflow run id; ends the run FINISHED when the body returns, KILLED when it is
+    interrupted (Ctrl-C, SIGTERM) and FAILED when it raises.
     """
     from prefect.runtime import flow_run
 
@@ -47,6 +47,9 @@ def tracked_run(params: PipelineParams, kind: str, extra_tags: dict[str, str] | 
         )
         yield run_id
         tracking.end_run(run_id, "FINISHED")
+    except (KeyboardInterrupt, SystemExit):
+        tracking.end_run(run_id, "KILLED")
+        raise
     except BaseException:
         tracking.end_run(run_id, "FAILED")
         raise

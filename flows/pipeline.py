@@ -59,6 +59,7 @@ from tasks.evaluate import evaluate_checkpoint, freeze_eval_set, sample_texts
 log = logging.getLogger("forja.pipeline")
 
 PARAMS_FILE = "pipeline.json"  # the run folder's record of the parameters that made it
+started_run_dirs: list[Path] = []  # run folders this process started training in (for a resume hint)
 
 
 def make_task_runner(run: RunParams):
@@ -309,6 +310,7 @@ def train_step(
     run_dir = run_dir_for(params, key)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_dir / PARAMS_FILE, recorded(params))  # no URL credentials on disk
+    started_run_dirs.append(run_dir)
     tracking.log_params(run_id, flatten(params, model_cfg, train_cfg))
     tracking.log_json(run_id, {"params": recorded(params), "resolved": config}, "config.json")
     tracking.set_tags(run_id, {"run_dir": str(run_dir), "train_key": key})

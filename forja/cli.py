@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -236,6 +237,32 @@ def _print_result(result: dict) -> None:
         typer.echo(f"--- sample: {s['text']!r}")
 
 
+def _run_flow(flow, params, **extra):
+    """Run a flow in this process with a Prefect API (a temporary server of our own when none is
+    set); Ctrl-C or SIGTERM stops it cleanly and says how to resume."""
+    from flows import pipeline as pipeline_mod
+    from forja import session
+    from forja.home import Home
+
+    t0 = time.monotonic()
+    with session.prefect_api(Home.from_env()), session.interrupts():
+        try:
+            return flow(**{k: getattr(params, k) for k in type(params).model_fields}, **extra)
+        except KeyboardInterrupt:
+            pass
+    # the flow run, the MLflow run and the checkpoints are final; the temporary server is stopped
+    run_dirs = pipeline_mod.started_run_dirs
+    if run_dirs:
+        again = f"forja run --out {shlex.quote(str(run_dirs[-1]))} --resume"
+        where = f"; its run folder is {run_dirs[-1]} (training resumes from its last complete checkpoint)"
+    else:
+        again = shlex.join(["forja", *sys.argv[1:]])
+        where = " before training (the finished data stages are kept and will show as Cached)"
+    typer.secho(f"interrupted after {time.monotonic() - t0:.0f}s{where}", fg=typer.colors.YELLOW, err=True)
+    typer.echo(f"to resume: {again}", err=True)
+    raise typer.Exit(130)
+
+
 @app.command()
 def run(
     source: Annotated[
@@ -249,15 +276,14 @@ def run(
     ] = False,
 ) -> None:
     """Run the whole pipeline (Prefect flow, tracked in MLflow): ingest -> ... -> register."""
-    from forja.home import configure, prepare_embedded_prefect
+    from forja.home import configure
 
     _setup_logging()
     configure()
     params = _pipeline_params(source, preset, out, set_, resume)
-    prepare_embedded_prefect()
     from flows.pipeline import pipeline
 
-    result = pipeline(**{k: getattr(params, k) for k in type(params).model_fields})
+    result = _run_flow(pipeline, params)
     _print_result(result)
 
 
@@ -274,18 +300,15 @@ def retrain(
     set_: SetOpt = None,
 ) -> None:
     """Run the retrain flow once: stop if nothing new arrived, else train and promote if better."""
-    from forja.home import configure, prepare_embedded_prefect
+    from forja.home import configure
 
     _setup_logging()
     configure()
     params = _pipeline_params(source, preset, None, set_, False)
-    prepare_embedded_prefect()
     from flows.retrain import retrain as retrain_flow
 
-    result = retrain_flow(
-        continue_from_champion=continue_from_champion,
-        new_tokenizer=new_tokenizer,
-        **{k: getattr(params, k) for k in type(params).model_fields},
+    result = _run_flow(
+        retrain_flow, params, continue_from_champion=continue_from_champion, new_tokenizer=new_tokenizer
     )
     _print_result(result)
 

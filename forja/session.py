@@ -1,0 +1,159 @@
+"""What a `forja run` / `forja retrain` session needs around its flow: a Prefect API, and interrupts
+that stop the run cleanly.
+
+Without a Prefect server (`PREFECT_API_URL` unset), a flow needs a temporary one. Prefect's own
+starts in the terminal's process group, so Ctrl-C (SIGINT to the whole foreground group) killed it
+with the run, and the dying run then spent minutes retrying a server that was gone, printing
+tracebacks, and left its flow run RUNNING for ever. Ours runs in a process session of its own: an
+interrupt reaches the run only, the run records its final states (the flow run Crashed with the
+reason, the MLflow run KILLED) while the server is still up, and the server is stopped last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from forja.home import Home, migrate_prefect_db
+
+STARTUP_TIMEOUT_S = 120.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_server(home: Home) -> tuple[subprocess.Popen, str]:
+    """Prefect's API (no UI) on a free loopback port, as Prefect's temporary server runs it."""
+    import prefect
+
+    log_dir = home.root / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home.prefect_home),
+        "PREFECT_UI_ENABLED": "0",
+        "PREFECT__SERVER_EPHEMERAL": "1",
+        "PREFECT__SERVER_FINAL": "1",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+    env.pop("PREFECT_API_URL", None)
+    for _ in range(3):  # a port taken between choosing and binding: choose again
+        port = _free_port()
+        with open(log_dir / "prefect-run-server.log", "ab") as log:
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "--app-dir",
+                    str(Path(prefect.__file__).parent.parent),
+                    "--factory",
+                    "prefect.server.api.server:create_app",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--log-level",
+                    "error",
+                    "--lifespan",
+                    "on",
+                ],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C in the terminal does not reach it
+            )
+        url = f"http://127.0.0.1:{port}/api"
+        if _wait_healthy(proc, url):
+            return proc, url
+        _stop(proc)
+    raise RuntimeError(
+        f"the temporary Prefect server did not start; see {log_dir / 'prefect-run-server.log'}"
+    )
+
+
+def _wait_healthy(proc: subprocess.Popen, url: str) -> bool:
+    import httpx
+
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return True
+        time.sleep(0.1)
+    return False
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@contextlib.contextmanager
+def prefect_api(home: Home) -> Iterator[str]:
+    """The Prefect API a flow of this process reports to: `PREFECT_API_URL` when set (a server, a
+    running `forja ui`), else a temporary server of our own, stopped when the block ends."""
+    if os.environ.get("PREFECT_API_URL"):
+        yield os.environ["PREFECT_API_URL"]
+        return
+    migrate_prefect_db(home.prefect_home)
+    proc, url = _start_server(home)
+    os.environ["PREFECT_API_URL"] = url
+    try:
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with temporary_settings(updates={PREFECT_API_URL: url}):
+            yield url
+    finally:
+        _drain_prefect_workers()  # logs and events still queued reach the server before it stops
+        os.environ.pop("PREFECT_API_URL", None)
+        _stop(proc)
+
+
+def _drain_prefect_workers() -> None:
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        with contextlib.suppress(Exception):
+            worker.drain_all(timeout=5)
+
+
+@contextlib.contextmanager
+def interrupts() -> Iterator[None]:
+    """Ctrl-C or SIGTERM: a KeyboardInterrupt in the main thread (the run stops where it is; a
+    checkpoint is only ever written whole); a second one exits at once."""
+    count = 0
+
+    def handler(signum, frame) -> None:
+        nonlocal count
+        count += 1
+        if count > 1:
+            os._exit(130)
+        raise KeyboardInterrupt
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
