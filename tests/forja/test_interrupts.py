@@ -1,0 +1,128 @@
+"""Ctrl-C in `forja run`, the way a terminal sends it: SIGINT to the whole foreground process group.
+
+The run must stop within seconds with a few lines and no traceback, leave the Prefect flow run
+Crashed (not RUNNING) and the MLflow run KILLED, keep its last complete checkpoint, and print the
+exact command that resumes it; that command must finish with the weights of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers import shakespeare_text
+from support import FAST, ROOT, write_corpus
+
+from lm import checkpoint as ckpt
+from lm.fileio import sha256_file
+
+pytestmark = pytest.mark.slow
+
+RUN = [*FAST, "max_steps=80", "run.export_hf=false", "run.dataset=interrupts"]
+
+
+def forja_env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
+    return {**env, "FORJA_HOME": str(home), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def start(args: list[str], home: Path, log: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "forja.cli", *args],
+        env=forja_env(home),
+        stdout=open(log, "w"),
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+    )
+
+
+def wait_for(log: Path, text: str, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in log.read_text():
+            return
+        assert proc.poll() is None, (
+            f"forja exited ({proc.returncode}) before {text!r}:\n{log.read_text()[-3000:]}"
+        )
+        time.sleep(0.1)
+    raise AssertionError(f"no {text!r} in {timeout}s:\n{log.read_text()[-3000:]}")
+
+
+def final_weights(run_dir: Path) -> str:
+    return sha256_file(ckpt.resolve_checkpoint(run_dir) / ckpt.MODEL_FILE)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return write_corpus(tmp_path_factory.mktemp("corpus"), shakespeare_text(150_000))
+
+
+def sets(*extra: str) -> list[str]:
+    return [a for kv in [*RUN, *extra] for a in ("--set", kv)]
+
+
+def test_ctrl_c_stops_cleanly_and_the_printed_command_resumes_to_the_same_weights(tmp_path, corpus):
+    home, log = tmp_path / "home", tmp_path / "run.log"
+    proc = start(["run", "--source", str(corpus), *sets()], home, log)
+    wait_for(log, "step 30/80", proc)
+    t0 = time.monotonic()
+    os.killpg(proc.pid, signal.SIGINT)
+    rc = proc.wait(timeout=60)
+    seconds = time.monotonic() - t0
+    out = log.read_text()
+    assert rc == 130, out[-3000:]
+    assert seconds < 10, f"{seconds:.1f}s from Ctrl-C to exit"
+    assert "Traceback" not in out and "Error logging to API" not in out, out[-3000:]
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("to resume: forja run --out ") and last.endswith(" --resume"), last
+    run_dir = Path(last.removeprefix("to resume: forja run --out ").removesuffix(" --resume"))
+    assert ckpt.latest_checkpoint(run_dir) is not None  # its last complete checkpoint is kept
+
+    mlflow_db = sqlite3.connect(home / "mlflow.db")
+    statuses = [s for (s,) in mlflow_db.execute("SELECT status FROM runs")]
+    assert statuses == ["KILLED"], statuses
+    prefect_db = sqlite3.connect(home / "prefect" / "prefect.db")
+    states = dict(
+        prefect_db.execute("SELECT name, state_type FROM flow_run WHERE parent_task_run_id IS NULL")
+    )
+    assert list(states.values()) == ["CRASHED"], states
+
+    resumed = subprocess.run(
+        [sys.executable, "-m", "forja.cli", *last.removeprefix("to resume: forja").split()],
+        env=forja_env(home),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    reference = tmp_path / "reference"
+    whole = subprocess.run(
+        [sys.executable, "-m", "forja.cli", "run", "--source", str(corpus), "--out", str(reference), *sets()],
+        env=forja_env(tmp_path / "home-reference"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    assert final_weights(run_dir) == final_weights(reference)
+
+
+def test_a_second_ctrl_c_exits_at_once(tmp_path, corpus):
+    home, log = tmp_path / "home", tmp_path / "run.log"
+    proc = start(["run", "--source", str(corpus), *sets()], home, log)
+    wait_for(log, "step 10/80", proc)
+    os.killpg(proc.pid, signal.SIGINT)
+    time.sleep(0.05)
+    t0 = time.monotonic()
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.wait(timeout=30)
+    assert proc.returncode == 130 and time.monotonic() - t0 < 5
