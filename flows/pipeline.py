@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, task
+from prefect import task
 from prefect.artifacts import (
     create_link_artifact,
     create_markdown_artifact,
@@ -28,6 +28,7 @@ from prefect.artifacts import (
 )
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows import forja_flow
 from flows.params import (
     EvalConfig,
     ModelParams,
@@ -84,7 +85,7 @@ def make_task_runner(run: RunParams):
 # ------------------------------------------------------------------ data
 
 
-@flow(name="prepare-data", persist_result=True, result_serializer="json")
+@forja_flow("prepare-data")
 def prepare_data(params: PipelineParams) -> dict[str, Any]:
     """ingest -> clean -> tokenize for one dataset; each stage mapped over its shards."""
     home = Home.from_env()
@@ -536,7 +537,7 @@ def _eval_markdown(params, trained, ev, registered, samples_md) -> str:
     )
 
 
-@flow(name="pipeline", persist_result=True, result_serializer="json")
+@forja_flow("pipeline")
 def pipeline(
     sources: list[str] = ["python-docs"],  # noqa: B006 (Prefect shows the default in the UI form)
     preset: str = "tiny",

@@ -13,8 +13,7 @@ import logging
 import shutil
 from typing import Any
 
-from prefect import flow
-
+from flows import forja_flow
 from flows.params import EvalConfig, ModelParams, PipelineParams, RunParams, TrainParams
 from flows.pipeline import run_pipeline
 from forja import tracking
@@ -64,7 +63,7 @@ def retrain_params(
     return params.model_copy(update=updates)
 
 
-@flow(name="retrain", persist_result=True, result_serializer="json")
+@forja_flow("retrain")
 def retrain(
     sources: list[str] = ["python-docs"],  # noqa: B006
     preset: str = "tiny",
