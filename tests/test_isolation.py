@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from support import child_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,17 +46,11 @@ print(json.dumps({**probe(), "storages": [str(pipeline.result_storage), str(retr
 """
 
 
-def child_env(**extra: str) -> dict[str, str]:
-    """The parent's environment without any Prefect, MLflow or Forja setting, plus `extra`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "FORJA_"))}
-    return {**env, "PYTHONPATH": str(ROOT), **extra}
-
-
 def test_importing_the_packages_changes_no_environment_variable(tmp_path):
     modules = ["lm", "tasks", "flows", "forja", "forja.cli", "forja.home", "flows.pipeline", "flows.retrain"]
     done = subprocess.run(
         [sys.executable, "-c", IMPORT_SCRIPT, *modules],
-        env=child_env(),
+        env=child_env(PYTHONPATH=str(ROOT)),
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -92,3 +87,10 @@ def test_a_flow_run_by_a_worker_stores_results_and_tracks_under_the_forja_home(t
     stored = [json.loads(p.read_text()) for p in storage.iterdir() if p.is_file()]
     assert any(r.get("result") == "42" or r.get("result") == 42 for r in stored), stored
     assert not (elsewhere / "storage").exists()
+
+
+def test_the_session_runs_in_its_own_home_without_inherited_server_settings(forja_home):
+    assert os.environ["FORJA_HOME"] == str(forja_home) and forja_home.is_dir()
+    assert os.environ["PREFECT_HOME"] == str(forja_home / "prefect")
+    inherited = [k for k in os.environ if k.startswith(("PREFECT_", "MLFLOW_")) and k != "PREFECT_HOME"]
+    assert inherited == []
