@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, task
+from prefect import task
 from prefect.artifacts import (
     create_markdown_artifact,
     create_progress_artifact,
@@ -27,6 +27,7 @@ from prefect.artifacts import (
 )
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows import forja_flow
 from flows.mlflow_run import tracked_run
 from flows.model_stages import stage_key
 from flows.params import (
@@ -82,7 +83,7 @@ def make_task_runner(run: RunParams):
 # ------------------------------------------------------------------ data
 
 
-@flow(name="prepare-data", persist_result=True, result_serializer="json")
+@forja_flow("prepare-data")
 def prepare_data(params: PipelineParams) -> dict[str, Any]:
     """ingest -> clean -> tokenize for one dataset; each stage mapped over its shards."""
     home = Home.from_env()
@@ -472,7 +473,7 @@ def _eval_markdown(
     )
 
 
-@flow(name="pipeline", persist_result=True, result_serializer="json")
+@forja_flow("pipeline")
 @takes_pipeline_parameters()
 def pipeline(**params: Any) -> dict[str, Any]:
     """Raw text in, a trained, evaluated and registered model out."""

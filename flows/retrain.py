@@ -13,9 +13,9 @@ import logging
 import shutil
 from typing import Any
 
-from prefect import flow
 from pydantic import BaseModel, Field
 
+from flows import forja_flow
 from flows.params import PipelineParams, takes_pipeline_parameters
 from flows.pipeline import run_pipeline
 from forja import tracking
@@ -72,7 +72,7 @@ class RetrainOptions(BaseModel):
     new_tokenizer: bool = Field(False, description="Train a new tokenizer instead of reusing the champion's.")
 
 
-@flow(name="retrain", persist_result=True, result_serializer="json")
+@forja_flow("retrain")
 @takes_pipeline_parameters(RetrainOptions)
 def retrain(**params: Any) -> dict[str, Any]:
     """Retrain on what arrived since the last run; promote the result only if it beats the champion."""

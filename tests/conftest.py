@@ -1,11 +1,84 @@
+"""Session-wide rules of the test suite: an isolated environment, known skips only, hypothesis in CI.
+
+- Isolation: the session runs with its own FORJA_HOME and PREFECT_HOME (a temporary folder) and
+  without any PREFECT_* or MLFLOW_* variable inherited from the shell, so a `forja ui` left running,
+  a Prefect profile or a server URL exported in the terminal cannot reach the tests. The environment
+  is restored when the session ends.
+- Skips: a test may skip only for a reason on ALLOWED_SKIPS (hardware or tools this machine lacks);
+  any other skip fails the session and names the test. The allowed skips are listed at the end.
+- Hypothesis: derandomised when CI=true, so a CI failure replays from the same examples.
+
+tests/ is put on sys.path so that test modules import `helpers` and `support` by name.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 from helpers import SHAKESPEARE
+
+INHERITED_SETTINGS = ("PREFECT_", "MLFLOW_")
+
+# Skips with these reasons (regular expressions, matched at the start) are expected on some machines.
+ALLOWED_SKIPS = (
+    r"needs a CUDA device",
+    r"docker compose is not installed",
+    r"chromium is not installed",
+    r"mounting a size-limited tmpfs needs root",
+    r"cannot mount a tmpfs here",
+    r"could not import 'transformers'",  # the `hf` extra is optional
+)
+
+hypothesis_settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+if os.environ.get("CI", "").lower() in ("true", "1"):
+    hypothesis_settings.load_profile("ci")
+
+
+# ---------------------------------------------------------------------------------------- isolation
+
+_saved_environ: dict[str, str] | None = None
+_session_home: Path | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Isolate the environment before collection.
+
+    This is a hook rather than a fixture because collection already imports Prefect (through the
+    flow modules), and Prefect reads its settings once, at import: a fixture would come too late.
+    """
+    global _saved_environ, _session_home
+    _saved_environ = dict(os.environ)
+    _session_home = Path(tempfile.mkdtemp(prefix="forja-tests-"))
+    for name in [n for n in os.environ if n.startswith(INHERITED_SETTINGS)]:
+        del os.environ[name]
+    os.environ["FORJA_HOME"] = str(_session_home)
+    # Prefect's own home too, so that its profiles file (~/.prefect/profiles.toml) cannot name a server.
+    os.environ["PREFECT_HOME"] = str(_session_home / "prefect")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _saved_environ is not None:
+        os.environ.clear()
+        os.environ.update(_saved_environ)
+    if _session_home is not None:
+        shutil.rmtree(_session_home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def forja_home() -> Path:
+    """The session's FORJA_HOME: a temporary folder, removed when the session ends."""
+    assert _session_home is not None, "pytest_configure in tests/conftest.py did not run"
+    return _session_home
 
 
 @pytest.fixture(scope="session")
@@ -13,3 +86,54 @@ def shakespeare_path() -> Path:
     if not SHAKESPEARE.is_file():
         pytest.fail(f"{SHAKESPEARE} is missing: tests read the corpora in ../shared/corpora/")
     return SHAKESPEARE
+
+
+# ------------------------------------------------------------------------------------------ skips
+
+_allowed: list[str] = []
+_unexpected: list[str] = []
+
+
+def _skip_reason(report: pytest.CollectReport | pytest.TestReport) -> str:
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+    return reason.removeprefix("Skipped: ")
+
+
+def _record_skip(report: pytest.CollectReport | pytest.TestReport) -> None:
+    if not report.skipped or hasattr(report, "wasxfail"):
+        return
+    reason = _skip_reason(report)
+    line = f"{report.nodeid}: {reason}"
+    if any(re.match(pattern, reason) for pattern in ALLOWED_SKIPS):
+        _allowed.append(line)
+    else:
+        _unexpected.append(line)
+
+
+def pytest_collectreport(report: pytest.CollectReport) -> None:
+    _record_skip(report)  # a whole module skipped (pytest.importorskip)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    _record_skip(report)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _unexpected and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    if _allowed:
+        terminalreporter.section("allowed skips")
+        for line in _allowed:
+            terminalreporter.write_line(line)
+    if _unexpected:
+        terminalreporter.section("unexpected skips (they fail the session)", red=True)
+        for line in _unexpected:
+            terminalreporter.write_line(line)
+        terminalreporter.write_line(
+            "Fix: make the test run here, or add its reason to ALLOWED_SKIPS in tests/conftest.py "
+            "if this machine legitimately cannot run it."
+        )

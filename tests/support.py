@@ -40,6 +40,20 @@ FAST = [
 ]
 
 
+# What a child process needs from the parent's environment; the rest (server URLs, credentials,
+# settings of the shell) stays out, so a child sees only what its test gives it.
+PASSED_TO_CHILDREN = (
+    "PATH", "HOME", "USER", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR",
+    "PYTHONPATH", "VIRTUAL_ENV", "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS",
+    "FORJA_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
+)  # fmt: skip
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """An environment for a child process: PASSED_TO_CHILDREN from ours, then `extra`."""
+    return {k: os.environ[k] for k in PASSED_TO_CHILDREN if k in os.environ} | extra
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -63,13 +77,12 @@ class Servers:
         self.procs = ui_mod.start(self.specs, home / "logs")
         self.prefect_api = self.specs[0].url + "/api"
         self.mlflow_url = self.specs[1].url
-        self.env = {
-            **os.environ,
-            "FORJA_HOME": str(home),
-            "PREFECT_API_URL": self.prefect_api,
-            "MLFLOW_TRACKING_URI": self.home.default_tracking_uri,
-            "PYTHONUNBUFFERED": "1",
-        }
+        self.env = child_env(
+            FORJA_HOME=str(home),
+            PREFECT_API_URL=self.prefect_api,
+            MLFLOW_TRACKING_URI=self.home.default_tracking_uri,
+            PYTHONUNBUFFERED="1",
+        )
 
     def forja(self, *args: str, timeout: int = 600, check: bool = True) -> subprocess.CompletedProcess:
         r = subprocess.run(

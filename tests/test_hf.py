@@ -12,13 +12,11 @@ import os
 import shutil
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported: never the network
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
 import pytest
 
 transformers = pytest.importorskip("transformers")
 
+import huggingface_hub.constants  # noqa: E402
 import sentencepiece as spm  # noqa: E402
 import torch  # noqa: E402
 from helpers import make_token_dir, shakespeare_text  # noqa: E402
@@ -74,9 +72,26 @@ def hf_greedy(model, ids, n) -> list[int]:
     return out[0, len(ids) :].tolist()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _offline():
+    """Never the network: for this module only, restored after it.
+
+    huggingface_hub reads HF_HUB_OFFLINE once, when it is imported (at collection, above), so the
+    flag it already read is switched too; the variables cover anything that reads them later.
+    """
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setenv("TRANSFORMERS_OFFLINE", "1")
+        mp.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _two_threads():
+    n = torch.get_num_threads()
     torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -1,3 +1,5 @@
+"""Fixtures for the lm tests: a real token folder, two torch threads per test."""
+
 from pathlib import Path
 
 import pytest
@@ -13,4 +15,8 @@ def token_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(autouse=True)
 def _two_threads():
+    """Two torch threads for each lm test, and the previous count back after it."""
+    n = torch.get_num_threads()
     torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(n)

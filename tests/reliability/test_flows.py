@@ -25,6 +25,7 @@ from helpers import shakespeare_text
 from support import FAST, Servers, write_corpus
 
 from flows.params import PipelineParams
+from forja.home import Home
 from lm import checkpoint as ckpt
 from lm.errors import ConfigError
 from lm.fileio import sha256_file
@@ -224,9 +225,13 @@ def test_two_retrains_at_once_on_real_servers_leave_the_champion_on_the_better_m
     text = shakespeare_text(250_000)
     (tmp_path / "y1.txt").write_text(text[150_000:200_000])
     (tmp_path / "y2.txt").write_text(text[200_000:250_000])
-    c = mlflow.MlflowClient(tracking_uri=flow_servers.home.default_tracking_uri)
-    before = c.search_registered_models()
-    assert not before, "this test expects an empty registry (it runs first in its module)"
+    # A home of its own (its own MLflow registry and data folder) on the shared Prefect server: the
+    # race for `champion` starts from an empty registry whichever tests of the module ran before.
+    home = Home(tmp_path / "race-home")
+    home.root.mkdir()
+    env = flow_servers.env | {"FORJA_HOME": str(home.root), "MLFLOW_TRACKING_URI": home.default_tracking_uri}
+    c = mlflow.MlflowClient(tracking_uri=home.default_tracking_uri)
+    assert not c.search_registered_models()  # also creates the store before the two runs race
     t0 = time.monotonic()
     procs = [
         subprocess.Popen(
@@ -238,7 +243,7 @@ def test_two_retrains_at_once_on_real_servers_leave_the_champion_on_the_better_m
                 str(tmp_path / f"y{i}.txt"),
                 *sets(*RUN, "run.dataset=race", f"max_steps={steps}"),
             ),
-            env=flow_servers.env,
+            env=env,
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -263,7 +268,7 @@ def test_two_retrains_at_once_on_real_servers_leave_the_champion_on_the_better_m
         assert c.get_run(r["mlflow_run_id"]).info.status == "FINISHED"
         verified = ckpt.verify_checkpoint(ckpt.latest_checkpoint(r["run_dir"]))
         assert verified
-    n = assert_data_intact(flow_servers.home.dataset("race"))
+    n = assert_data_intact(home.dataset("race"))
     print(
         f"two retrains at once: {seconds:.0f}s, bpb {bpb}, champion v{champion.version}, {n} stage folders intact"
     )
