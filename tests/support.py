@@ -6,6 +6,7 @@ ever imports a `conftest` (pytest loads several of that name).
 
 import base64
 import contextlib
+import ctypes
 import functools
 import http.server
 import os
@@ -159,3 +160,23 @@ def serve_files(root: Path, user: str, password: str) -> Iterator[tuple[str, typ
     finally:
         server.shutdown()
         server.server_close()
+
+
+PR_CAPBSET_DROP = 24
+CAP_DAC_OVERRIDE = 1
+CAP_DAC_READ_SEARCH = 2
+
+
+def drop_dac_privileges() -> None:
+    """preexec_fn: when root, drop the capabilities that bypass file permissions.
+
+    Removing them from the bounding set before exec means the new program (run as uid 0) gets a
+    permitted set without them, so chmod 000 stops it like any other user.
+    """
+    if os.geteuid() != 0:
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH):
+        if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"prctl(PR_CAPBSET_DROP, {cap}): {os.strerror(err)} (needs CAP_SETPCAP)")

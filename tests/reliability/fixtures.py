@@ -18,11 +18,9 @@ the capabilities that let root ignore permission bits.
 
 from __future__ import annotations
 
-import ctypes
 import gzip
 import io
 import json
-import os
 import random
 import re
 import zlib
@@ -269,21 +267,4 @@ def build_bad_corpus(folder: Path, good_text: str | None = None, seed: int = 0) 
 
 # --------------------------------------------------------------------------- privileges
 
-PR_CAPBSET_DROP = 24
-CAP_DAC_OVERRIDE = 1
-CAP_DAC_READ_SEARCH = 2
-
-
-def drop_dac_privileges() -> None:
-    """preexec_fn: when root, drop the capabilities that bypass file permissions.
-
-    Removing them from the bounding set before exec means the new program (run as uid 0) gets a
-    permitted set without them, so chmod 000 stops it like any other user.
-    """
-    if os.geteuid() != 0:
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    for cap in (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH):
-        if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"prctl(PR_CAPBSET_DROP, {cap}): {os.strerror(err)} (needs CAP_SETPCAP)")
+from support import drop_dac_privileges  # noqa: E402, F401 (re-exported for the tests here)

@@ -7,13 +7,15 @@ Every test writes real rule files and a real ingest folder and runs the real Duc
 from __future__ import annotations
 
 import hashlib
-import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from pydantic import ValidationError
+from support import drop_dac_privileges
 
 from lm.fileio import read_json
 from tasks.clean import CleanConfig, rule_files, run_clean
@@ -234,14 +236,18 @@ def test_a_missing_or_unreadable_rules_dir_is_named(tmp_path: Path):
     with pytest.raises(ValidationError, match="is not a folder"):
         CleanConfig(rules_dir=tmp_path / "file.sql")
     d = rules_dir(tmp_path / "rules", {"045_no_lorem.sql": NO_LOREM})
-    if os.geteuid() == 0:
-        pytest.skip("root reads any folder: the permission case cannot be made")
     d.chmod(0)
-    try:
-        with pytest.raises(ValidationError, match=rf"rules_dir: {d} cannot be read"):
-            CleanConfig(rules_dir=d)
+    try:  # in a child without the capabilities that let root read any folder
+        r = subprocess.run(
+            [sys.executable, "-c", f"from tasks.clean import CleanConfig; CleanConfig(rules_dir={str(d)!r})"],
+            capture_output=True,
+            text=True,
+            preexec_fn=drop_dac_privileges,
+            timeout=120,
+        )
     finally:
         d.chmod(0o755)
+    assert r.returncode != 0 and f"rules_dir: {d} cannot be read" in r.stderr, r.stderr[-2000:]
 
 
 # --------------------------------------------------------------------------- rules change: clean again

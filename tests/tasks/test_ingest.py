@@ -475,7 +475,9 @@ def test_rerun_is_a_no_op_and_new_documents_make_a_new_snapshot(tmp_path, caplog
 
     caplog.set_level(logging.INFO, logger="forja.ingest")
     unchanged = run_ingest([str(src)], out, cfg)  # the sources' fingerprint is the same: nothing read
-    assert unchanged["digest"] == r1["digest"] and "run" not in unchanged and "ingest shard" not in caplog.text
+    assert (
+        unchanged["digest"] == r1["digest"] and "run" not in unchanged and "ingest shard" not in caplog.text
+    )
     r2 = run_ingest([str(src)], out, cfg, fresh=True)  # read again anyway: nothing new is stored
     assert not r2["changed"] and r2["digest"] == r1["digest"]
     # "one" again is a repeat within this run; the first "one" and "two" are already stored

@@ -100,7 +100,9 @@ def test_changed_code_config_or_input_runs_again(toy):
     outputs = [output_record(p, toy["src"]) for p in sorted(toy["src"].glob("*.txt"))]
     write_manifest(toy["src"], make_manifest("toy-source", {}, outputs, {}, None))
     input_changed = run_stage("toy-upper", toy["src"], toy["out"], {"suffix": "?"})
-    assert input_changed["upstream"] != config_changed["upstream"] and texts(toy["out"])["a.txt"] == "To Sleep??"
+    assert (
+        input_changed["upstream"] != config_changed["upstream"] and texts(toy["out"])["a.txt"] == "To Sleep??"
+    )
 
 
 def test_the_key_leaves_out_the_output_path_and_engine_settings(toy, tmp_path):
