@@ -9,11 +9,16 @@ from end to end and a re-triggered run resumes training from its last checkpoint
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import logging
 import os
+import queue
 import subprocess
 import sys
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,19 +130,59 @@ def _report_artifacts(ds: Path, ingest: dict, clean: dict) -> None:
 # ------------------------------------------------------------------ train / evaluate / register
 
 
-def _progress_callback(total_steps: int, start: int = 0):
-    artifact_id = create_progress_artifact(
-        progress=0.0, key="training-progress", description="Training progress (% of max_steps)"
-    )
-    state = {"last": -1.0}
+class _Progress:
+    """Training progress as a Prefect progress artifact, updated from a thread of its own.
 
-    def on_metrics(metrics: dict[str, float], step: int) -> None:
-        pct = round(100.0 * step / total_steps, 1)
-        if pct - state["last"] >= 2.0 or step == total_steps:
-            state["last"] = pct
-            update_progress_artifact(artifact_id=artifact_id, progress=pct)
+    Training needs no API: an update never blocks a step, and an API outage costs updates (one
+    warning, and a line when they resume), not the run. Only the newest value waits to be sent.
+    """
 
-    return on_metrics
+    def __init__(self, total_steps: int):
+        self.total_steps = total_steps
+        self.last = -1.0
+        self.pending: queue.Queue[float] = queue.Queue(maxsize=1)
+        self.failing = False
+        self.context = contextvars.copy_context()  # the flow run's Prefect settings and client
+        self.artifact_id = None
+        threading.Thread(target=self.context.run, args=(self._send_loop,), daemon=True).start()
+        self._offer(0.0)
+
+    def __call__(self, metrics: dict[str, float], step: int) -> None:
+        pct = min(100.0, round(100.0 * step / self.total_steps, 1))
+        if pct - self.last >= 2.0 or step == self.total_steps:
+            self.last = pct
+            self._offer(pct)
+
+    def _offer(self, pct: float) -> None:
+        with contextlib.suppress(queue.Empty):
+            self.pending.get_nowait()  # an older value not sent yet: the newer one replaces it
+        with contextlib.suppress(queue.Full):
+            self.pending.put_nowait(pct)
+
+    def _send_loop(self) -> None:
+        while True:
+            pct = self.pending.get()
+            try:
+                if self.artifact_id is None:
+                    self.artifact_id = create_progress_artifact(
+                        progress=pct,
+                        key="training-progress",
+                        description="Training progress (% of max_steps)",
+                    )
+                else:
+                    update_progress_artifact(artifact_id=self.artifact_id, progress=pct)
+                if self.failing:
+                    log.info("the Prefect API answers again: progress updates resumed at %.1f%%", pct)
+                self.failing = False
+            except Exception as e:
+                if not self.failing:
+                    log.warning(
+                        "progress updates paused, the Prefect API did not answer (%s); training goes on", e
+                    )
+                self.failing = True
+                if self.pending.empty():  # try this value again, unless a newer one came
+                    self._offer(pct)
+                time.sleep(5)
 
 
 def _torchrun(
@@ -184,7 +229,7 @@ def train_task(
     """Train, or resume the run folder from its last complete checkpoint (idempotent by run folder)."""
     model_cfg, train_cfg = from_dict(config)
     metrics_logger = tracking.MetricsLogger(mlflow_run_id) if mlflow_run_id else None
-    progress = _progress_callback(train_cfg.max_steps)
+    progress = _Progress(train_cfg.max_steps)
 
     def on_metrics(metrics: dict[str, float], step: int) -> None:
         progress(metrics, step)

@@ -375,6 +375,7 @@ def ui(
 def serve(
     cron: Annotated[str, typer.Option(help="Schedule of the retrain deployment (cron, UTC).")] = "0 3 * * *",
     source: Annotated[list[str] | None, typer.Option(help="Sources the nightly retrain reads.")] = None,
+    port: Annotated[int, typer.Option(help="Port of the Prefect server started when none runs.")] = 4200,
 ) -> None:
     """Serve the pipeline and retrain deployments from this process (trigger them from the Prefect UI)."""
     from forja import ui as ui_mod
@@ -386,11 +387,17 @@ def serve(
     signal.signal(signal.SIGTERM, _raise_interrupt)
     if not os.environ.get("PREFECT_API_URL") and home.ui_state() is None:
         migrate_prefect_db(home.prefect_home)
-        specs = ui_mod.server_specs(home)[:1]  # a Prefect server of our own: deployments need one
+        specs = ui_mod.server_specs(home, prefect_port=port)[:1]  # deployments need a server
         procs = ui_mod.start(specs, home.root / "logs")
         os.environ["PREFECT_API_URL"] = specs[0].url + "/api"
         typer.echo(f"started a Prefect server: {specs[0].url}")
     configure()
+    api = os.environ.get("PREFECT_API_URL") or (home.ui_state() or {}).get("prefect_api_url")
+    typer.echo(
+        "trigger a run from another shell:\n"
+        f"  PREFECT_API_URL={api} prefect deployment run 'pipeline/forja-pipeline'\n"
+        f"  PREFECT_API_URL={api} prefect deployment run 'retrain/forja-retrain-nightly'"
+    )
     try:
         from flows.deployments import serve_all
 
@@ -411,13 +418,17 @@ def ingest(
     ],
     out: Annotated[Path, typer.Option(help="Dataset folder (grows incrementally).")],
     set_: SetOpt = None,
+    fresh: Annotated[
+        bool,
+        typer.Option(help="Read the sources even if they look unchanged (only new documents are added)."),
+    ] = False,
 ) -> None:
     """Read corpora into a Parquet dataset; bad input goes to quarantine with the reason."""
     from forja.settings import apply_sets
     from tasks.ingest import IngestConfig, run_ingest
 
     _setup_logging()
-    m = run_ingest(sources, out, apply_sets(IngestConfig(), set_ or []))
+    m = run_ingest(sources, out, apply_sets(IngestConfig(), set_ or []), fresh=fresh)
     typer.echo(_summary(m, ("changed", "run", "counts", "digest")))
 
 

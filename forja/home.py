@@ -92,6 +92,10 @@ def configure(home: Home | None = None) -> Home:
     os.environ.setdefault("PREFECT_RESULTS_DEFAULT_SERIALIZER", "json")
     os.environ.setdefault("PREFECT_RESULTS_LOCAL_STORAGE_PATH", str(home.prefect_home / "storage"))
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    # Forja's own log lines ("promoted ...", "nothing to retrain") in the Prefect run logs too;
+    # outside a flow run (the CLI before and after it) they stay in the terminal only.
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "forja")
+    os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
     # Quieter, and no phoning home from a tool that promises to work offline.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")

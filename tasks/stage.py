@@ -377,7 +377,7 @@ def run_stage(
     if not fresh and (cached := stage.cached(run)) is not None:
         remove_dead_leftovers(run.out.parent, run.out.name)
         log.info("%s is up to date (%s key %s); nothing to do", run.out, stage.name, run.key[:12])
-        return cached
+        return {**cached, "changed": False} if stage.incremental else cached
     t0 = time.perf_counter()
     staging = run.begin()
     try:

@@ -113,6 +113,11 @@ def test_bad_input_corpus_every_item_accounted_for(bad_corpus, tmp_path):
     # a second ingest of the same corpus stores nothing new and quarantines nothing twice
     before = (out / "manifest.json").read_bytes()
     r = forja("ingest", str(exp.root), "--out", str(out), "--set", "split=blank_line", unprivileged=True)
+    assert r.returncode == 0 and last_json(r.stdout)["changed"] is False, r.stderr[-3000:]  # not even read
+    assert "ingest shard" not in r.stderr
+    r = forja(
+        "ingest", str(exp.root), "--out", str(out), "--set", "split=blank_line", "--fresh", unprivileged=True
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     again = last_json(r.stdout)
     assert again["changed"] is False and again["run"]["accepted"] == 0
