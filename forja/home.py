@@ -10,13 +10,15 @@ Nothing needs to be started: with no settings, everything goes under `./.forja/`
     .forja/mlflow.db, .forja/mlartifacts/   MLflow: SQLite backend and artifact folder
     .forja/prefect/                         PREFECT_HOME: the embedded server's SQLite database
 
-`FORJA_HOME` moves all of it. A real server replaces the embedded defaults through the usual
+`FORJA_HOME` moves all of it. Without it, a command uses the nearest `.forja/` in the current
+folder or a parent, so a command run from a subfolder of the project finds the project's home. A real server replaces the embedded defaults through the usual
 variables: `MLFLOW_TRACKING_URI` (and the server's artifact store) and `PREFECT_API_URL`.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -35,7 +37,15 @@ class Home:
 
     @classmethod
     def from_env(cls) -> Home:
-        return cls(Path(os.environ.get("FORJA_HOME", DEFAULT_HOME)).expanduser().resolve())
+        """`FORJA_HOME` if set; else the nearest `.forja/` in the current folder or a parent (as git
+        finds `.git`); else a new `./.forja/`. Every command resolves it the same way."""
+        if os.environ.get("FORJA_HOME"):
+            return cls(Path(os.environ["FORJA_HOME"]).expanduser().resolve())
+        cwd = Path.cwd().resolve()
+        for folder in (cwd, *cwd.parents):
+            if (folder / DEFAULT_HOME).is_dir():
+                return cls(folder / DEFAULT_HOME)
+        return cls(cwd / DEFAULT_HOME)
 
     def dataset(self, name: str) -> Path:
         return self.root / "data" / name
@@ -80,6 +90,10 @@ def configure(home: Home | None = None) -> Home:
     A `forja ui` that is running is picked up, so runs started from a terminal show in its UI.
     """
     home = home or Home.from_env()
+    if not home.root.exists():
+        logging.getLogger("forja.home").info(
+            "created the Forja home %s (set FORJA_HOME to keep it elsewhere)", home.root
+        )
     home.root.mkdir(parents=True, exist_ok=True)
     ui = home.ui_state() or {}
     os.environ.setdefault("PREFECT_HOME", str(home.prefect_home))
