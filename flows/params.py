@@ -147,6 +147,8 @@ class PipelineParams(BaseModel):
                 f"invalid value {model_cfg.vocab_size} for 'model.vocab_size': smaller than "
                 f"tokenize.vocab_size={self.tokenize.vocab_size} (use 0 to take the tokenizer's)"
             )
+        if self.run.out is not None and Path(self.run.out).exists() and not Path(self.run.out).is_dir():
+            raise ConfigError(f"--out {self.run.out} is a file; give a folder for the run (new or earlier)")
         if self.run.resume and self.run.out is None:
             raise ConfigError("'run.resume' needs 'run.out': the run folder to resume")
         return model_cfg, train_cfg
@@ -168,9 +170,10 @@ class PipelineParams(BaseModel):
         most = fixed + (2 if cfg.model_type == "bpe" else 16) * text_bytes
         if cfg.vocab_size > most:
             raise ConfigError(
-                f"invalid value {cfg.vocab_size} for 'tokenize.vocab_size': the sources hold at most "
-                f"{text_bytes:,} bytes of text, from which a {cfg.model_type} tokenizer can make at most "
-                f"{most:,} pieces; lower tokenize.vocab_size or add text"
+                f"the sources ({', '.join(self.sources)}) are {text_bytes:,} bytes in all: too little text "
+                f"for tokenize.vocab_size={cfg.vocab_size} (a {cfg.model_type} tokenizer can make at most "
+                f"{most:,} pieces from them, fewer if some files are not text); add text, or lower "
+                "tokenize.vocab_size for a small trial run"
             )
 
 

@@ -57,6 +57,7 @@ from forja.home import Home
 from forja.plots import loss_curve_png
 from lm import checkpoint as ckpt
 from lm.config import ModelConfig, TrainConfig, from_dict, to_dict
+from lm.errors import ConfigError
 from lm.fileio import atomic_write_json, read_json, sha256_file
 from lm.train import train as lm_train
 from tasks.common import read_manifest
@@ -96,9 +97,42 @@ def prepare_data(params: PipelineParams) -> dict[str, Any]:
     fresh = params.run.fresh
     ingest = run_ingest_stage(params.sources, ds / "ingest", params.ingest.model_dump(mode="json"), fresh)
     clean = run_clean_stage(ds / "ingest", ds, params.clean.model_dump(mode="json"), fresh)
+    check_usable_text(params.sources, ingest, clean)
     tokens = run_tokenize_stage(Path(clean["out"]), ds, params.tokenize.model_dump(mode="json"), fresh)
+    check_validation_split(params, tokens)
     _report_artifacts(ds, ingest, clean)
     return {"ingest": ingest, "clean": clean, "tokens": tokens}
+
+
+def check_usable_text(sources: list[str], ingest: dict[str, Any], clean: dict[str, Any]) -> None:
+    """No text left after cleaning: say where it went (which reader or rule dropped what)."""
+    c = clean.get("counts") or {}
+    if c.get("rows_out", 1) > 0:
+        return
+    total = (ingest.get("counts") or {}).get("total") or {}
+    quarantined = total.get("quarantine_by_reason") or {}
+    dropped = {rule: n for rule, n in (c.get("dropped") or {}).items() if n}
+    raise ConfigError(
+        f"no usable text in {', '.join(sources)}: ingest stored {total.get('documents', 0):,} document(s)"
+        + (f" and quarantined {sum(quarantined.values()):,} item(s) ({quarantined})" if quarantined else "")
+        + f"; clean kept {c.get('rows_out', 0):,} of {c.get('rows_in', 0):,}"
+        + (f" (dropped by rule: {dropped})" if dropped else "")
+        + ". Give text sources (see the quarantine folder of the ingest output for why items were"
+        " refused), or switch off the rule that drops them with --set 'clean.rules={\"<rule>\": false}'"
+    )
+
+
+def check_validation_split(params: PipelineParams, tokens: dict[str, Any]) -> None:
+    """An empty validation split fails before training (it would fail at evaluation, after it)."""
+    val = (tokens.get("splits") or {}).get("val") or {}
+    if params.evaluate.eval_text is None and not val.get("tokens"):
+        train = (tokens.get("splits") or {}).get("train") or {}
+        raise ConfigError(
+            f"the validation split is empty: {train.get('docs', 0):,} document(s) all went to training "
+            f"(tokenize.val_fraction={params.tokenize.val_fraction}); add documents, raise "
+            "tokenize.val_fraction, lower tokenize.chunk_bytes so long documents are cut into more chunks, "
+            "or give an evaluation text with --set evaluate.eval_text=FILE"
+        )
 
 
 def _report_artifacts(ds: Path, ingest: dict, clean: dict) -> None:

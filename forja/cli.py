@@ -44,6 +44,21 @@ def _setup_logging(verbose: bool = False) -> None:
     )
     for noisy in ("httpx", "httpcore", "alembic", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_no_traceback_for_user_errors)
+
+
+def _no_traceback_for_user_errors(record: logging.LogRecord) -> bool:
+    """A user's mistake (a ForjaError) ends in one `error:` line; Prefect's log of the same
+    exception, traceback and all, is left out of the terminal (it stays in the Prefect run logs)."""
+    exc = record.exc_info[1] if record.exc_info else None
+    if isinstance(exc, ForjaError) or "Encountered exception during execution: " in record.getMessage():
+        return not isinstance(exc, ForjaError) and not _names_user_error(record.getMessage())
+    return True
+
+
+def _names_user_error(message: str) -> bool:
+    return any(f"{name}(" in message for name in ("ConfigError", "StageError", "DataError", "CheckpointError"))
 
 
 def _raise_interrupt(signum, frame) -> None:
