@@ -58,7 +58,9 @@ def _no_traceback_for_user_errors(record: logging.LogRecord) -> bool:
 
 
 def _names_user_error(message: str) -> bool:
-    return any(f"{name}(" in message for name in ("ConfigError", "StageError", "DataError", "CheckpointError"))
+    return any(
+        f"{name}(" in message for name in ("ConfigError", "StageError", "DataError", "CheckpointError")
+    )
 
 
 def _raise_interrupt(signum, frame) -> None:

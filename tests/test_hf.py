@@ -187,7 +187,8 @@ def test_exported_model_matches_forja_on_ids_logits_eval_loss_and_greedy_generat
         assert diff <= ATOL and scale > 0.1, (text, diff)
 
     # the mean cross-entropy of `forja eval`, recomputed with transformers' own loss over the same
-    # windows: EOS first, windows of max_seq_len + 1 tokens overlapping by one
+    # windows (lm-evaluation-harness's rolling ones): EOS first, targets 64 at a time, each window
+    # reading the 64 tokens before its last target, only its own targets counted
     text = shakespeare_text(61_500)[60_000:]
     (tmp_path / "eval.txt").write_text(text, encoding="utf-8")
     result = CliRunner().invoke(
@@ -196,13 +197,15 @@ def test_exported_model_matches_forja_on_ids_logits_eval_loss_and_greedy_generat
     assert result.exit_code == 0, result.output
     forja_loss = json.loads(result.output)["loss"]
     ids = [hf_tok.bos_token_id, *hf_tok(text)["input_ids"]]
-    total, count = 0.0, 0
+    total, count, n = 0.0, 0, len(ids) - 1
     with torch.no_grad():
-        for start in range(0, len(ids) - 1, 64):
-            w = torch.tensor([ids[start : start + 65]])
-            if w.shape[1] > 1:
-                total += hf(w, labels=w).loss.item() * (w.shape[1] - 1)
-                count += w.shape[1] - 1
+        for start in range(0, n, 64):
+            end = min(start + 64, n)
+            w = torch.tensor([ids[max(0, end - 64) : end + 1]])
+            labels = w.clone()
+            labels[0, : w.shape[1] - (end - start)] = -100  # the context's own tokens are not scored
+            total += hf(w, labels=labels).loss.item() * (end - start)
+            count += end - start
     assert count > 5 * 64
     assert total / count == pytest.approx(forja_loss, rel=1e-5)
 

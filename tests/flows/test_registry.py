@@ -9,6 +9,8 @@ only come out right if it did.
 
 from __future__ import annotations
 
+import os
+
 import mlflow
 import pytest
 from helpers import make_token_dir, shakespeare_text
@@ -25,6 +27,7 @@ from tasks.evaluate import EvalConfig, evaluate_checkpoint, freeze_eval_set
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     home = tmp_path_factory.mktemp("home")
+    saved = dict(os.environ)  # re-scoring a champion configures the process: undo it afterwards
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FORJA_HOME", str(home))
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
@@ -42,6 +45,8 @@ def world(tmp_path_factory):
         tracking.end_run(run_id)
         yield {"uri": uri, "eval_dir": str(eval_dir), "real": real}
         mlflow.set_tracking_uri("")
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 def register(world, dataset: str) -> str:

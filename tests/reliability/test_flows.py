@@ -130,7 +130,10 @@ BAD = {  # parameter -> (forja run arguments, what the message must say)
 
 
 def test_vocab_precheck_bounds_from_planned_sizes(tiny_corpus, corpus):
-    with pytest.raises(ConfigError, match=r"1,000 bytes in all: too little text for tokenize.vocab_size=4096.*at most 2,260 pieces"):
+    with pytest.raises(
+        ConfigError,
+        match=r"1,000 bytes in all: too little text for tokenize.vocab_size=4096.*at most 2,260 pieces",
+    ):
         PipelineParams(sources=[str(tiny_corpus)]).validate_all()
     PipelineParams(sources=[str(tiny_corpus)], tokenize={"vocab_size": 2260}).validate_all()  # the bound
     PipelineParams(sources=[str(corpus)], tokenize={"vocab_size": 512}).validate_all()  # a real run's
