@@ -173,6 +173,8 @@ def test_exported_model_matches_forja_on_ids_logits_eval_loss_and_greedy_generat
     }
     assert exported["architecture"] == "LlamaForCausalLM"
     assert exported["verification"]["logits_max_abs_diff"] <= ATOL
+    # Forja's tokenizers put no space before a text; llama.cpp's converter reads this flag
+    assert json.loads((Path(folder) / "tokenizer_config.json").read_text())["add_prefix_space"] is False
     loaded = ckpt.load_for_inference(trained_run)
     sp = Tokenizer(loaded.tokenizer_path)
     hf_tok, hf = load_hf(folder)

@@ -177,6 +177,9 @@ def tokenizer_files(sp_path: str | os.PathLike, max_seq_len: int) -> dict[str, A
         "add_bos_token": False,
         "add_eos_token": False,
         "split_special_tokens": True,  # a literal "</s>" in a text is text, as in SentencePiece
+        # whether a space is put before the text: llama.cpp's converter reads this (a GGUF without it
+        # gets llama.cpp's default, a space, and tokenizes every text as " " + text)
+        "add_prefix_space": bool(proto.normalizer_spec.add_dummy_prefix),
         "clean_up_tokenization_spaces": False,
         "model_max_length": max_seq_len,
         "padding_side": "right",
