@@ -188,12 +188,16 @@ def remove_dead_leftovers(folder: str | os.PathLike, name: str | None = None) ->
         pid = int(m["pid"])
         if pid == os.getpid() or _alive(pid):
             continue
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p, ignore_errors=True)
-        else:
-            p.unlink(missing_ok=True)
+        _remove(p)
         removed.append(p)
     return removed
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        p.unlink(missing_ok=True)
 
 
 def remove_stale_tmp(folder: str | os.PathLike) -> list[Path]:
@@ -204,10 +208,7 @@ def remove_stale_tmp(folder: str | os.PathLike) -> list[Path]:
         return removed
     for p in folder.iterdir():
         if p.name.startswith(TMP_PREFIX):
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                p.unlink(missing_ok=True)
+            _remove(p)
             removed.append(p)
     return removed
 

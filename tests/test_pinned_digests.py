@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 from helpers import shakespeare_text
+from support import small_configs
 
-from lm.config import ModelConfig, TrainConfig
 from lm.fileio import file_lock, sha256_file
 from lm.train import train
 from tasks.clean import CleanConfig, run_clean
@@ -43,20 +43,8 @@ def test_stage_digests_and_weights_are_pinned():
             ingest = run_ingest([str(ROOT / "corpus.txt")], ROOT / "ingest", IngestConfig(split="blank_line"))
             clean = run_clean(ROOT / "ingest", ROOT / "clean", CleanConfig())
             tokens = run_tokenize(ROOT / "clean", ROOT / "tokens", TokenizeConfig(vocab_size=512))
-            model = ModelConfig(n_layer=2, n_head=2, d_model=64, max_seq_len=32)
-            cfg = TrainConfig(
-                batch_size=8,
-                max_steps=20,
-                lr=3e-3,
-                warmup_steps=5,
-                eval_every=10,
-                eval_batches=2,
-                checkpoint_every=10,
-                keep_last=2,
-                log_every=10,
-                device="cpu",
-                dtype="float32",
-                seed=0,
+            model, cfg = small_configs(
+                max_steps=20, eval_every=10, eval_batches=2, checkpoint_every=10, keep_last=2, seed=0
             )
             result = train(model, cfg, ROOT / "tokens", ROOT / "run")
             got = {
