@@ -1,0 +1,92 @@
+"""A flow re-runs a data stage when what it runs changes, and only then: the same key as the CLI.
+
+Through the real `prepare-data` flow on a real Prefect server: unchanged inputs show the stage as
+Cached; a rule file added to `clean.rules_dir`, an edited rule, or a changed config re-runs clean
+(and what depends on it), and the new rule's drops show in the stage's report.
+"""
+
+import json
+import re
+import subprocess
+import sys
+
+import httpx
+import pytest
+from helpers import shakespeare_text
+from support import ROOT, write_corpus
+
+from lm.fileio import read_json
+
+pytestmark = pytest.mark.slow
+
+SCRIPT = """
+import json, sys
+from flows.params import PipelineParams, apply_sets
+from flows.pipeline import make_task_runner, prepare_data
+params = apply_sets(PipelineParams(sources=[sys.argv[1]]), sys.argv[2:])
+state = prepare_data.with_options(task_runner=make_task_runner(params.run))(params, return_state=True)
+data = state.result()
+print(json.dumps({"flow_run_id": str(state.state_details.flow_run_id), **data}))
+"""
+
+DROP_KINGS = """-- kind: filter
+-- Drop every speech of a king (a test rule).
+SELECT *, CASE WHEN contains(text, 'KING') THEN 'king' END AS reason FROM input
+"""
+
+
+def prepare(servers, home, corpus, *sets):
+    r = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(corpus), *sets],
+        env={**servers.env, "FORJA_HOME": str(home)},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def states(servers, flow_run_id):
+    r = httpx.post(
+        f"{servers.prefect_api}/task_runs/filter",
+        json={"flow_runs": {"id": {"any_": [flow_run_id]}}, "limit": 200},
+        timeout=30,
+    )
+    r.raise_for_status()
+    return {re.sub(r"-(\d+|[0-9a-f]{3})$", "", t["name"]): t["state"]["name"] for t in r.json()}
+
+
+def rules_in_report(data):
+    return {r["rule"]: r.get("dropped") for r in read_json(f"{data['clean']['out']}/report.json")["rules"]}
+
+
+def test_clean_re_runs_on_a_new_or_edited_rule_and_a_new_config_and_is_cached_otherwise(servers, tmp_path):
+    corpus = write_corpus(tmp_path / "corpus", shakespeare_text(60_000), n_files=2)
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    home = tmp_path / "home"
+    sets = ["ingest.split=blank_line", "tokenize.vocab_size=400", f"clean.rules_dir={rules}"]
+
+    first = prepare(servers, home, corpus, *sets)
+    assert states(servers, first["flow_run_id"])["clean"] == "Completed"
+    again = prepare(servers, home, corpus, *sets)
+    s = states(servers, again["flow_run_id"])
+    assert (s["ingest"], s["clean"], s["tokenize"]) == ("Cached", "Cached", "Cached"), s
+    assert again["clean"]["key"] == first["clean"]["key"]
+
+    (rules / "065_drop_kings.sql").write_text(DROP_KINGS)
+    added = prepare(servers, home, corpus, *sets)
+    s = states(servers, added["flow_run_id"])
+    assert s["ingest"] == "Cached" and s["clean"] == "Completed" and s["tokenize"] == "Completed", s
+    assert added["clean"]["key"] != first["clean"]["key"] and rules_in_report(added)["drop_kings"] > 0
+
+    (rules / "065_drop_kings.sql").write_text(DROP_KINGS.replace("'KING'", "'QUEEN'"))
+    edited = prepare(servers, home, corpus, *sets)
+    assert states(servers, edited["flow_run_id"])["clean"] == "Completed"
+    assert rules_in_report(edited)["drop_kings"] != rules_in_report(added)["drop_kings"]
+
+    changed = prepare(servers, home, corpus, *sets, "clean.min_chars=200")
+    assert states(servers, changed["flow_run_id"])["clean"] == "Completed"
+    assert changed["clean"]["key"] not in {edited["clean"]["key"], added["clean"]["key"]}
