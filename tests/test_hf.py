@@ -412,3 +412,26 @@ def test_import_reads_bf16_shards_of_a_foreign_folder(exported, tmp_path):
         key = name if name == "lm_head.weight" else f"model.{name}"
         assert p.dtype == torch.float32 and torch.equal(p, tensors[key].float()), name
     assert loaded.train_cfg == TrainConfig()  # no forja.json: the default training settings
+
+
+def test_forja_eval_total_nats_equals_lm_eval_loglikelihood_rolling_on_the_export(
+    trained_run, exported, tmp_path
+):
+    """lm-evaluation-harness itself, offline, on the exported folder: its rolling log-likelihood of
+    a text equals minus `forja eval`'s total_nats, for a text within one context and for texts of
+    several contexts whose last window is partial."""
+    lm_eval_hf = pytest.importorskip("lm_eval.models.huggingface", reason="could not import 'lm_eval'")
+    from lm_eval.api.instance import Instance
+
+    lm = lm_eval_hf.HFLM(pretrained=exported["out"], dtype="float32", device="cpu", batch_size=1)
+    texts = [shakespeare_text(61_000)[60_000 : 60_000 + n] for n in (40, 700, 2_345)]
+    requests = [Instance("loglikelihood_rolling", {}, (t,), i) for i, t in enumerate(texts)]
+    theirs = lm.loglikelihood_rolling(requests, disable_tqdm=True)
+    for text, ll in zip(texts, theirs, strict=True):
+        (tmp_path / "t.txt").write_text(text, encoding="utf-8")
+        result = CliRunner().invoke(
+            app, ["eval", str(trained_run), "--text", str(tmp_path / "t.txt"), "--json"]
+        )
+        assert result.exit_code == 0, result.output
+        ours = json.loads(result.output)["total_nats"]
+        assert -ll == pytest.approx(ours, rel=1e-5), (len(text), -ll, ours)
