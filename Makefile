@@ -25,6 +25,7 @@ $(VENV)/.installed: pyproject.toml
 	  fi; \
 	fi
 	$(BIN)/python -m pip install --quiet -e ".[dev,hf,dask]"
+	$(BIN)/python scripts/fetch_llama_converter $(VENV)/llama-convert  # for tests/test_hf.py
 	touch $@
 
 run: setup

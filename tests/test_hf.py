@@ -10,6 +10,8 @@ import io
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -435,3 +437,41 @@ def test_forja_eval_total_nats_equals_lm_eval_loglikelihood_rolling_on_the_expor
         assert result.exit_code == 0, result.output
         ours = json.loads(result.output)["total_nats"]
         assert -ll == pytest.approx(ours, rel=1e-5), (len(text), -ll, ours)
+
+
+def test_llama_cpp_s_converter_reads_that_forja_tokenizers_add_no_space_prefix(exported, tmp_path):
+    """llama.cpp's own converter (fetched by `make setup`) turns the export into a GGUF that says
+    `tokenizer.ggml.add_space_prefix = false`: without it llama.cpp tokenizes every text as " " + text."""
+    converter = Path(sys.prefix) / "llama-convert"
+    if not (converter / "convert_hf_to_gguf.py").is_file():
+        pytest.skip(f"llama.cpp's converter is not in {converter}: run scripts/fetch_llama_converter")
+    gguf_file = tmp_path / "model.gguf"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "convert_hf_to_gguf.py",
+            exported["out"],
+            "--outfile",
+            str(gguf_file),
+            "--outtype",
+            "f32",
+        ],
+        cwd=converter,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    read = (
+        "import sys; from gguf import GGUFReader; f = GGUFReader(sys.argv[1]).fields;"
+        "print(f['tokenizer.ggml.add_space_prefix'].contents(), f['tokenizer.ggml.model'].contents())"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", read, str(gguf_file)],
+        env={**os.environ, "PYTHONPATH": str(converter / "gguf-py")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.split() == ["False", "llama"]
