@@ -117,9 +117,26 @@ def train(
 
         configure()
         on_metrics = MetricsLogger(os.environ["FORJA_MLFLOW_RUN_ID"])
-    result = run_training(
-        model_cfg, train_cfg, data, out, resume=resume, init_from=init, on_metrics=on_metrics
-    )
+    from forja import session
+
+    try:
+        with session.interrupts():
+            result = run_training(
+                model_cfg, train_cfg, data, out, resume=resume, init_from=init, on_metrics=on_metrics
+            )
+    except KeyboardInterrupt:
+        from lm.checkpoint import latest_checkpoint
+
+        last = latest_checkpoint(out) if out.is_dir() else None
+        typer.secho(
+            "interrupted; " + (f"last complete checkpoint: {last}" if last else "no checkpoint was written yet"),
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
+        again = ["forja", "train", "--data", str(data), "--out", str(out), "--preset", preset, "--resume"]
+        again += [a for kv in set_ or [] for a in ("--set", kv)]
+        typer.echo(f"to resume: {shlex.join(again)}", err=True)
+        raise typer.Exit(130) from None
     if on_metrics is not None:
         on_metrics.flush()
     summary = {

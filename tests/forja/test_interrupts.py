@@ -8,6 +8,7 @@ exact command that resumes it; that command must finish with the weights of an u
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import sqlite3
 import subprocess
@@ -126,3 +127,31 @@ def test_a_second_ctrl_c_exits_at_once(tmp_path, corpus):
     os.killpg(proc.pid, signal.SIGINT)
     proc.wait(timeout=30)
     assert proc.returncode == 130 and time.monotonic() - t0 < 5
+
+
+def test_ctrl_c_in_forja_train_says_how_to_resume_and_the_command_finishes_the_run(tmp_path):
+    from helpers import make_token_dir
+
+    tokens = make_token_dir(shakespeare_text(60_000), tmp_path / "tokens", vocab_size=512)
+    log = tmp_path / "train.log"
+    args = ["train", "--data", str(tokens), "--out", str(tmp_path / "run")]
+    args += ["--set", "max_steps=400", "--set", "log_every=10", "--set", "checkpoint_every=10"]
+    proc = start(args, tmp_path / "home", log)
+    wait_for(log, "step 20/400", proc)
+    t0 = time.monotonic()
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=60) == 130 and time.monotonic() - t0 < 10
+    out = log.read_text()
+    assert "Traceback" not in out and "last complete checkpoint" in out, out[-2000:]
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("to resume: forja train ") and last.endswith("--resume"), last
+    resumed = subprocess.run(
+        [sys.executable, "-m", "forja.cli", *shlex.split(last.removeprefix("to resume: forja "))],
+        env=forja_env(tmp_path / "home"),
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=ROOT,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stderr and '"step": 400' in resumed.stdout
