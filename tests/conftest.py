@@ -74,6 +74,15 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         shutil.rmtree(_session_home, ignore_errors=True)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _environment_restored_after_each_module():
+    """What a module sets in os.environ (mlflow.set_tracking_uri does too) ends with the module."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 @pytest.fixture(scope="session")
 def forja_home() -> Path:
     """The session's FORJA_HOME: a temporary folder, removed when the session ends."""

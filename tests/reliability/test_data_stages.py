@@ -182,7 +182,7 @@ EVENTS = {
         "commit": ["out/data/*", "out/quarantine/*", "out/snapshots/*", "out/.tmp-*"],
     },
     "clean": {
-        "shard work file": [f"{TMP_PREFIX}out.work.*/shards/{TMP_PREFIX}*"],
+        "shard work file": [f"{TMP_PREFIX}out.*/work/shards/{TMP_PREFIX}*"],
         "output parts": [f"{TMP_PREFIX}out.*/part-*", f"{TMP_PREFIX}out.*/{TMP_PREFIX}part-*"],
     },
     "tokenize": {

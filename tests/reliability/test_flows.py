@@ -262,10 +262,10 @@ def test_two_retrains_at_once_on_real_servers_leave_the_champion_on_the_better_m
     results = [last_json(out) for out, _ in outs]
     versions = [r["model_version"] for r in results]
     assert None not in versions and len(set(versions)) == 2, results
-    tags = {v: c.get_model_version("forja", v).tags for v in versions}
+    tags = {v: c.get_model_version("forja-race", v).tags for v in versions}
     assert len({t["eval_set_digest"] for t in tags.values()}) == 1  # compared on the same fixed set
     bpb = {v: float(t["eval_bpb"]) for v, t in tags.items()}
-    champion = c.get_model_version_by_alias("forja", "champion")
+    champion = c.get_model_version_by_alias("forja-race", "champion")
     assert str(champion.version) == min(bpb, key=bpb.get), (bpb, champion.version)
     for r in results:
         assert c.get_run(r["mlflow_run_id"]).info.status == "FINISHED"
