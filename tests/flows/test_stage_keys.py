@@ -29,9 +29,9 @@ data = state.result()
 print(json.dumps({"flow_run_id": str(state.state_details.flow_run_id), **data}))
 """
 
-DROP_KINGS = """-- kind: filter
--- Drop every speech of a king (a test rule).
-SELECT *, CASE WHEN contains(text, 'KING') THEN 'king' END AS reason FROM input
+DROP_SPEECHES = """-- kind: filter
+-- Drop every speech of Coriolanus (a test rule).
+SELECT *, CASE WHEN contains(text, 'CORIOLANUS:') THEN 'coriolanus' END AS reason FROM input
 """
 
 
@@ -76,16 +76,16 @@ def test_clean_re_runs_on_a_new_or_edited_rule_and_a_new_config_and_is_cached_ot
     assert (s["ingest"], s["clean"], s["tokenize"]) == ("Cached", "Cached", "Cached"), s
     assert again["clean"]["key"] == first["clean"]["key"]
 
-    (rules / "065_drop_kings.sql").write_text(DROP_KINGS)
+    (rules / "065_drop_speeches.sql").write_text(DROP_SPEECHES)
     added = prepare(servers, home, corpus, *sets)
     s = states(servers, added["flow_run_id"])
     assert s["ingest"] == "Cached" and s["clean"] == "Completed" and s["tokenize"] == "Completed", s
-    assert added["clean"]["key"] != first["clean"]["key"] and rules_in_report(added)["drop_kings"] > 0
+    assert added["clean"]["key"] != first["clean"]["key"] and rules_in_report(added)["drop_speeches"] > 0
 
-    (rules / "065_drop_kings.sql").write_text(DROP_KINGS.replace("'KING'", "'QUEEN'"))
+    (rules / "065_drop_speeches.sql").write_text(DROP_SPEECHES.replace("CORIOLANUS:", "MENENIUS:"))
     edited = prepare(servers, home, corpus, *sets)
     assert states(servers, edited["flow_run_id"])["clean"] == "Completed"
-    assert rules_in_report(edited)["drop_kings"] != rules_in_report(added)["drop_kings"]
+    assert rules_in_report(edited)["drop_speeches"] != rules_in_report(added)["drop_speeches"]
 
     changed = prepare(servers, home, corpus, *sets, "clean.min_chars=200")
     assert states(servers, changed["flow_run_id"])["clean"] == "Completed"
