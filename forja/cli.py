@@ -129,7 +129,8 @@ def train(
 
         last = latest_checkpoint(out) if out.is_dir() else None
         typer.secho(
-            "interrupted; " + (f"last complete checkpoint: {last}" if last else "no checkpoint was written yet"),
+            "interrupted; "
+            + (f"last complete checkpoint: {last}" if last else "no checkpoint was written yet"),
             fg=typer.colors.YELLOW,
             err=True,
         )
