@@ -43,8 +43,10 @@ class _Sample:
     def __iter__(self) -> Iterator[str]:
         try:
             yield from self._lines()
-        except Exception as e:
+        except BaseException as e:  # an interrupt (Ctrl-C) too: re-raised as itself, not as a bad config
             self.error = e
+            if not isinstance(e, Exception):
+                raise
 
     def _lines(self) -> Iterator[str]:
         cfg = self.config
