@@ -208,46 +208,57 @@ def test_served_deployments_run_from_the_ui_api_and_keep_the_nightly_schedule(se
         log.close()
 
 
-def test_retrain_stops_early_without_new_data_then_promotes_only_a_better_model(servers, first):
-    r = servers.forja("retrain", "--source", str(first["corpus"]), *sets())
-    assert "nothing new" in r.stdout
-    more = first["corpus"] / "more.txt"
-    more.write_text(shakespeare_text(300_000)[150_000:])
-    r = servers.forja("retrain", "--source", str(first["corpus"]), *sets("max_steps=40"))
+@pytest.fixture(scope="module")
+def retrained(servers, tmp_path_factory):
+    """The retrain scenario on a dataset of its own (so that the default dataset of `first` stays
+    as it was, whatever runs first): a pipeline run, a retrain with nothing new, then new data and
+    a retrain that trains longer."""
+    corpus = write_corpus(tmp_path_factory.mktemp("grown"), shakespeare_text(150_000))
+    dataset = "run.dataset=retrain-e2e"
+    r = servers.forja("run", "--source", str(corpus), *sets(dataset))
+    start = json.loads(r.stdout[r.stdout.index("{") : r.stdout.rindex("}") + 1])
+    unchanged = servers.forja("retrain", "--source", str(corpus), *sets(dataset))
+    (corpus / "more.txt").write_text(shakespeare_text(300_000)[150_000:])
+    r = servers.forja("retrain", "--source", str(corpus), *sets(dataset, "max_steps=40"))
     result = json.loads(r.stdout[r.stdout.index("{") : r.stdout.rindex("}") + 1])
+    return {"corpus": corpus, "start": start, "unchanged": unchanged.stdout, "result": result}
+
+
+def test_retrain_stops_early_without_new_data_then_promotes_only_a_better_model(retrained):
+    assert "nothing new" in retrained["unchanged"]
+    result, start = retrained["result"], retrained["start"]
     c = mlflow.MlflowClient()
-    champ = c.get_model_version_by_alias("forja", "champion")
-    v1 = float(c.get_model_version("forja", "1").tags["eval_bpb"])
-    v2 = float(c.get_model_version("forja", result["model_version"]).tags["eval_bpb"])
-    assert str(champ.version) == (result["model_version"] if v2 < v1 else "1")
+    champ = c.get_model_version_by_alias("forja-retrain-e2e", "champion")
+    v1 = float(c.get_model_version("forja-retrain-e2e", start["model_version"]).tags["eval_bpb"])
+    v2 = float(c.get_model_version("forja-retrain-e2e", result["model_version"]).tags["eval_bpb"])
+    assert str(champ.version) == (result["model_version"] if v2 < v1 else start["model_version"])
     assert result["champion"] == (v2 < v1)
     run = c.get_run(result["mlflow_run_id"])
-    # the champion's tokenizer was reused: same tokenizer digest as the first run
-    first_run = c.get_run(first["result"]["mlflow_run_id"])
+    # the champion's tokenizer was reused: same tokenizer digest as the run it retrains
+    first_run = c.get_run(start["mlflow_run_id"])
     assert run.data.tags["tokenizer_sha256"] == first_run.data.tags["tokenizer_sha256"]
     assert run.data.tags["eval_set_digest"] == first_run.data.tags["eval_set_digest"]
 
 
-def drop_tokens(servers, digest):
-    for folder in (servers.home.dataset("default") / "tokens").iterdir():
+def drop_tokens(servers, dataset, digest):
+    for folder in (servers.home.dataset(dataset) / "tokens").iterdir():
         manifest = folder / "manifest.json"
         if manifest.is_file() and json.loads(manifest.read_text())["digest"] == digest:
             shutil.rmtree(folder)
 
 
-def test_reproduce_gives_bitwise_identical_weights(servers, first):
+def test_reproduce_gives_bitwise_identical_weights(servers, retrained):
     c = mlflow.MlflowClient()
-    exp = c.get_experiment_by_name("forja").experiment_id
-    retrained = c.search_runs([exp], "tags.`forja.kind` = 'retrain' and tags.checkpoint_sha256 != ''")[0]
+    run = c.get_run(retrained["result"]["mlflow_run_id"])
     # its token folder is gone: reproduce rebuilds it through the data stages and checks the digest
-    drop_tokens(servers, retrained.data.tags["data.tokens_digest"])
-    r = servers.forja("reproduce", retrained.info.run_id)
+    drop_tokens(servers, "retrain-e2e", run.data.tags["data.tokens_digest"])
+    r = servers.forja("reproduce", run.info.run_id)
     out = json.loads(r.stdout[r.stdout.index("{") : r.stdout.rindex("}") + 1])
     assert out["identical"] is True and out["recorded_sha256"] == out["reproduced_sha256"]
-    # the first run's sources have grown since: its data cannot be rebuilt, and reproduce says so
-    first_run = c.get_run(first["result"]["mlflow_run_id"])
-    drop_tokens(servers, first_run.data.tags["data.tokens_digest"])
-    r = servers.forja("reproduce", first_run.info.run_id, check=False)
+    # once its sources have grown, its data cannot be rebuilt, and reproduce says so
+    (retrained["corpus"] / "later.txt").write_text(shakespeare_text(400_000)[300_000:])
+    drop_tokens(servers, "retrain-e2e", run.data.tags["data.tokens_digest"])
+    r = servers.forja("reproduce", run.info.run_id, check=False)
     assert r.returncode == 2 and "the sources changed" in r.stderr
 
 
