@@ -9,12 +9,10 @@ from end to end and a re-triggered run resumes training from its last checkpoint
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import json
 import logging
 import os
-import queue
 import subprocess
 import sys
 import threading
@@ -168,55 +166,71 @@ class _Progress:
     """Training progress as a Prefect progress artifact, updated from a thread of its own.
 
     Training needs no API: an update never blocks a step, and an API outage costs updates (one
-    warning, and a line when they resume), not the run. Only the newest value waits to be sent.
+    warning, and a line when they resume), not the run. Only the newest value waits to be sent;
+    `close()` sends the last one (waiting a few seconds at most) and stops the thread.
     """
 
     def __init__(self, total_steps: int):
         self.total_steps = total_steps
         self.last = -1.0
-        self.pending: queue.Queue[float] = queue.Queue(maxsize=1)
+        self.latest: float | None = 0.0  # the value waiting to be sent
+        self.closing = False
+        self.give_up_at = float("inf")
         self.failing = False
-        self.context = contextvars.copy_context()  # the flow run's Prefect settings and client
         self.artifact_id = None
-        threading.Thread(target=self.context.run, args=(self._send_loop,), daemon=True).start()
-        self._offer(0.0)
+        self.cond = threading.Condition()
+        context = contextvars.copy_context()  # the flow run's Prefect settings and client
+        self.thread = threading.Thread(target=context.run, args=(self._send_loop,), daemon=True)
+        self.thread.start()
 
     def __call__(self, metrics: dict[str, float], step: int) -> None:
         pct = min(100.0, round(100.0 * step / self.total_steps, 1))
         if pct - self.last >= 2.0 or step == self.total_steps:
             self.last = pct
-            self._offer(pct)
+            with self.cond:
+                self.latest = pct  # an older value not sent yet is replaced
+                self.cond.notify()
 
-    def _offer(self, pct: float) -> None:
-        with contextlib.suppress(queue.Empty):
-            self.pending.get_nowait()  # an older value not sent yet: the newer one replaces it
-        with contextlib.suppress(queue.Full):
-            self.pending.put_nowait(pct)
+    def close(self, timeout: float = 10.0) -> None:
+        with self.cond:
+            self.closing = True
+            self.give_up_at = time.monotonic() + timeout
+            self.cond.notify()
+        self.thread.join(timeout)
 
     def _send_loop(self) -> None:
         while True:
-            pct = self.pending.get()
+            with self.cond:
+                while self.latest is None and not self.closing:
+                    self.cond.wait()
+                if self.latest is None:
+                    return  # closing, everything sent
+                pct, self.latest = self.latest, None
             try:
-                if self.artifact_id is None:
-                    self.artifact_id = create_progress_artifact(
-                        progress=pct,
-                        key="training-progress",
-                        description="Training progress (% of max_steps)",
-                    )
-                else:
-                    update_progress_artifact(artifact_id=self.artifact_id, progress=pct)
-                if self.failing:
-                    log.info("the Prefect API answers again: progress updates resumed at %.1f%%", pct)
-                self.failing = False
+                self._send(pct)
             except Exception as e:
                 if not self.failing:
                     log.warning(
                         "progress updates paused, the Prefect API did not answer (%s); training goes on", e
                     )
                 self.failing = True
-                if self.pending.empty():  # try this value again, unless a newer one came
-                    self._offer(pct)
+                with self.cond:
+                    if self.closing and time.monotonic() > self.give_up_at:
+                        return
+                    if self.latest is None:  # try this value again, unless a newer one came
+                        self.latest = pct
                 time.sleep(5)
+
+    def _send(self, pct: float) -> None:
+        if self.artifact_id is None:
+            self.artifact_id = create_progress_artifact(
+                progress=pct, key="training-progress", description="Training progress (% of max_steps)"
+            )
+        else:
+            update_progress_artifact(artifact_id=self.artifact_id, progress=pct)
+        if self.failing:
+            log.info("the Prefect API answers again: progress updates resumed at %.1f%%", pct)
+        self.failing = False
 
 
 def _torchrun(
@@ -282,6 +296,7 @@ def train_task(
             model_cfg, train_cfg, tokens_dir, run_dir, resume=True, on_metrics=on_metrics, init_from=init_from
         )
         final, result = r.checkpoint, {"step": r.step, "metrics": r.metrics}
+    progress.close()
     if metrics_logger:
         metrics_logger.flush()
     return {
