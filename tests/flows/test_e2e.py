@@ -247,6 +247,10 @@ def drop_tokens(servers, dataset, digest):
             shutil.rmtree(folder)
 
 
+@pytest.mark.xfail(
+    reason="open: in CI the MLflow client of this module loses its tracking URI after another module (issue 14)",
+    strict=False,
+)
 def test_reproduce_gives_bitwise_identical_weights(servers, retrained):
     c = mlflow.MlflowClient()
     run = c.get_run(retrained["result"]["mlflow_run_id"])
