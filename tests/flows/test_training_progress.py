@@ -5,6 +5,7 @@ The Prefect calls are replaced by functions that record what they were sent and 
 "outage" flag is set (an unreachable server raises httpx.ConnectError in the same place).
 """
 
+import itertools
 import logging
 import threading
 import time
@@ -42,6 +43,6 @@ def test_an_outage_costs_updates_not_steps_and_the_last_value_is_sent(monkeypatc
     for step in range(51, 101):
         progress({}, step)
     progress.close()
-    assert sent[-1] == 100.0 and all(a < b for a, b in zip(sent, sent[1:], strict=False))
+    assert sent[-1] == 100.0 and all(a < b for a, b in itertools.pairwise(sent))
     warnings = [r for r in caplog.records if "progress updates paused" in r.getMessage()]
     assert len(warnings) == 1 and "resumed" in caplog.text
