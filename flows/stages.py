@@ -100,7 +100,7 @@ def publish_task(
     """Write and publish the stage's output from the shard results; `results=None`: the output is
     already there with this key (only reached when Prefect's cache has no record of it)."""
     run = StageRun.from_spec(spec)
-    if results is None and (m := run.stage.cached(run)) is not None:
+    if results is None and (m := run.reuse()) is not None:
         return summary({**m, "changed": False}, run.out)
     return summary(run.finish(results or []), run.out)
 
@@ -112,7 +112,7 @@ def run_stage_in_flow(
     shards (mapped) -> publish. `out` may be a function of the key."""
     stage = get_stage(stage_name)
     run = stage.prepare(inputs, out, config)
-    if not fresh and stage.cached(run) is not None:
+    if not fresh and run.reuse() is not None:
         cached = publish_task(stage_name, run.spec(), None, key=run.key)
         return {**cached, "changed": False}
     run.begin()

@@ -119,6 +119,14 @@ class StageRun:
             raise RuntimeError(f"{self.stage.name}: begin() makes the staging folder first")
         return self.staging_dir
 
+    def reuse(self) -> dict[str, Any] | None:
+        """OUT's manifest when OUT already holds this key's output (the leftovers of killed runs
+        beside it swept), else None: what both the CLI and a flow call before doing any work."""
+        manifest = self.stage.cached(self)
+        if manifest is not None:
+            remove_dead_leftovers(self.out.parent, self.out.name)
+        return manifest
+
     def begin(self) -> Path:
         """Sweep what killed runs left, check OUT may be written, make the staging folder."""
         remove_dead_leftovers(self.out.parent, self.out.name)
@@ -374,8 +382,7 @@ def run_stage(
     a staging folder beside OUT and renamed onto it at the end, the manifest written last."""
     stage = get_stage(stage) if isinstance(stage, str) else stage
     run = stage.prepare(inputs, out, config)
-    if not fresh and (cached := stage.cached(run)) is not None:
-        remove_dead_leftovers(run.out.parent, run.out.name)
+    if not fresh and (cached := run.reuse()) is not None:
         log.info("%s is up to date (%s key %s); nothing to do", run.out, stage.name, run.key[:12])
         return {**cached, "changed": False} if stage.incremental else cached
     t0 = time.perf_counter()

@@ -133,6 +133,34 @@ def test_leftovers_of_a_dead_run_are_swept_and_a_live_runs_are_kept(toy):
     assert not dead_dir.exists() and live_dir.exists() and other.exists()
 
 
+def run_in_flow(stage_name, inputs, out):
+    """The same stage through the flow path (tasks on Prefect's thread runner)."""
+    from prefect import flow
+
+    from flows.stages import run_stage_in_flow
+
+    @flow(name="toy-stage")
+    def toy_flow():
+        return run_stage_in_flow(stage_name, inputs, out, {}, False)
+
+    return toy_flow()
+
+
+@pytest.mark.parametrize(
+    "runner", [run_stage, pytest.param(run_in_flow, marks=pytest.mark.slow)], ids=["cli", "flow"]
+)
+def test_an_up_to_date_run_sweeps_the_leftovers_of_dead_runs_too(toy, runner):
+    first = runner("toy-upper", toy["src"], toy["out"])
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+    dead_dir = toy["out"].parent / f".tmp-out.staging-{int(dead.stdout)}-1"
+    live_dir = toy["out"].parent / f".tmp-out.staging-{os.getppid()}-2"
+    for d in (dead_dir, live_dir):
+        d.mkdir()
+    again = runner("toy-upper", toy["src"], toy["out"])
+    assert again["key"] == first["key"] and again.get("changed", False) is False
+    assert not dead_dir.exists() and live_dir.exists()
+
+
 def test_refuses_to_replace_a_file_or_another_folder(toy, tmp_path):
     a_file = tmp_path / "file.txt"
     a_file.write_text("mine")
