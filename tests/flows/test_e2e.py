@@ -44,12 +44,18 @@ def all_task_states(servers, flow_run_id):
     return states
 
 
+@pytest.fixture(autouse=True)
+def _tracking_uri(servers):
+    """Every test reads this module's MLflow store, whichever module ran before it and whichever
+    fixture (first, retrained) happens to be created first."""
+    mlflow.set_tracking_uri(servers.home.default_tracking_uri)
+
+
 @pytest.fixture(scope="module")
 def first(servers, tmp_path_factory):
     corpus = write_corpus(tmp_path_factory.mktemp("corpus"), shakespeare_text(150_000))
     r = servers.forja("run", "--source", str(corpus), *sets())
     result = json.loads(r.stdout[r.stdout.index("{") : r.stdout.rindex("}") + 1])
-    mlflow.set_tracking_uri(servers.home.default_tracking_uri)
     return {"corpus": corpus, "result": result, "stderr": r.stderr}
 
 
@@ -247,10 +253,6 @@ def drop_tokens(servers, dataset, digest):
             shutil.rmtree(folder)
 
 
-@pytest.mark.xfail(
-    reason="open: in CI the MLflow client of this module loses its tracking URI after another module (issue 14)",
-    strict=False,
-)
 def test_reproduce_gives_bitwise_identical_weights(servers, retrained):
     c = mlflow.MlflowClient()
     run = c.get_run(retrained["result"]["mlflow_run_id"])
