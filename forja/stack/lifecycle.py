@@ -1,0 +1,155 @@
+"""`forja stack up | status | down | deploy`: the functions behind the commands.
+
+`up` is idempotent: a service whose recorded process still runs is left alone, the others start in
+order, each waited for; the ports and credentials of the first `up` are kept in DIR/stack.json, and
+the data (Postgres cluster, SeaweedFS volumes, logs) in DIR, so `down` then `up` finds it all again.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+
+from forja.deploy_steps import project_dir
+from forja.home import Home
+from forja.stack import postgres, services
+from forja.stack.spec import (
+    WORK_POOL,
+    StackError,
+    State,
+    client_env,
+    load,
+    new_state,
+    port_in_use,
+)
+
+Say = Callable[[str], None]
+
+
+def default_dir() -> Path:
+    return Home.from_env().root / "stack"
+
+
+def _state_for_up(folder: Path) -> State:
+    state = load(folder)
+    if state is None:
+        state = new_state(Home.from_env().root)
+    if not state.postgres_bin or not (Path(state.postgres_bin) / "postgres").is_file():
+        state.postgres_bin = str(postgres.find_binaries())
+    return state
+
+
+def up(folder: Path, say: Say) -> dict[str, str]:
+    """Start what is not running; returns the client environment."""
+    folder = folder.resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)
+    state = _state_for_up(folder)
+    state.save(folder)
+    code = project_dir()
+    todo = services.services(folder, state, code)
+    for phase in sorted({svc.phase for svc in todo}):
+        _start_phase([svc for svc in todo if svc.phase == phase], folder, state, code, say)
+    return client_env(state)
+
+
+def _start_phase(group: list[services.Service], folder: Path, state: State, code: Path, say: Say) -> None:
+    """Start the services of one phase that are not running, then wait for each to be ready."""
+    started = []
+    t0 = time.time()
+    for svc in group:
+        rec = state.pids.get(svc.name)
+        if services.alive(rec):
+            say(f"{svc.name:<15} running (pid {int(rec[0])})")
+            continue
+        busy = [f"{state.ports[n]} ({n})" for n in svc.ports if port_in_use(state.ports[n])]
+        if busy:
+            raise StackError(
+                f"{svc.name} cannot start: port {', '.join(busy)} is in use by another process; stop it, "
+                f"or start a stack with new ports elsewhere (--dir), or delete {folder / 'stack.json'}"
+            )
+        svc.before()
+        proc = services.launch(svc, folder, code)
+        state.pids[svc.name] = services.record(proc)
+        state.save(folder)
+        started.append((svc, proc))
+    for svc, proc in started:
+        try:
+            svc.ready(lambda p=proc: p.poll() is None)
+        except StackError as e:
+            raise StackError(f"{e} ({folder / 'logs' / (svc.name + '.log')})") from None
+        say(f"{svc.name:<15} ready in {time.time() - t0:.1f} s")
+
+
+def status(folder: Path) -> dict[str, dict]:
+    state = load(folder.resolve())
+    if state is None:
+        raise StackError(f"no stack in {folder}: start one with `forja stack up --dir {folder}`")
+    names = [s.name for s in services.services(folder.resolve(), state, project_dir())]
+    return {
+        n: {
+            "running": services.alive(state.pids.get(n)),
+            "pid": int(state.pids[n][0]) if n in state.pids else None,
+        }
+        for n in names
+    }
+
+
+def down(folder: Path, say: Say) -> None:
+    folder = folder.resolve()
+    state = load(folder)
+    if state is None:
+        raise StackError(f"no stack in {folder}")
+    order = [s for s in services.services(folder, state, project_dir())]
+    for svc in reversed(order):
+        rec = state.pids.get(svc.name)
+        if services.alive(rec):
+            t0 = time.time()
+            services.stop(rec, svc.stop_signal, svc.stop_wait)
+            say(f"{svc.name:<15} stopped in {time.time() - t0:.1f} s")
+        state.pids.pop(svc.name, None)
+        state.save(folder)
+
+
+def running_env(folder: Path) -> dict[str, str]:
+    """The client environment of a stack whose services all run (else a one-line error)."""
+    st = status(folder)
+    stopped = [n for n, s in st.items() if not s["running"]]
+    if stopped:
+        raise StackError(f"the stack in {folder} is not running ({', '.join(stopped)}): run `forja stack up`")
+    return client_env(load(folder.resolve()))
+
+
+def deploy(folder: Path, say: Say) -> list[str]:
+    """`prefect deploy` of infra/prefect.yaml's deployments on the stack's pool; returns their names."""
+    env = running_env(folder)
+    code = project_dir()
+    spec_file = code / "infra" / "prefect.yaml"
+    spec = yaml.safe_load(spec_file.read_text())
+    names = [d["name"] for d in spec["deployments"] if d["work_pool"]["name"] == WORK_POOL]
+    child = {**os.environ, **env, "PREFECT_HOME": str(folder.resolve() / "prefect-home")}
+    prefect = [sys.executable, "-m", "prefect", "--no-prompt"]
+    r = subprocess.run(
+        [*prefect, "work-pool", "inspect", WORK_POOL], env=child, cwd=code, capture_output=True, text=True
+    )
+    if r.returncode != 0:
+        say(f"creating work pool {WORK_POOL}")
+        _run([*prefect, "work-pool", "create", WORK_POOL, "--type", "process"], child, code)
+    args = [a for n in names for a in ("--name", n)]
+    t0 = time.time()
+    _run([*prefect, "deploy", "--prefect-file", str(spec_file), *args], child, code)
+    say(f"deployed {', '.join(names)} to pool {WORK_POOL} in {time.time() - t0:.1f} s")
+    return names
+
+
+def _run(cmd: list[str], env: dict[str, str], cwd: Path) -> None:
+    r = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
+    if r.returncode != 0:
+        tail = (r.stderr.strip() or r.stdout.strip()).splitlines()[-3:]
+        raise StackError(f"`{' '.join(cmd[2:5])} ...` failed: {' | '.join(tail)}")
