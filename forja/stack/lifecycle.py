@@ -54,9 +54,21 @@ def up(folder: Path, say: Say) -> dict[str, str]:
     state.save(folder)
     code = project_dir()
     todo = services.services(folder, state, code)
+    for svc in todo:  # every port first: a busy one fails before anything starts
+        if not services.alive(state.pids.get(svc.name)):
+            _check_ports(svc, state, folder)
     for phase in sorted({svc.phase for svc in todo}):
         _start_phase([svc for svc in todo if svc.phase == phase], folder, state, code, say)
     return client_env(state)
+
+
+def _check_ports(svc: services.Service, state: State, folder: Path) -> None:
+    busy = [f"{state.ports[n]} ({n})" for n in svc.ports if port_in_use(state.ports[n])]
+    if busy:
+        raise StackError(
+            f"{svc.name} cannot start: port {', '.join(busy)} is in use by another process; stop it, "
+            f"or start a stack with new ports elsewhere (--dir), or delete {folder / 'stack.json'}"
+        )
 
 
 def _start_phase(group: list[services.Service], folder: Path, state: State, code: Path, say: Say) -> None:
@@ -68,12 +80,7 @@ def _start_phase(group: list[services.Service], folder: Path, state: State, code
         if services.alive(rec):
             say(f"{svc.name:<15} running (pid {int(rec[0])})")
             continue
-        busy = [f"{state.ports[n]} ({n})" for n in svc.ports if port_in_use(state.ports[n])]
-        if busy:
-            raise StackError(
-                f"{svc.name} cannot start: port {', '.join(busy)} is in use by another process; stop it, "
-                f"or start a stack with new ports elsewhere (--dir), or delete {folder / 'stack.json'}"
-            )
+        _check_ports(svc, state, folder)
         svc.before()
         proc = services.launch(svc, folder, code)
         state.pids[svc.name] = services.record(proc)
