@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
@@ -28,8 +29,10 @@ from forja.stack.spec import (
     new_state,
     port_in_use,
 )
+from lm.fileio import file_lock
 
 Say = Callable[[str], None]
+LOCK = ".lock"
 
 
 def default_dir() -> Path:
@@ -50,6 +53,11 @@ def up(folder: Path, say: Say) -> dict[str, str]:
     folder = folder.resolve()
     folder.mkdir(parents=True, exist_ok=True)
     os.chmod(folder, 0o700)
+    with file_lock(folder / LOCK):  # two `up`s (or an `up` and a `down`) at once take turns
+        return _up(folder, say)
+
+
+def _up(folder: Path, say: Say) -> dict[str, str]:
     state = _state_for_up(folder)
     state.save(folder)
     code = project_dir()
@@ -110,17 +118,30 @@ def status(folder: Path) -> dict[str, dict]:
 
 def down(folder: Path, say: Say) -> None:
     folder = folder.resolve()
+    if load(folder) is None:
+        raise StackError(f"no stack in {folder}")
+    with file_lock(folder / LOCK):
+        _down(folder, say)
+
+
+def _down(folder: Path, say: Say) -> None:
     state = load(folder)
     if state is None:
         raise StackError(f"no stack in {folder}")
-    order = [s for s in services.services(folder, state, project_dir())]
-    for svc in reversed(order):
-        rec = state.pids.get(svc.name)
-        if services.alive(rec):
-            t0 = time.time()
-            services.stop(rec, svc.stop_signal, svc.stop_wait)
-            say(f"{svc.name:<15} stopped in {time.time() - t0:.1f} s")
-        state.pids.pop(svc.name, None)
+    todo = services.services(folder, state, project_dir())
+    for phase in sorted({svc.phase for svc in todo}, reverse=True):  # a phase's services together
+        group = [svc for svc in todo if svc.phase == phase and services.alive(state.pids.get(svc.name))]
+        t0 = time.time()
+        with ThreadPoolExecutor(max(1, len(group))) as pool:
+            for svc, _ in zip(
+                group,
+                pool.map(lambda s: services.stop(state.pids[s.name], s.stop_signal, s.stop_wait), group),
+                strict=True,
+            ):
+                say(f"{svc.name:<15} stopped in {time.time() - t0:.1f} s")
+        for svc in todo:
+            if svc.phase == phase:
+                state.pids.pop(svc.name, None)
         state.save(folder)
 
 
@@ -142,10 +163,9 @@ def deploy(folder: Path, say: Say) -> list[str]:
     names = [d["name"] for d in spec["deployments"] if d["work_pool"]["name"] == WORK_POOL]
     child = {**os.environ, **env, "PREFECT_HOME": str(folder.resolve() / "prefect-home")}
     prefect = [sys.executable, "-m", "prefect", "--no-prompt"]
-    r = subprocess.run(
-        [*prefect, "work-pool", "inspect", WORK_POOL], env=child, cwd=code, capture_output=True, text=True
-    )
-    if r.returncode != 0:
+    if not services.http_ok(
+        f"{env['PREFECT_API_URL']}/work_pools/{WORK_POOL}", env["PREFECT_API_AUTH_STRING"]
+    ):
         say(f"creating work pool {WORK_POOL}")
         _run([*prefect, "work-pool", "create", WORK_POOL, "--type", "process"], child, code)
     args = [a for n in names for a in ("--name", n)]

@@ -67,7 +67,7 @@ def mlflow_server_args(backend: str, host: str, port: int, allowed_hosts: str) -
     ]
 
 
-def _http_ok(url: str, auth: str | None = None) -> bool:
+def http_ok(url: str, auth: str | None = None) -> bool:
     req = urllib.request.Request(url)
     if auth:
         req.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
@@ -244,7 +244,7 @@ def services(folder: Path, state: State, project_dir: Path) -> list[Service]:
             ports=("prefect",),
             phase=1,
             ready=lambda alive: wait_for(
-                "prefect-server", lambda: _http_ok(f"{api}/health", auth), alive, 180
+                "prefect-server", lambda: http_ok(f"{api}/health", auth), alive, 180
             ),
         ),
         Service(
@@ -270,7 +270,7 @@ def services(folder: Path, state: State, project_dir: Path) -> list[Service]:
             ports=("mlflow",),
             phase=1,
             before=lambda: write_mlflow_auth(folder, state),
-            ready=lambda alive: wait_for("mlflow", lambda: _http_ok(f"{mlflow_url}/health"), alive, 120),
+            ready=lambda alive: wait_for("mlflow", lambda: http_ok(f"{mlflow_url}/health"), alive, 120),
         ),
         Service(
             "dask-scheduler",
@@ -344,6 +344,7 @@ def services(folder: Path, state: State, project_dir: Path) -> list[Service]:
                 WORKER_NAME,
             ],
             common | {"PREFECT_LOGGING_EXTRA_LOGGERS": "forja", "PREFECT_WORKER_QUERY_SECONDS": "2"},
+            stop_signal=signal.SIGINT,  # it waits out SIGTERM; SIGINT stops it at once
             phase=2,
             ready=lambda alive: wait_for("prefect-worker", lambda: _worker_online(api, auth), alive, 120),
         )
@@ -418,10 +419,14 @@ def stop(record_: list[float], sig: int = signal.SIGTERM, wait: float = STOP_WAI
         return
     pid = int(record_[0])
     family = _family(pid)
+    main = [p for p in family if p.pid == pid]
     with contextlib.suppress(OSError):
         os.kill(pid, sig)  # the service stops its own children (Postgres its backends)
-    psutil.wait_procs([p for p in family if p.pid == pid], timeout=wait)
-    left = [p for p in family if _living(p)]
+    _, stuck = psutil.wait_procs(main, timeout=wait)
+    for proc in stuck:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    left = [p for p in family if p.pid != pid and _living(p)]
     for proc in left:  # what outlived it (a flow run the worker started): SIGTERM, then SIGKILL
         with contextlib.suppress(psutil.Error):
             proc.terminate()
@@ -429,4 +434,4 @@ def stop(record_: list[float], sig: int = signal.SIGTERM, wait: float = STOP_WAI
     for proc in left:
         with contextlib.suppress(psutil.Error):
             proc.kill()
-    psutil.wait_procs(left, timeout=5)
+    psutil.wait_procs(stuck + left, timeout=5)

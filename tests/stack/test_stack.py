@@ -12,7 +12,6 @@ import asyncio
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -70,9 +69,16 @@ def test_the_stack_and_compose_start_the_same_services(tmp_path):
     assert worker[worker.index("--pool") + 1] == WORK_POOL and worker[worker.index("--type") + 1] == "process"
 
 
+def _binaries_or_skip():
+    try:
+        return postgres.find_binaries()
+    except StackError as e:
+        pytest.skip(f"PostgreSQL binaries with pg_trgm are not installed: {e}")
+
+
 def test_postgres_binaries_are_found_with_what_prefect_needs():
     """The binaries the stack picks run, have pg_trgm, and are compose's major where one is installed."""
-    found = postgres.find_binaries()
+    found = _binaries_or_skip()
     major = postgres.major(found)
     assert postgres.has_pg_trgm(found, major)
     if any(postgres.major(c) == PG_MAJOR for c in postgres._candidates()):
@@ -101,6 +107,7 @@ def _forja(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
+    _binaries_or_skip()
     tmp = tmp_path_factory.mktemp("stack")
     folder = tmp / "stack"
     env = child_env(FORJA_HOME=str(tmp / "home"))
@@ -239,7 +246,6 @@ def test_stack_status_and_env_of_a_folder_without_a_stack_say_how_to_start_one(t
     assert r.returncode == 2 and "forja stack up --dir" in r.stderr and "Traceback" not in r.stderr
 
 
-@pytest.mark.skipif(shutil.which("setpriv") is None and os.geteuid() == 0, reason="setpriv is missing")
 def test_up_refuses_a_busy_port_in_one_line(tmp_path):
     """A port chosen at the first `up` and taken since: one error naming the port and the fix."""
     import socket
@@ -249,7 +255,7 @@ def test_up_refuses_a_busy_port_in_one_line(tmp_path):
     folder = tmp_path / "stack"
     folder.mkdir()
     state = new_state(Home(tmp_path / "home").root)
-    state.postgres_bin = str(postgres.find_binaries())
+    state.postgres_bin = str(_binaries_or_skip())
     with socket.socket() as s:
         s.bind(("127.0.0.1", state.ports["postgres"]))
         s.listen()
