@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 
+from forja.stack.cli import app as stack_app
 from lm.errors import ForjaError
 
 app = typer.Typer(
@@ -28,6 +29,7 @@ bench_app = typer.Typer(
     help="Benchmarks that print measured figures (see bench/README.md).", no_args_is_help=True
 )
 app.add_typer(bench_app, name="bench")
+app.add_typer(stack_app, name="stack")
 
 SetOpt = Annotated[
     list[str] | None,

@@ -33,6 +33,7 @@ INHERITED_SETTINGS = ("PREFECT_", "MLFLOW_")
 ALLOWED_SKIPS = (
     r"needs a CUDA device",
     r"docker compose is not installed",
+    r"PostgreSQL binaries with pg_trgm are not installed",
     r"chromium is not installed",
     r"mounting a size-limited tmpfs needs root",
     r"cannot mount a tmpfs here",
