@@ -294,8 +294,12 @@ def evaluate_downstream(
 # ------------------------------------------------------------------ lm-evaluation-harness
 
 
-def write_lm_eval_task(name: str, items: list[Item], folder: str | os.PathLike) -> Path:
-    """The items as an lm-evaluation-harness task over a local JSON Lines file: `<name>.yaml`."""
+def write_lm_eval_task(
+    name: str, items: list[Item], folder: str | os.PathLike, cache_dir: str | os.PathLike | None = None
+) -> Path:
+    """The items as an lm-evaluation-harness task over a local JSON Lines file: `<name>.yaml` (run
+    it with `lm_eval --include_path FOLDER --tasks NAME`). `cache_dir`: where `datasets` keeps its
+    copy of the file (default: its own cache)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     data = folder / f"{name}.jsonl"
@@ -305,9 +309,10 @@ def write_lm_eval_task(name: str, items: list[Item], folder: str | os.PathLike) 
         f"task: {name}\n"
         "dataset_path: json\n"
         f"dataset_kwargs:\n  data_files:\n    test: {json.dumps(str(data.resolve()))}\n"
-        "test_split: test\n"
+        + (f"  cache_dir: {json.dumps(str(Path(cache_dir).resolve()))}\n" if cache_dir else "")
+        + "test_split: test\n"
         "output_type: multiple_choice\n"
-        'doc_to_text: "{{context}}"\n'
+        "doc_to_text: context\n"
         "doc_to_choice: choices\n"
         "doc_to_target: gold\n"
         'target_delimiter: ""\n'
