@@ -85,8 +85,9 @@ def _champion_value(champ, metrics: dict[str, Any], eval_dir: str, metric: str) 
         figures = evaluate_checkpoint(checkpoint, eval_dir)
     if metric not in figures:
         raise ConfigError(
-            f"cannot score champion v{champ.version} by register.metric={metric} (its context is too "
-            "short for the downstream tasks); choose another register.metric"
+            f"cannot score champion v{champ.version} by register.metric={metric}: its evaluation gives no "
+            "such figure (a context too short for the downstream tasks, or no items of that task in "
+            "this evaluation set); choose another register.metric"
         )
     return float(figures[metric])
 

@@ -5,8 +5,8 @@ The tasks are made deterministically (a seed) from texts the model never trained
 evaluation set: validation documents), so every model of a dataset answers the same questions:
 
     continuation  a passage (up to CONTEXT_CHARS characters, cut at a word start), and K endings of
-                  about CONTINUATION_CHARS characters: its true continuation and K-1 spans of the
-                  same length taken from other documents.
+                  about CONTINUATION_CHARS characters: its true continuation and K-1 spans of
+                  about the same length from other documents (from elsewhere in the only document).
     cloze         the text before the last word of a sentence, and K words: the true one and K-1
                   other words of about its length (within 2 characters) from the same document (from
                   the whole set when the document has too few).
@@ -24,7 +24,8 @@ and api/model.py, version 0.4.13), with `target_delimiter: ""`:
     acc_norm  = [argmax_i ll[i] / len(choice[i]) == gold]    (length in characters)
 
 Ties go to the first choice (numpy's argmax). Accuracies come with a 95% Wilson score interval and
-the chance level 1/K. `write_lm_eval_task` writes the same items as a task the harness reads from
+the chance level 1/K. A model at initialisation is not always at chance: it prefers choices of
+fewer tokens (in `word_order` the true order often tokenizes shorter), so compare against it too. `write_lm_eval_task` writes the same items as a task the harness reads from
 local files, so both scorers can be compared on the same model.
 """
 
@@ -173,7 +174,8 @@ def build_word_order(texts: list[str], seed: int = 0, max_items: int = 200) -> l
     starts = [[m.start() for m in re.finditer(r"\S+", t)] for t in texts]
     rng = _rng("word_order", seed)
     items = []
-    for d, s, cut in rng.sample(windows := _windows(texts, starts), min(max_items, len(windows))):
+    windows = _windows(texts, starts)
+    for d, s, cut in rng.sample(windows, min(max_items, len(windows))):
         gold = _span(texts[d], cut)
         parts = re.split(r"(\s+)", gold)  # words at even positions, the whitespace between at odd
         words = parts[::2]
