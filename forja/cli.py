@@ -538,11 +538,9 @@ def compare(
     ] = False,
 ) -> None:
     """Key parameters and figures of several runs side by side (`*`: the values differ)."""
-    from forja.compare import compare_runs, format_table
-    from forja.home import configure
+    from forja.compare import compare_text
 
-    configure()
-    typer.echo(format_table(runs, compare_runs(runs, all_params)))
+    typer.echo(compare_text(runs, all_params))
 
 
 @app.command("export-hf")

@@ -87,3 +87,11 @@ def format_table(run_ids: list[str], rows: list[tuple[str, list[str]]]) -> str:
         cells = "  ".join(v[:c].ljust(c) for v, c in zip(values, cols, strict=True))
         lines.append(f"{mark} {name.ljust(width)}{cells}".rstrip())
     return "\n".join(lines)
+
+
+def compare_text(run_ids: list[str], all_params: bool = False) -> str:
+    """What `forja compare` prints, from the tracking store of the Forja home (or MLFLOW_TRACKING_URI)."""
+    from forja.home import configure
+
+    configure()
+    return format_table(run_ids, compare_runs(run_ids, all_params))
