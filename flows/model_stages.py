@@ -45,7 +45,7 @@ class EvaluateStage(_ModelStage):
     """upstream: the checkpoint's sha256; inputs: the fixed evaluation set's digest."""
 
     name = "evaluate"
-    code = ("lm.evaluate", "lm.generate", "lm.tokenizer", "tasks.evaluate")
+    code = ("lm.evaluate", "lm.downstream", "lm.generate", "lm.tokenizer", "tasks.evaluate")
 
 
 @register

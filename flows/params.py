@@ -13,11 +13,12 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import typing
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 from pydantic.fields import FieldInfo
 
 from forja.settings import build, model_settings
@@ -25,7 +26,7 @@ from lm.config import ModelConfig, TrainConfig, apply_overrides, get_preset
 from lm.errors import ConfigError
 from lm.overrides import TOP, Setting, parse_sets
 from tasks.clean import CleanConfig
-from tasks.evaluate import EvalConfig
+from tasks.evaluate import METRIC_DIRECTIONS, EvalConfig
 from tasks.ingest import IngestConfig, redact
 from tasks.tokenize import TokenizeConfig
 
@@ -82,6 +83,27 @@ class RunParams(BaseModel):
     )
 
 
+class RegisterParams(BaseModel):
+    """How the champion is chosen among the registered models of a dataset."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    metric: str = Field(
+        "eval_bpb",
+        description="The evaluation figure the champion gate compares: "
+        + ", ".join(f"{m} ({d} is better)" for m, d in METRIC_DIRECTIONS.items()),
+    )
+
+    @field_validator("metric")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in METRIC_DIRECTIONS:
+            raise ValueError(
+                f"{v!r} is not a figure of the evaluate stage; use one of {', '.join(METRIC_DIRECTIONS)}"
+            )
+        return v
+
+
 STAGES: dict[str, type[BaseModel]] = {
     "ingest": IngestConfig,
     "clean": CleanConfig,
@@ -89,8 +111,15 @@ STAGES: dict[str, type[BaseModel]] = {
     "model": ModelParams,
     "train": TrainParams,
     "evaluate": EvalConfig,
+    "register": RegisterParams,
     "run": RunParams,
 }
+
+
+# `register` (the stage's parameters) is also the name of a method of pydantic's metaclass (ABCMeta's):
+# a field of that name is safe (instances never see the metaclass's methods), in PipelineParams and
+# in the models Prefect builds from the flows' signatures, so pydantic's warning about it is off.
+warnings.filterwarnings("ignore", 'Field name "register" in ', UserWarning)
 
 
 class PipelineParams(BaseModel):
@@ -117,6 +146,9 @@ class PipelineParams(BaseModel):
     )
     evaluate: EvalConfig = Field(
         default_factory=EvalConfig, description="Evaluate: the evaluation set and the samples."
+    )
+    register: RegisterParams = Field(
+        default_factory=RegisterParams, description="Register: the figure the champion is chosen by."
     )
     run: RunParams = Field(
         default_factory=RunParams, description="Run: folders, runners, registration of the model."
@@ -241,7 +273,7 @@ def recorded(params: PipelineParams) -> dict[str, Any]:
 def flatten(params: PipelineParams, model_cfg: ModelConfig, train_cfg: TrainConfig) -> dict[str, Any]:
     """Every resolved parameter as `stage.field` (what MLflow shows and compares), credentials redacted."""
     flat: dict[str, Any] = {"sources": ",".join(redact(s) for s in params.sources), "preset": params.preset}
-    for stage in ("ingest", "clean", "tokenize", "evaluate", "run"):
+    for stage in ("ingest", "clean", "tokenize", "evaluate", "register", "run"):
         flat |= {f"{stage}.{k}": v for k, v in getattr(params, stage).model_dump(mode="json").items()}
     flat |= {f"model.{k}": v for k, v in dataclasses.asdict(model_cfg).items()}
     flat |= {f"train.{k}": v for k, v in dataclasses.asdict(train_cfg).items()}

@@ -59,7 +59,13 @@ from lm.errors import ConfigError
 from lm.fileio import atomic_write_json, read_json, sha256_file
 from lm.train import train as lm_train
 from tasks.common import read_manifest
-from tasks.evaluate import evaluate_checkpoint, freeze_eval_set, sample_texts
+from tasks.evaluate import (
+    downstream_markdown_rows,
+    evaluate_checkpoint,
+    evaluate_downstream,
+    freeze_eval_set,
+    sample_texts,
+)
 
 log = logging.getLogger("forja.pipeline")
 
@@ -310,7 +316,7 @@ def train_task(
 @task(name="evaluate", task_run_name="evaluate", cache_key_fn=by_key, **TASK_OPTS)
 def evaluate_task(checkpoint: str, eval_dir: str, config: dict[str, Any], key: str) -> dict[str, Any]:
     cfg = EvalConfig.model_validate(config)
-    metrics = evaluate_checkpoint(checkpoint, eval_dir)
+    metrics = evaluate_checkpoint(checkpoint, eval_dir) | evaluate_downstream(checkpoint, eval_dir, cfg)
     return {"metrics": metrics, "samples": sample_texts(checkpoint, cfg)}
 
 
@@ -475,10 +481,11 @@ def register_step(
     params: PipelineParams, trained: dict[str, Any], evaluation: Evaluation, run_id: str
 ) -> dict[str, Any]:
     """Log and register the model in MLflow; the champion alias moves only to a better model."""
+    metric = params.register.metric  # in the key only when not the default (older keys stay valid)
     rkey = stage_key(
         "register",
         trained["checkpoint_sha256"],
-        {"export_hf": params.run.export_hf},
+        {"export_hf": params.run.export_hf, **({"metric": metric} if metric != "eval_bpb" else {})},
         eval_set=evaluation.eval_digest,
         tracking_uri=tracking.mlflow.get_tracking_uri(),
         model=tracking.model_name_for(params.run.dataset),
@@ -491,6 +498,7 @@ def register_step(
         params.run.export_hf,
         params.run.dataset,
         key=rkey,
+        metric=metric,
     )
     tracking.set_tags(
         run_id, {"model_version": registered.get("version"), "promoted": registered.get("promoted")}
@@ -551,6 +559,7 @@ def _eval_markdown(
 ) -> str:
     """The Prefect artifact of a finished run: its evaluation, its registration, its samples."""
     ev = evaluation.metrics
+    downstream = downstream_markdown_rows(ev)
     samples_md = "\n\n".join(f"**{s['prompt']!r}** → {s['text']!r}" for s in evaluation.samples)
     reg = ""
     if registered:
@@ -562,7 +571,7 @@ def _eval_markdown(
         f"## {params.run.dataset} · preset `{params.preset}` · step {trained['step']}\n\n"
         f"| metric | value |\n|---|---|\n"
         f"| loss (nats/token) | {ev['eval_loss']:.4f} |\n| perplexity | {ev['eval_perplexity']:.2f} |\n"
-        f"| bits per byte | {ev['eval_bpb']:.4f} |\n| evaluated bytes | {ev['eval_bytes']:,} |{reg}\n\n"
+        f"| bits per byte | {ev['eval_bpb']:.4f} |\n| evaluated bytes | {ev['eval_bytes']:,} |{downstream}{reg}\n\n"
         f"### Samples\n\n{samples_md}\n"
     )
 

@@ -2,9 +2,11 @@
 
 Each dataset (`run.dataset`) has its own registered model (`forja` for the default dataset that
 `make run` trains, `forja-<dataset>` for the others: `tracking.model_name_for`) with its own
-`champion` alias. A new version takes the alias only if its bits per byte on that dataset's fixed
+`champion` alias. A new version takes the alias only if its figure on that dataset's fixed
 evaluation set beats the champion's, measured the same way: a champion scored on another set or
-by another evaluation method (`lm.evaluate.METHOD`) is re-scored on this set first. A champion that
+by another evaluation method (`lm.evaluate.METHOD`, the downstream tasks' `downstream_method`) is
+re-scored on this set first. The figure is bits per byte unless `register.metric` names another
+(tasks.evaluate.METRIC_DIRECTIONS: which figures, and whether lower or higher is better). A champion that
 belongs to another dataset (a home from before per-dataset models, where one `forja` model served
 every dataset) is not this dataset's champion: the new version replaces it, and the log says so.
 """
@@ -21,8 +23,9 @@ from prefect import task
 from flows.stages import TASK_OPTS, by_key
 from forja import tracking
 from lm import checkpoint as ckpt
+from lm.errors import ConfigError
 from lm.evaluate import METHOD as EVAL_METHOD
-from tasks.evaluate import evaluate_checkpoint
+from tasks.evaluate import METRIC_DIRECTIONS, EvalConfig, evaluate_checkpoint, evaluate_downstream
 
 log = logging.getLogger("forja.registry")
 
@@ -36,6 +39,7 @@ def register_task(
     export_hf: bool,
     dataset: str,
     key: str,
+    metric: str = "eval_bpb",
 ) -> dict[str, Any]:
     """Log the model to MLflow (pyfunc + HF folder), register a version of the dataset's model,
     promote it if it is better."""
@@ -51,75 +55,128 @@ def register_task(
                 log.warning("no Hugging Face export for this model: %s", e)
         name = tracking.model_name_for(dataset)
         model_uri, version = tracking.log_model(mlflow_run_id, model_dir, hf_dir, register_as=name)
-    decision = promote_if_better(version, eval_metrics, eval_dir, dataset)
+    decision = promote_if_better(version, eval_metrics, eval_dir, dataset, metric)
     return {"model_uri": model_uri, "model_name": name, "version": version, **decision}
 
 
-def _champion_bpb(champ, metrics: dict[str, Any], eval_dir: str) -> float:
-    """The champion's bits per byte on this evaluation set, by this evaluation method."""
+def _same_method(champ, metrics: dict[str, Any], metric: str) -> bool:
+    if metric.startswith("downstream/"):
+        return champ.tags.get("downstream_method") == metrics.get("downstream_method")
+    return champ.tags.get("eval_method") == metrics.get("eval_method", EVAL_METHOD)
+
+
+def _champion_value(champ, metrics: dict[str, Any], eval_dir: str, metric: str) -> float:
+    """The champion's `metric` on this evaluation set, by this evaluation method."""
     same_set = champ.tags.get("eval_set_digest") == metrics["eval_set_digest"]
-    same_method = champ.tags.get("eval_method") == metrics.get("eval_method", EVAL_METHOD)
-    if same_set and same_method and "eval_bpb" in champ.tags:
-        return float(champ.tags["eval_bpb"])
+    same_method = _same_method(champ, metrics, metric)
+    if same_set and same_method and metric in champ.tags:
+        return float(champ.tags[metric])
     from forja.models import local_checkpoint
 
     why = "another evaluation set" if not same_set else "another evaluation method"
-    log.info("re-scoring champion v%s on this evaluation set (its figure was made on %s)", champ.version, why)
-    return evaluate_checkpoint(local_checkpoint(f"models:/{champ.name}/{champ.version}"), eval_dir)[
-        "eval_bpb"
-    ]
+    if metric not in champ.tags and same_set and same_method:
+        why = f"no {metric} recorded"
+    log.info("re-scoring champion v%s on this evaluation set (%s)", champ.version, why)
+    checkpoint = local_checkpoint(f"models:/{champ.name}/{champ.version}")
+    if metric.startswith("downstream/"):
+        config = EvalConfig(**_downstream_config(metrics))
+        figures = evaluate_downstream(checkpoint, eval_dir, config)
+    else:
+        figures = evaluate_checkpoint(checkpoint, eval_dir)
+    if metric not in figures:
+        raise ConfigError(
+            f"cannot score champion v{champ.version} by register.metric={metric}: its evaluation gives no "
+            "such figure (a context too short for the downstream tasks, or no items of that task in "
+            "this evaluation set); choose another register.metric"
+        )
+    return float(figures[metric])
+
+
+def _downstream_config(metrics: dict[str, Any]) -> dict[str, int]:
+    """The downstream settings a run's figures were made with (from its method, `...-seedS-itemsN`)."""
+    _, seed, items = metrics["downstream_method"].rsplit("-", 2)
+    return {
+        "downstream_seed": int(seed.removeprefix("seed")),
+        "downstream_items": int(items.removeprefix("items")),
+    }
+
+
+def _better(value: float, other: float, metric: str) -> bool:
+    return value < other if METRIC_DIRECTIONS[metric] == "lower" else value > other
 
 
 def promote_if_better(
-    version: str | None, metrics: dict[str, Any], eval_dir: str, dataset: str = "default"
+    version: str | None,
+    metrics: dict[str, Any],
+    eval_dir: str,
+    dataset: str = "default",
+    metric: str = "eval_bpb",
 ) -> dict[str, Any]:
-    """Move the dataset's `champion` alias to `version` only if its eval bits per byte beats the
-    champion's on the same set, by the same method. Under a lock, so concurrent runs agree."""
+    """Move the dataset's `champion` alias to `version` only if its `metric` (bits per byte by
+    default; lower or higher is better as METRIC_DIRECTIONS says) beats the champion's on the same
+    set, by the same method. Under a lock, so concurrent runs agree."""
     if version is None:
         return {"promoted": False, "reason": "not registered"}
+    if metric not in metrics:
+        raise ConfigError(
+            f"register.metric={metric} was not measured by this run's evaluation (it has "
+            f"{', '.join(m for m in METRIC_DIRECTIONS if m in metrics)}); choose one of those"
+        )
     name = tracking.model_name_for(dataset)
     c = tracking.client()
-    bpb = float(metrics["eval_bpb"])
+    value = float(metrics[metric])
     tags = {
-        "eval_bpb": f"{bpb:.6f}",
+        "eval_bpb": f"{float(metrics['eval_bpb']):.6f}",
         "eval_set_digest": metrics["eval_set_digest"],
         "eval_method": metrics.get("eval_method", EVAL_METHOD),
         "dataset": dataset,
+        "gate_metric": metric,
+        **{m: f"{float(metrics[m]):.6f}" for m in METRIC_DIRECTIONS if m in metrics},
+        **({"downstream_method": metrics["downstream_method"]} if "downstream_method" in metrics else {}),
     }
     for k, v in tags.items():
         c.set_model_version_tag(name, version, k, v)
     c.set_registered_model_tag(name, "dataset", dataset)
+    op, not_op = ("<", ">=") if METRIC_DIRECTIONS[metric] == "lower" else (">", "<=")
     with tracking.registry_lock():
         champ = tracking.champion(name)
         if champ is not None and str(champ.version) == str(version):
-            return {"promoted": True, "reason": "already champion", "champion_bpb": bpb}
+            return {"promoted": True, "reason": "already champion", **_figures(metric, value)}
         if champ is not None and champ.tags.get("dataset", dataset) != dataset:
             reason = (
                 f"champion v{champ.version} was trained on dataset {champ.tags['dataset']!r}, not {dataset!r}"
             )
-            champ_bpb = None
+            champ_value = None
         else:
-            champ_bpb = None if champ is None else _champion_bpb(champ, metrics, eval_dir)
+            champ_value = None if champ is None else _champion_value(champ, metrics, eval_dir, metric)
             reason = (
-                "first model" if champ is None else f"{bpb:.4f} < champion v{champ.version} {champ_bpb:.4f}"
+                "first model"
+                if champ is None
+                else f"{metric} {value:.4f} {op} champion v{champ.version} {champ_value:.4f}"
             )
-        if champ_bpb is None or bpb < champ_bpb:
+        if champ_value is None or _better(value, champ_value, metric):
             c.set_registered_model_alias(name, tracking.CHAMPION, version)
             log.info("promoted %s version %s to champion (%s)", name, version, reason)
             return {
                 "promoted": True,
                 "reason": reason,
                 "previous_champion": champ and str(champ.version),
-                "champion_bpb": champ_bpb,
+                **_figures(metric, champ_value),
             }
-        reason = f"{bpb:.4f} >= champion v{champ.version} {champ_bpb:.4f}"
+        reason = f"{metric} {value:.4f} {not_op} champion v{champ.version} {champ_value:.4f}"
         log.info("%s version %s stays a challenger (%s)", name, version, reason)
         return {
             "promoted": False,
             "reason": reason,
             "champion": str(champ.version),
-            "champion_bpb": champ_bpb,
+            **_figures(metric, champ_value),
         }
+
+
+def _figures(metric: str, champion_value: float | None) -> dict[str, Any]:
+    """The decision's figures: the metric, the champion's value (and as `champion_bpb` for bpb)."""
+    out = {"metric": metric, "champion_value": champion_value}
+    return out | ({"champion_bpb": champion_value} if metric == "eval_bpb" else {})
 
 
 def current_champion(dataset: str) -> dict[str, Any] | None:

@@ -259,6 +259,11 @@ def _print_result(result: dict) -> None:
                 "eval_bpb": round(ev["eval_bpb"], 4),
                 "eval_loss": round(ev["eval_loss"], 4),
                 "eval_perplexity": round(ev["eval_perplexity"], 2),
+                **{
+                    k: round(v, 4)
+                    for k, v in ev.items()
+                    if k.startswith("downstream/") and k.endswith("/acc_norm")
+                },
                 "model": reg.get("model_name"),
                 "model_version": reg.get("version"),
                 # from the registry, read after the decision (a cached run's own result may be old)
@@ -525,6 +530,19 @@ def models(
 
 
 MODEL_KEYS = ("name", "dataset", "champion_version", "eval_bpb", "uri", "versions")
+
+
+@app.command()
+def compare(
+    runs: Annotated[list[str], typer.Argument(help="MLflow run ids (as `forja run` prints them).")],
+    all_params: Annotated[
+        bool, typer.Option("--all", help="Add every other parameter that differs.")
+    ] = False,
+) -> None:
+    """Key parameters and figures of several runs side by side (`*`: the values differ)."""
+    from forja.compare import compare_text
+
+    typer.echo(compare_text(runs, all_params))
 
 
 @app.command("export-hf")

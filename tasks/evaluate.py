@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from lm import downstream
 from lm.checkpoint import load_for_inference
 from lm.data import TokenData
 from lm.evaluate import METHOD as EVAL_METHOD
@@ -35,6 +36,15 @@ log = logging.getLogger("forja.evaluate")
 
 STAGE = "eval-set"
 EVAL_FILE = "eval.jsonl"
+
+
+# The figures a champion can be chosen by (`register.metric`), and which way is better.
+METRIC_DIRECTIONS: dict[str, str] = {"eval_bpb": "lower", "eval_loss": "lower", "eval_perplexity": "lower"}
+METRIC_DIRECTIONS |= {
+    f"downstream/{task}/{figure}": "higher"
+    for task in downstream.TASKS
+    for figure in ("acc", "acc_norm", "acc_ci95_low", "acc_norm_ci95_low")
+}
 
 
 class EvalConfig(BaseModel):
@@ -57,6 +67,15 @@ class EvalConfig(BaseModel):
     temperature: float = Field(0.8, ge=0.0, description="Sampling temperature of the samples (0: greedy).")
     top_k: int | None = Field(50, ge=1, description="Top-k filter of the samples (None: off).")
     seed: int = Field(0, ge=0, description="Seed of the sample generations.")
+    downstream_items: int = Field(
+        200,
+        ge=0,
+        le=100_000,
+        description="Items per downstream multiple-choice task (0: no downstream tasks).",
+    )
+    downstream_seed: int = Field(
+        0, ge=0, description="Seed that builds the downstream tasks from the evaluation set."
+    )
 
 
 def segments(tokens: np.ndarray, eos_id: int) -> list[np.ndarray]:
@@ -148,6 +167,51 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, eval_dir: str | os.PathLi
         "eval_set_digest": digest,
         "eval_method": EVAL_METHOD,
     }
+
+
+def downstream_method(config: EvalConfig) -> str:
+    """What makes downstream figures comparable: the task builder's version, its seed and size."""
+    return f"{downstream.METHOD}-seed{config.downstream_seed}-items{config.downstream_items}"
+
+
+def evaluate_downstream(
+    checkpoint: str | os.PathLike, eval_dir: str | os.PathLike, config: EvalConfig
+) -> dict[str, Any]:
+    """The downstream tasks built from the evaluation set (lm/downstream.py): accuracy (acc,
+    acc_norm) with 95% Wilson intervals and the chance level, as `downstream/<task>/<figure>`.
+
+    A model whose context cannot hold a choice gets no figures (a warning says why)."""
+    if config.downstream_items == 0:
+        return {}
+    loaded = load_for_inference(checkpoint)
+    texts, _ = load_eval_texts(eval_dir)
+    try:
+        figures = downstream.evaluate_downstream(
+            loaded.model,
+            Tokenizer(loaded.tokenizer_path),
+            texts,
+            loaded.model_cfg.max_seq_len,
+            config.downstream_seed,
+            config.downstream_items,
+        )
+    except downstream.DoesNotFit as e:
+        log.warning("no downstream figures for %s: %s", checkpoint, e)
+        return {}
+    return {**figures, "downstream_method": downstream_method(config)}
+
+
+def downstream_markdown_rows(metrics: dict[str, Any]) -> str:
+    """A markdown table row per downstream task of `metrics`: acc_norm, its 95% interval, chance."""
+    rows = ""
+    for task in downstream.TASKS:
+        p = f"downstream/{task}"
+        if f"{p}/acc_norm" in metrics:
+            rows += (
+                f"\n| {task}: acc_norm [95% CI] (chance {metrics[f'{p}/chance']:.2f}) "
+                f"| {metrics[f'{p}/acc_norm']:.3f} "
+                f"[{metrics[f'{p}/acc_norm_ci95_low']:.3f}, {metrics[f'{p}/acc_norm_ci95_high']:.3f}] |"
+            )
+    return rows
 
 
 def sample_texts(checkpoint: str | os.PathLike, config: EvalConfig) -> list[dict[str, str]]:

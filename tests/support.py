@@ -37,6 +37,7 @@ FAST = [
     "batch_size=8",
     "evaluate.max_new_tokens=8",
     "evaluate.max_bytes=20000",
+    "evaluate.downstream_items=50",
     "run.workers=2",
 ]
 

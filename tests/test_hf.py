@@ -28,12 +28,14 @@ from typer.testing import CliRunner  # noqa: E402
 from forja.cli import app  # noqa: E402
 from forja.hf import build_hf_tokenizer, export_hf, import_hf, save_hf_tokenizer  # noqa: E402
 from lm import checkpoint as ckpt  # noqa: E402
+from lm import downstream  # noqa: E402
 from lm.config import ModelConfig, TrainConfig, to_dict  # noqa: E402
 from lm.errors import ForjaError  # noqa: E402
 from lm.generate import generate  # noqa: E402
 from lm.models import build_model  # noqa: E402
 from lm.tokenizer import Tokenizer  # noqa: E402
 from lm.train import Trainer, train  # noqa: E402
+from tasks.evaluate import EvalConfig, freeze_eval_set, load_eval_texts  # noqa: E402
 
 ATOL = 1e-4
 TEXTS = [
@@ -437,6 +439,45 @@ def test_forja_eval_total_nats_equals_lm_eval_loglikelihood_rolling_on_the_expor
         assert result.exit_code == 0, result.output
         ours = json.loads(result.output)["total_nats"]
         assert -ll == pytest.approx(ours, rel=1e-5), (len(text), -ll, ours)
+
+
+def test_downstream_tasks_give_the_same_accuracy_through_lm_evaluation_harness(
+    trained_run, exported, token_dir, tmp_path
+):
+    """Forja's downstream tasks, written as lm-evaluation-harness tasks (a task YAML over a local
+    JSON Lines file, no hub) and run by the harness on the export: the same acc and acc_norm as
+    Forja's own scorer on the checkpoint, and the same log-likelihood for every choice."""
+    lm_eval = pytest.importorskip("lm_eval", reason="could not import 'lm_eval'")
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    freeze_eval_set(token_dir, tmp_path / "eval", EvalConfig())  # the held-out documents
+    texts, _ = load_eval_texts(tmp_path / "eval")
+    tasks = downstream.build_tasks(texts, seed=0, max_items=24)
+    for name, items in tasks.items():
+        downstream.write_lm_eval_task(f"forja_{name}", items, tmp_path / "tasks", tmp_path / "datasets")
+    lm = HFLM(pretrained=exported["out"], dtype="float32", device="cpu", batch_size=8)
+    out = lm_eval.simple_evaluate(
+        model=lm,
+        tasks=[f"forja_{name}" for name in tasks],
+        task_manager=TaskManager(include_path=str(tmp_path / "tasks"), include_defaults=False),
+        log_samples=True,
+    )
+    loaded = ckpt.load_for_inference(trained_run)
+    tok, max_len = Tokenizer(loaded.tokenizer_path), loaded.model_cfg.max_seq_len
+    for name, items in tasks.items():
+        assert len(items) >= 12, name
+        ours = downstream.score_items(loaded.model, tok, items, max_len)
+        theirs = out["results"][f"forja_{name}"]
+        assert (theirs["acc,none"], theirs["acc_norm,none"]) == (ours["acc"], ours["acc_norm"]), name
+        lls = downstream.loglikelihoods(
+            loaded.model, tok, [(it.context, c) for it in items for c in it.choices], max_len
+        )
+        for sample in out["samples"][f"forja_{name}"]:
+            i = sample["doc_id"]
+            assert sample["target"] == items[i].gold
+            got = [ll for ll, _ in sample["filtered_resps"]]
+            assert got == pytest.approx(lls[i * downstream.K : (i + 1) * downstream.K], abs=1e-3), (name, i)
 
 
 def test_llama_cpp_s_converter_reads_that_forja_tokenizers_add_no_space_prefix(exported, tmp_path):

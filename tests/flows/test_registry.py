@@ -16,12 +16,20 @@ import pytest
 from helpers import make_token_dir, shakespeare_text
 from support import small_configs
 
+from flows.params import PipelineParams, apply_sets
 from flows.registry import current_champion, promote_if_better
 from forja import tracking
 from lm.checkpoint import export_for_inference
+from lm.errors import ConfigError
 from lm.evaluate import METHOD
 from lm.train import train
-from tasks.evaluate import EvalConfig, evaluate_checkpoint, freeze_eval_set
+from tasks.evaluate import (
+    EvalConfig,
+    downstream_method,
+    evaluate_checkpoint,
+    evaluate_downstream,
+    freeze_eval_set,
+)
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +51,7 @@ def world(tmp_path_factory):
             run_id, export_for_inference(result.checkpoint, home / "export" / "checkpoint"), register_as=None
         )
         tracking.end_run(run_id)
-        yield {"uri": uri, "eval_dir": str(eval_dir), "real": real}
+        yield {"uri": uri, "eval_dir": str(eval_dir), "real": real, "checkpoint": result.checkpoint}
         mlflow.set_tracking_uri("")
     os.environ.clear()
     os.environ.update(saved)
@@ -135,3 +143,41 @@ def test_a_champion_of_another_dataset_in_an_old_single_model_home_is_replaced(w
     decision = promote_if_better(new, metrics(world, 9.0), world["eval_dir"], "default")
     assert decision["promoted"] and "shakespeare" in decision["reason"]
     assert champion_version("default") == new
+
+
+def test_the_gate_can_compare_a_downstream_accuracy_where_higher_is_better(world):
+    """`register.metric` names the figure: here an accuracy, so a higher one wins, whatever the bits
+    per byte say; a champion whose accuracy was made by another task builder is re-scored."""
+    acc = "downstream/cloze/acc_norm"
+    config = EvalConfig(downstream_items=20, downstream_seed=1)
+    method = {"downstream_method": downstream_method(config)}
+
+    def decide(version, bpb, value, **extra):
+        m = metrics(world, bpb, **{acc: value, **method, **extra})
+        return promote_if_better(version, m, world["eval_dir"], "accuracy", metric=acc)
+
+    v1 = register(world, "accuracy")
+    assert decide(v1, 2.0, 0.30)["promoted"]
+    v2 = register(world, "accuracy")
+    lower = decide(v2, 1.0, 0.25)  # far better bits per byte, lower accuracy: not better by this gate
+    assert not lower["promoted"] and lower["reason"] == f"{acc} 0.2500 <= champion v{v1} 0.3000"
+    v3 = register(world, "accuracy")
+    assert decide(v3, 3.0, 0.35)["promoted"] and champion_version("accuracy") == v3
+    tags = mlflow.MlflowClient().get_model_version("forja-accuracy", v3).tags
+    assert (
+        float(tags[acc]) == 0.35
+        and tags["gate_metric"] == acc
+        and tags["downstream_method"] == method["downstream_method"]
+    )
+
+    real = evaluate_downstream(world["checkpoint"], world["eval_dir"], config)[acc]
+    v4 = register(world, "accuracy")  # a champion whose figure (0.99) another builder made
+    assert decide(v4, 2.0, 0.99, downstream_method="mc0-seed1-items20")["promoted"]
+    v5 = register(world, "accuracy")
+    decision = decide(v5, 2.0, real + 0.01)
+    assert decision["promoted"] and decision["champion_value"] == pytest.approx(real)
+
+    with pytest.raises(ConfigError, match=r"register\.metric=downstream/word_order/acc was not measured"):
+        promote_if_better(v5, metrics(world, 2.0), world["eval_dir"], "accuracy", "downstream/word_order/acc")
+    with pytest.raises(ConfigError, match=r"'register\.metric'.*not a figure of the evaluate stage"):
+        apply_sets(PipelineParams(), ["register.metric=accuracy"])
