@@ -14,6 +14,7 @@ import logging
 import lzma
 import os
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -421,8 +422,10 @@ def test_transient_network_errors_raise_for_a_retry(tmp_path, http_root):
     with pytest.raises(SourceUnavailable, match="503") as e:
         run_ingest([f"http://user:s3cret@{host}/fail"], tmp_path / "o1")
     assert isinstance(e.value, ConnectionError) and "s3cret" not in str(e.value)
-    with pytest.raises(SourceUnavailable):
-        run_ingest(["http://127.0.0.1:9/x.txt"], tmp_path / "o2")  # nothing listens on port 9
+    # a port this test holds bound but not listening: a connection to it is refused, whatever else runs
+    with socket.socket() as closed, pytest.raises(SourceUnavailable):
+        closed.bind(("127.0.0.1", 0))
+        run_ingest([f"http://127.0.0.1:{closed.getsockname()[1]}/x.txt"], tmp_path / "o2")
 
 
 def test_redact():
