@@ -25,7 +25,7 @@ from hypothesis import settings as hypothesis_settings
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from helpers import SHAKESPEARE
+from helpers import SHAKESPEARE, make_token_dir, shakespeare_text
 
 INHERITED_SETTINGS = ("PREFECT_", "MLFLOW_")
 
@@ -89,6 +89,15 @@ def forja_home() -> Path:
     """The session's FORJA_HOME: a temporary folder, removed when the session ends."""
     assert _session_home is not None, "pytest_configure in tests/conftest.py did not run"
     return _session_home
+
+
+@pytest.fixture(scope="session")
+def token_dir(tmp_path_factory) -> Path:
+    """Real SentencePiece tokens of the first 120 kB of tinyshakespeare (vocab 512), made once by the
+    real ingest, clean and tokenize; shared by the lm and reliability tests, which only read it."""
+    return make_token_dir(
+        shakespeare_text(120_000), tmp_path_factory.mktemp("tokens") / "tokens", vocab_size=512
+    )
 
 
 @pytest.fixture(scope="session")

@@ -91,6 +91,19 @@ def last_json_line(stdout: str) -> Any:
     return json.loads(stdout.strip().splitlines()[-1])
 
 
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch uses n intra-op threads inside the block, and the previous count again after it."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def free_port() -> int:
     """A loopback port free now; another process may take it before it is bound (start_servers)."""
     with socket.socket() as s:

@@ -1,12 +1,10 @@
 """The data stages map over shards on any task runner and give the same bytes."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 from helpers import shakespeare_text
-from support import ROOT, write_corpus
+from support import last_json_line, run_python, write_corpus
 
 pytestmark = pytest.mark.slow
 
@@ -22,25 +20,9 @@ print(json.dumps({stage: data[stage]["digest"] for stage in ("ingest", "clean", 
 
 def run_stages(servers, home, corpus, *sets):
     env = {**servers.env, "FORJA_HOME": str(home)}
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            SCRIPT,
-            str(corpus),
-            "ingest.split=blank_line",
-            "tokenize.vocab_size=512",
-            "ingest.shard_files=1",
-            *sets,
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=ROOT,
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
-    return json.loads(r.stdout.strip().splitlines()[-1]), r.stderr
+    stage_sets = ["ingest.split=blank_line", "tokenize.vocab_size=512", "ingest.shard_files=1", *sets]
+    r = run_python(["-c", SCRIPT, str(corpus), *stage_sets], env=env)
+    return last_json_line(r.stdout), r.stderr
 
 
 def test_dask_cluster_gives_the_same_digests_as_threads(servers, tmp_path):
