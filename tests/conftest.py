@@ -25,7 +25,7 @@ from hypothesis import settings as hypothesis_settings
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from helpers import SHAKESPEARE
+from helpers import SHAKESPEARE, make_token_dir, shakespeare_text
 
 INHERITED_SETTINGS = ("PREFECT_", "MLFLOW_")
 
@@ -38,6 +38,7 @@ ALLOWED_SKIPS = (
     r"mounting a size-limited tmpfs needs root",
     r"cannot mount a tmpfs here",
     r"could not import 'transformers'",  # the `hf` extra is optional
+    r"torch.compile takes",  # minutes of C++ compilation on a CPU; opt in with FORJA_TEST_COMPILE=1
 )
 
 hypothesis_settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
@@ -89,6 +90,15 @@ def forja_home() -> Path:
     """The session's FORJA_HOME: a temporary folder, removed when the session ends."""
     assert _session_home is not None, "pytest_configure in tests/conftest.py did not run"
     return _session_home
+
+
+@pytest.fixture(scope="session")
+def token_dir(tmp_path_factory) -> Path:
+    """Real SentencePiece tokens of the first 120 kB of tinyshakespeare (vocab 512), made once by the
+    real ingest, clean and tokenize; shared by the lm and reliability tests, which only read it."""
+    return make_token_dir(
+        shakespeare_text(120_000), tmp_path_factory.mktemp("tokens") / "tokens", vocab_size=512
+    )
 
 
 @pytest.fixture(scope="session")

@@ -9,13 +9,17 @@ import contextlib
 import ctypes
 import functools
 import http.server
+import json
 import os
 import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
+
+import psutil
 
 from forja import ui as ui_mod
 from forja.home import Home
@@ -56,10 +60,98 @@ def child_env(**extra: str) -> dict[str, str]:
     return {k: os.environ[k] for k in PASSED_TO_CHILDREN if k in os.environ} | extra
 
 
+def run_python(
+    args: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    cwd: str | os.PathLike = ROOT,
+    timeout: float = 600,
+    check: bool = True,
+    **kwargs: Any,
+) -> subprocess.CompletedProcess[str]:
+    """`python ARGS` in a child process (["-c", SCRIPT, *argv] for a probe, ["-m", "forja.cli", ...]
+    for the CLI) with exactly `env`, text output captured. With `check`, a non-zero exit fails the
+    test with the command and the end of its stderr. Extra keywords go to subprocess.run."""
+    r = subprocess.run(
+        [sys.executable, *args],
+        env=dict(env),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kwargs,
+    )
+    if check and r.returncode != 0:
+        shown = " ".join(a if len(a) < 200 else a[:60] + "..." for a in args)
+        raise AssertionError(f"python {shown} exited {r.returncode}:\n{r.stderr[-4000:]}")
+    return r
+
+
+def last_json_line(stdout: str) -> Any:
+    """The JSON value a probe prints on its last line."""
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch uses n intra-op threads inside the block, and the previous count again after it."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def free_port() -> int:
+    """A loopback port free now; another process may take it before it is bound (start_servers)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def listens_on(proc: subprocess.Popen, port: int) -> bool:
+    """Whether `proc` or one of its children holds a listening TCP socket on `port`."""
+    try:
+        root = psutil.Process(proc.pid)
+        family = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return False
+    for p in family:
+        with contextlib.suppress(psutil.Error):
+            if any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in p.net_connections("tcp")):
+                return True
+    return False
+
+
+def start_servers(
+    make_specs: Callable[[int, int], list[ui_mod.ServerSpec]], log_dir: Path, attempts: int = 3
+) -> tuple[list[ui_mod.ServerSpec], list[subprocess.Popen]]:
+    """Start the Prefect and MLflow servers of make_specs(prefect_port, mlflow_port) on free ports.
+
+    `prefect server start` and `mlflow server` take a port number, not a bound socket, so a port
+    chosen here can be taken before they bind it. Then the server exits before it is up, or worse,
+    another process answers its health check. Both are caught (the second by checking that each
+    server itself listens on its port) and the pair is started again on other ports.
+    """
+    failures = []
+    for _ in range(attempts):
+        ports = free_port(), free_port()
+        if ports[0] == ports[1]:
+            continue
+        specs = make_specs(*ports)
+        try:
+            procs = ui_mod.start(specs, log_dir)
+        except ui_mod.UIError as e:
+            failures.append(f"ports {ports}: {e}")
+            continue
+        if all(listens_on(p, port) for p, port in zip(procs, ports, strict=True)):
+            return specs, procs
+        ui_mod.stop(procs)
+        failures.append(f"ports {ports}: another process answered on one of them")
+    raise AssertionError(f"could not start the servers in {attempts} attempts: {failures}; see {log_dir}")
 
 
 def write_corpus(folder: Path, text: str, n_files: int = 3) -> Path:
@@ -74,9 +166,10 @@ def write_corpus(folder: Path, text: str, n_files: int = 3) -> Path:
 class Servers:
     def __init__(self, home: Path):
         self.home = Home(home)
-        self.prefect_port, self.mlflow_port = free_port(), free_port()
-        self.specs = ui_mod.server_specs(self.home, "127.0.0.1", self.prefect_port, self.mlflow_port)
-        self.procs = ui_mod.start(self.specs, home / "logs")
+        self.specs, self.procs = start_servers(
+            lambda prefect, mlflow: ui_mod.server_specs(self.home, "127.0.0.1", prefect, mlflow),
+            home / "logs",
+        )
         self.prefect_api = self.specs[0].url + "/api"
         self.mlflow_url = self.specs[1].url
         self.env = child_env(
@@ -87,17 +180,7 @@ class Servers:
         )
 
     def forja(self, *args: str, timeout: int = 600, check: bool = True) -> subprocess.CompletedProcess:
-        r = subprocess.run(
-            [sys.executable, "-m", "forja.cli", *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            cwd=ROOT,
-        )
-        if check and r.returncode != 0:
-            raise AssertionError(f"forja {' '.join(args)} failed ({r.returncode}):\n{r.stderr[-4000:]}")
-        return r
+        return run_python(["-m", "forja.cli", *args], env=self.env, timeout=timeout, check=check)
 
     def close(self):
         ui_mod.stop(self.procs)

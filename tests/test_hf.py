@@ -23,6 +23,7 @@ import sentencepiece as spm  # noqa: E402
 import torch  # noqa: E402
 from helpers import make_token_dir, shakespeare_text  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
+from support import torch_threads  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from forja.cli import app  # noqa: E402
@@ -92,10 +93,8 @@ def _offline():
 
 @pytest.fixture(autouse=True)
 def _two_threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(n)
+    with torch_threads(2):
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -6,12 +6,10 @@ a test, a notebook or a worker that merely imports a package must find os.enviro
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from support import child_env
+from support import child_env, last_json_line, run_python
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,16 +46,8 @@ print(json.dumps({**probe(), "storages": [str(pipeline.result_storage), str(retr
 
 def test_importing_the_packages_changes_no_environment_variable(tmp_path):
     modules = ["lm", "tasks", "flows", "forja", "forja.cli", "forja.home", "flows.pipeline", "flows.retrain"]
-    done = subprocess.run(
-        [sys.executable, "-c", IMPORT_SCRIPT, *modules],
-        env=child_env(PYTHONPATH=str(ROOT)),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    changed = json.loads(done.stdout.strip().splitlines()[-1])
+    done = run_python(["-c", IMPORT_SCRIPT, *modules], env=child_env(PYTHONPATH=str(ROOT)), cwd=tmp_path)
+    changed = last_json_line(done.stdout)
     # MLflow's own import marks its telemetry session; nothing else may change.
     changed = {k: v for k, v in changed.items() if k != "_MLFLOW_TELEMETRY_SESSION_ID"}
     assert changed == {}
@@ -70,16 +60,7 @@ def test_a_flow_run_by_a_worker_stores_results_and_tracks_under_the_forja_home(t
     env = child_env(
         FORJA_HOME=str(home), PREFECT_HOME=str(elsewhere), PREFECT_SERVER_ANALYTICS_ENABLED="false"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", WORKER_SCRIPT],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    out = json.loads(done.stdout.strip().splitlines()[-1])
+    out = last_json_line(run_python(["-c", WORKER_SCRIPT], env=env, cwd=tmp_path, timeout=900).stdout)
     storage = home.resolve() / "prefect" / "storage"
     assert out["double"] == 42
     assert out["storages"] == [str(storage), str(storage)]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from helpers import shakespeare_text
-from support import FAST, ROOT, write_corpus
+from support import FAST, ROOT, run_python, write_corpus
 
 from lm import checkpoint as ckpt
 from lm.fileio import sha256_file
@@ -42,6 +42,11 @@ def start(args: list[str], home: Path, log: Path) -> subprocess.Popen:
         cwd=ROOT,
         start_new_session=True,  # its own process group, as a terminal's foreground job
     )
+
+
+def forja_run(args: list[str], home: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`forja ARGS` to the end in the FORJA_HOME `home`; fails the test, with its stderr, if it fails."""
+    return run_python(["-m", "forja.cli", *args], env=forja_env(home), timeout=timeout)
 
 
 def wait_for(log: Path, text: str, proc: subprocess.Popen, timeout: float = 300) -> None:
@@ -95,25 +100,9 @@ def test_ctrl_c_stops_cleanly_and_the_printed_command_resumes_to_the_same_weight
     )
     assert list(states.values()) == ["CRASHED"], states
 
-    resumed = subprocess.run(
-        [sys.executable, "-m", "forja.cli", *last.removeprefix("to resume: forja").split()],
-        env=forja_env(home),
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=ROOT,
-    )
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    forja_run(shlex.split(last.removeprefix("to resume: forja ")), home)
     reference = tmp_path / "reference"
-    whole = subprocess.run(
-        [sys.executable, "-m", "forja.cli", "run", "--source", str(corpus), "--out", str(reference), *sets()],
-        env=forja_env(tmp_path / "home-reference"),
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=ROOT,
-    )
-    assert whole.returncode == 0, whole.stderr[-3000:]
+    forja_run(["run", "--source", str(corpus), "--out", str(reference), *sets()], tmp_path / "home-reference")
     assert final_weights(run_dir) == final_weights(reference)
 
 
@@ -145,13 +134,5 @@ def test_ctrl_c_in_forja_train_says_how_to_resume_and_the_command_finishes_the_r
     assert "Traceback" not in out and "last complete checkpoint" in out, out[-2000:]
     last = out.strip().splitlines()[-1]
     assert last.startswith("to resume: forja train ") and " --resume" in last, last
-    resumed = subprocess.run(
-        [sys.executable, "-m", "forja.cli", *shlex.split(last.removeprefix("to resume: forja "))],
-        env=forja_env(tmp_path / "home"),
-        capture_output=True,
-        text=True,
-        timeout=900,
-        cwd=ROOT,
-    )
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    resumed = forja_run(shlex.split(last.removeprefix("to resume: forja ")), tmp_path / "home", timeout=900)
     assert "resumed from" in resumed.stderr and '"step": 400' in resumed.stdout

@@ -23,7 +23,7 @@ import pytest
 import sentencepiece as spm
 from fixtures import Expected, build_bad_corpus, drop_dac_privileges
 from helpers import shakespeare_text
-from support import FAST, Servers
+from support import FAST, Servers, run_python
 
 from lm.data import read_header
 from lm.fileio import TMP_PREFIX
@@ -137,16 +137,7 @@ def test_forja_run_on_bad_input_logs_ingest_counts_to_mlflow(tmp_path_factory):
         sets = [*FAST, "run.dataset=badinput", "clean.max_chars=1000000"]
         args = ["run", "--source", str(exp.root), *[a for kv in sets for a in ("--set", kv)]]
         t0 = time.perf_counter()
-        r = subprocess.run(
-            [sys.executable, "-m", "forja.cli", *args],
-            env=servers.env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            preexec_fn=drop_dac_privileges,
-        )
-        assert r.returncode == 0, r.stderr[-4000:]
+        r = run_python(["-m", "forja.cli", *args], env=servers.env, preexec_fn=drop_dac_privileges)
         print(f"forja run on the bad-input corpus: {time.perf_counter() - t0:.1f}s")
         result = last_json(r.stdout)
         run = check_ingest(exp, servers.home.dataset("badinput") / "ingest")

@@ -15,15 +15,13 @@ import os
 import secrets
 import sqlite3
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import mlflow
 import pytest
 from helpers import shakespeare_text
-from support import FAST, free_port, serve_files
+from support import FAST, run_python, serve_files, start_servers
 
 from forja import cli
 from forja import ui as ui_mod
@@ -79,8 +77,10 @@ def auth_servers(tmp_path_factory):
     """`forja ui`'s remote-mode settings (auth on), bound to 127.0.0.1 for the test."""
     home = Home(tmp_path_factory.mktemp("forja-home-auth"))
     auth = ui_mod.load_or_make_auth(home)
-    specs = ui_mod.server_specs(home, "127.0.0.1", free_port(), free_port(), auth)
-    procs = ui_mod.start(specs, home.root / "logs")
+    specs, procs = start_servers(
+        lambda prefect, mlflow: ui_mod.server_specs(home, "127.0.0.1", prefect, mlflow, auth),
+        home.root / "logs",
+    )
     prefect, mlflow_server = specs
     env = {
         **os.environ,
@@ -170,15 +170,7 @@ def test_url_credentials_never_reach_logs_params_artifacts_or_manifests(
     s, home = auth_servers, auth_servers["home"]
     url = f"http://{handler.user}:{password}@{host}/shakespeare.txt"
     sets = [a for kv in [*FAST, "max_steps=10"] for a in ("--set", kv)]
-    r = subprocess.run(
-        [sys.executable, "-m", "forja.cli", "run", "--source", url, *sets],
-        env=s["env"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert r.returncode == 0, r.stderr[-4000:]
+    r = run_python(["-m", "forja.cli", "run", "--source", url, *sets], env=s["env"], timeout=900)
     assert handler.served >= 2  # the credentials were used: the site refuses requests without them
     result = json.loads(r.stdout[r.stdout.index("{") : r.stdout.rindex("}") + 1])
     redacted = f"http://***@{host}/shakespeare.txt"
@@ -219,14 +211,10 @@ def test_netrc_credentials_stay_out_of_parameters(private_site, tmp_path):
         "FSSPEC_HTTP": json.dumps({"client_kwargs": {"trust_env": True}}),
     }
     out = tmp_path / "ingest"
-    r = subprocess.run(
-        [sys.executable, "-m", "forja.cli", "ingest", f"http://{host}/shakespeare.txt", "--out", str(out)],
+    r = run_python(
+        ["-m", "forja.cli", "ingest", f"http://{host}/shakespeare.txt", "--out", str(out)],
         env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
         timeout=300,
     )
-    assert r.returncode == 0, r.stderr[-3000:]
     assert handler.served >= 2 and json.loads(r.stdout)["counts"]["total"]["documents"] >= 1
     assert password not in r.stdout + r.stderr and files_holding(out, password.encode()) == []

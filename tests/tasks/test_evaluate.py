@@ -5,12 +5,12 @@ import math
 
 import numpy as np
 import pytest
+import sentencepiece as spm
+import torch
 from helpers import make_token_dir, shakespeare_text
-from support import small_configs
+from support import small_configs, torch_threads
 
 from lm.checkpoint import load_for_inference
-from lm.evaluate import evaluate_text
-from lm.tokenizer import Tokenizer
 from lm.train import train
 from tasks.common import StageError
 from tasks.evaluate import (
@@ -55,18 +55,38 @@ def test_an_explicit_eval_text_is_used_as_given(tokens, tmp_path):
         freeze_eval_set(tokens, tmp_path / "other", EvalConfig(eval_text=tmp_path / "missing.txt"))
 
 
+@torch.no_grad()
+def nats_by_hand(model, ids: list[int], seq_len: int) -> float:
+    """-ln p of every target ids[1:], one forward pass per target, from the context the method
+    gives it: targets are scored seq_len at a time, and a target in the block ending at target e
+    sees the seq_len tokens before e (fewer at the start), up to itself."""
+    n, total = len(ids) - 1, 0.0
+    for j in range(1, n + 1):
+        end = min((j - 1) // seq_len * seq_len + seq_len, n)  # the last target of j's block
+        context = ids[max(0, end - seq_len) : j]
+        logits, _ = model(torch.tensor([context]))
+        total -= torch.log_softmax(logits[0, -1].double(), -1)[ids[j]].item()
+    return total
+
+
 def test_evaluate_checkpoint_sums_nats_over_documents(tokens, tmp_path):
     model, cfg = small_configs(max_steps=10)
     train(model, cfg, tokens, tmp_path / "run")
-    freeze_eval_set(tokens, tmp_path / "eval", EvalConfig(max_bytes=3_000))
+    freeze_eval_set(tokens, tmp_path / "eval", EvalConfig(max_bytes=1_000))
     ev = evaluate_checkpoint(tmp_path / "run", tmp_path / "eval")
-    texts, _ = load_eval_texts(tmp_path / "eval")
+    texts = [json.loads(line)["text"] for line in (tmp_path / "eval" / "eval.jsonl").read_text().splitlines()]
+    assert texts == load_eval_texts(tmp_path / "eval")[0]
     loaded = load_for_inference(tmp_path / "run")
-    per_doc = [evaluate_text(loaded.model, Tokenizer(loaded.tokenizer_path), t, 32) for t in texts]
-    assert ev["eval_tokens"] == sum(r.tokens for r in per_doc)
-    assert ev["eval_bytes"] == sum(r.bytes for r in per_doc)
-    total = sum(r.total_nats for r in per_doc)
-    assert ev["eval_bpb"] == pytest.approx(total / math.log(2) / ev["eval_bytes"], rel=1e-6)
+    loaded.model.eval()
+    sp = spm.SentencePieceProcessor(model_file=str(loaded.tokenizer_path))
+    docs = [[sp.eos_id(), *sp.encode(t)] for t in texts]  # each document from a start-of-document EOS
+    assert ev["eval_tokens"] == sum(len(d) - 1 for d in docs)
+    assert ev["eval_bytes"] == sum(len(t.encode("utf-8")) for t in texts)
+    with torch_threads(1):  # hundreds of tiny forward passes: one thread, no OpenMP hand-offs
+        total = sum(nats_by_hand(loaded.model, d, 32) for d in docs)
+    assert ev["eval_loss"] == pytest.approx(total / ev["eval_tokens"], rel=1e-5)
+    assert ev["eval_bpb"] == pytest.approx(total / math.log(2) / ev["eval_bytes"], rel=1e-5)
+    assert ev["eval_perplexity"] == pytest.approx(math.exp(total / ev["eval_tokens"]), rel=1e-5)
     samples = sample_texts(tmp_path / "run", EvalConfig(prompts=["KING"], max_new_tokens=5))
     assert samples[0]["text"].startswith("KING")
     json.dumps(ev)  # a task result: JSON-able

@@ -14,6 +14,7 @@ import logging
 import lzma
 import os
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -29,7 +30,6 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 from support import serve_files
 
-from lm.fileio import sha256_json
 from tasks.common import StageError, read_manifest, verify_outputs
 from tasks.ingest import (
     DATA_SCHEMA,
@@ -422,8 +422,10 @@ def test_transient_network_errors_raise_for_a_retry(tmp_path, http_root):
     with pytest.raises(SourceUnavailable, match="503") as e:
         run_ingest([f"http://user:s3cret@{host}/fail"], tmp_path / "o1")
     assert isinstance(e.value, ConnectionError) and "s3cret" not in str(e.value)
-    with pytest.raises(SourceUnavailable):
-        run_ingest(["http://127.0.0.1:9/x.txt"], tmp_path / "o2")  # nothing listens on port 9
+    # a port this test holds bound but not listening: a connection to it is refused, whatever else runs
+    with socket.socket() as closed, pytest.raises(SourceUnavailable):
+        closed.bind(("127.0.0.1", 0))
+        run_ingest([f"http://127.0.0.1:{closed.getsockname()[1]}/x.txt"], tmp_path / "o2")
 
 
 def test_redact():
@@ -497,16 +499,23 @@ def test_rerun_is_a_no_op_and_new_documents_make_a_new_snapshot(tmp_path, caplog
     assert r3["counts"]["total"]["documents"] == 3 and r3["counts"]["total"]["quarantined"] == 1
     assert json.loads((out / "snapshots" / "000001.json").read_bytes())["digest"] == r1["digest"]
     assert (out / "snapshots" / "000002.json").read_bytes() == (out / "manifest.json").read_bytes()
-    # the digest is the content's: config and the parts' content digests (not their timestamps)
-    expect = sha256_json(
-        {
-            "stage": "ingest",
-            "config": cfg.model_dump(mode="json"),
-            "upstream": None,
-            "outputs": [(o["path"], o["content_sha256"]) for o in r3["outputs"]],
-        }
+    # the digest is the content's and the config's: the same history replayed later into another
+    # folder (other timestamps in the parts) gives it again; another config gives another one
+    assert r3["digest"] != r1["digest"]
+
+    def replay(out: Path, config: IngestConfig) -> dict:
+        (src / "b.txt").rename(tmp_path / "b.txt")
+        run_ingest([str(src)], out, config)
+        (tmp_path / "b.txt").rename(src / "b.txt")
+        return run_ingest([str(src)], out, config)
+
+    again = replay(tmp_path / "replay", cfg)
+    assert [o["sha256"] for o in again["outputs"]] != [o["sha256"] for o in r3["outputs"]]
+    assert again["digest"] == r3["digest"]
+    assert (
+        replay(tmp_path / "other-config", IngestConfig(split="blank_line", shard_files=7))["digest"]
+        != r3["digest"]
     )
-    assert r3["digest"] == expect
     verify_outputs(out, read_manifest(out, "ingest"))
 
 

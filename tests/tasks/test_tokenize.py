@@ -6,6 +6,7 @@ SentencePiece model (small vocabularies keep it fast) and reads the output back 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import random
@@ -127,6 +128,25 @@ def test_chunks_join_back_exactly_and_respect_the_limit(text, limit):
     assert chunk_text(text, limit) == pieces
 
 
+def hash_split(doc_id: str, chunk_index: int, val_fraction: float) -> str:
+    """The split as documented, written out here: 'val' when the little-endian 64-bit BLAKE2b
+    (person b"forja-split") of "doc_id NUL chunk_index", over 2**64, is below val_fraction."""
+    key = f"{doc_id}\x00{chunk_index}".encode()
+    digest = hashlib.blake2b(key, digest_size=8, person=b"forja-split").digest()
+    return "val" if int.from_bytes(digest, "little") / 2**64 < val_fraction else "train"
+
+
+# speech-00000..00039, chunk 0, val_fraction 0.2 (V: val); the first units are 0.2043, 0.0002, 0.342
+SPLITS_AT_0_2 = "TVTTVTTTTTTTTTTTVVTTTTTTTTTTVVTTVTTVTTTT"
+
+
+def test_split_of_is_the_documented_hash_and_never_changes():
+    ids = [f"speech-{i:05d}" for i in range(40)]
+    assert "".join("V" if split_of(d, 0, 0.2) == "val" else "T" for d in ids) == SPLITS_AT_0_2
+    keys = [(f"doc-{i}", i % 7) for i in range(2_000)]
+    assert [split_of(*k, 0.3) for k in keys] == [hash_split(*k, 0.3) for k in keys]
+
+
 def test_split_of_is_a_stable_hash_with_the_asked_share():
     keys = [(f"doc-{i}", i % 3) for i in range(20_000)]
     val10 = {k for k in keys if split_of(*k, 0.1) == "val"}
@@ -167,7 +187,7 @@ def test_token_folder_holds_every_document_exactly_once(tmp_path, shakespeare_pa
     for split in ("train", "val"):
         texts = split_texts(out, split)
         info = manifest["splits"][split]
-        expected = [t for d, t in docs if split_of(d, 0, 0.2) == split]
+        expected = [t for d, t in docs if hash_split(d, 0, 0.2) == split]
         assert texts == expected
         assert info["docs"] == info["segments"] == len(expected)
         assert info["bytes"] == sum(len(t.encode()) for t in expected)
