@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 import yaml
-from support import ROOT
+from support import ROOT, last_json_line, run_python
 
 INFRA = ROOT / "infra"
 
@@ -127,34 +127,18 @@ print(json.dumps({"cwd": os.getcwd(), "out": out}))
 def test_pull_steps_find_the_code_from_any_folder(tmp_path):
     """The worker's pull step changes into the folder holding the flows' code, wherever it is
     installed (a checkout here, site-packages in the image), not a fixed path."""
-    import json
     import os
-    import sys
 
     # A worker always has an API URL. Given none, run_steps would start a temporary server on the
     # SQLite database of PREFECT_HOME (shared with this session: locked once in CI) just to build
     # a client that these steps never use. An address where nothing listens proves they need none.
     env = {k: v for k, v in os.environ.items() if k != "FORJA_PROJECT_DIR"}
     env |= {"PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": "http://127.0.0.1:9/api"}
-    r = subprocess.run(
-        [sys.executable, "-c", PULL_STEPS, str(INFRA / "prefect.yaml")],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert r.returncode == 0, r.stderr[-2000:]
-    cwd = json.loads(r.stdout.strip().splitlines()[-1])["cwd"]
+    args = ["-c", PULL_STEPS, str(INFRA / "prefect.yaml")]
+    cwd = last_json_line(run_python(args, env=env, cwd=tmp_path, timeout=120).stdout)["cwd"]
     assert (ROOT / "flows" / "pipeline.py").samefile(os.path.join(cwd, "flows", "pipeline.py"))
-    bad = subprocess.run(
-        [sys.executable, "-c", PULL_STEPS, str(INFRA / "prefect.yaml")],
-        cwd=tmp_path,
-        env={**env, "FORJA_PROJECT_DIR": str(tmp_path)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    env["FORJA_PROJECT_DIR"] = str(tmp_path)
+    bad = run_python(args, env=env, cwd=tmp_path, timeout=120, check=False)
     assert bad.returncode != 0 and "FORJA_PROJECT_DIR" in bad.stderr and str(tmp_path) in bad.stderr
 
 

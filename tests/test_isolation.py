@@ -57,8 +57,13 @@ def test_importing_the_packages_changes_no_environment_variable(tmp_path):
 @pytest.mark.slow
 def test_a_flow_run_by_a_worker_stores_results_and_tracks_under_the_forja_home(tmp_path):
     home, elsewhere = tmp_path / "home", tmp_path / "prefect-home"
+    # Prefect reads its settings at import, before forja's configure() raises the temporary
+    # server's startup timeout: on a loaded 2-core machine the default 20 s is too short.
     env = child_env(
-        FORJA_HOME=str(home), PREFECT_HOME=str(elsewhere), PREFECT_SERVER_ANALYTICS_ENABLED="false"
+        FORJA_HOME=str(home),
+        PREFECT_HOME=str(elsewhere),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",
     )
     out = last_json_line(run_python(["-c", WORKER_SCRIPT], env=env, cwd=tmp_path, timeout=900).stdout)
     storage = home.resolve() / "prefect" / "storage"
