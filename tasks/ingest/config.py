@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import codecs
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer
 
 MiB = 1 << 20
 
@@ -46,6 +47,35 @@ class IngestConfig(BaseModel):
     include_hidden: bool = Field(
         False, description="Also read hidden files and folders (names starting with '.') in folders."
     )
+    encoding: str | None = Field(
+        None,
+        description="The encoding of text that is not valid UTF-8 (a Python codec name such as "
+        "iso8859-2 or cp1251), instead of detecting it; HTML pages use it when they declare none.",
+    )
+
+    @field_validator("encoding")
+    @classmethod
+    def _codec(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        try:
+            name = codecs.lookup(v.strip()).name
+        except LookupError:
+            raise ValueError(
+                f"ingest.encoding={v!r} is not an encoding Python knows; use a codec name such as "
+                "iso8859-2, cp1251 or koi8-r"
+            ) from None
+        if name in ("utf-16", "utf-32") or name.startswith(("utf-16", "utf-32")):
+            raise ValueError(f"ingest.encoding={v!r}: UTF-16/32 files must be converted to UTF-8 first")
+        return name
+
+    @model_serializer(mode="wrap")
+    def _omit_unset(self, handler: Any) -> dict[str, Any]:
+        """`encoding` unset is left out, so configs (and digests) made before it existed stay equal."""
+        data = handler(self)
+        if data.get("encoding") is None:
+            data.pop("encoding", None)
+        return data
 
     @field_validator("text_field", "text_column")
     @classmethod

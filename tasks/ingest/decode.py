@@ -128,11 +128,15 @@ class TextDecoder:
     The legacy encoding is detected once per file (from its first 64 KiB when those are not UTF-8,
     else from the first document that is not) and reused for its later documents, so that one
     file decodes consistently.
+
+    `override` (IngestConfig.encoding) replaces detection: text that is not UTF-8 is decoded with
+    it, or rejected when it does not fit.
     """
 
-    def __init__(self, head: bytes):
+    def __init__(self, head: bytes, override: str | None = None):
         self.head = head
         self.legacy: str | None = None
+        self.override = override
 
     def decode(self, path: str, offset: int, data: bytes | bytearray) -> Doc | Reject:
         if offset == 0 and data[:3] == UTF8_BOM:
@@ -155,6 +159,17 @@ class TextDecoder:
             return Reject(
                 path, offset, "undecodable", f"{where} in otherwise UTF-8 text (damaged file); repair it"
             )
+        if self.override:
+            try:
+                return Doc(path, offset, _transcode(data, self.override), self.override)
+            except UnicodeDecodeError as e:
+                return Reject(
+                    path,
+                    offset,
+                    "undecodable",
+                    f"{where}, and byte {e.start} is not valid {self.override} (ingest.encoding); "
+                    "set the file's real encoding",
+                )
         if self.legacy is None:  # once per file
             head_ok = _utf8_error(self.head[: len(self.head) - INVALID_UTF8_SPLIT]) is None
             self.legacy = (detect_legacy(data) if head_ok else detect_legacy(self.head)) or ""

@@ -21,9 +21,9 @@ import pyarrow.parquet as pq
 from lm.fileio import atomic_path
 from tasks.common import ROW_GROUP_ROWS, Progress, utcnow
 from tasks.ingest.config import IngestConfig, MiB, as_config
-from tasks.ingest.layout import DATA_SCHEMA, QUARANTINE_SCHEMA, parquet_writer, staging_folder
-from tasks.ingest.readers import read_item
-from tasks.ingest.records import Doc, ReadOptions
+from tasks.ingest.layout import EXTRA_COLUMNS, QUARANTINE_SCHEMA, data_schema, parquet_writer, staging_folder
+from tasks.ingest.readers import columns_of, read_item
+from tasks.ingest.records import Doc, ReadOptions, Skip
 
 log = logging.getLogger("forja.ingest")
 
@@ -158,17 +158,22 @@ def ingest_shard(
     folder.mkdir(parents=True)
     opts = _read_options(config, spool_dir=folder)
     now = utcnow()
-    data = PartWriter(folder, "part", DATA_SCHEMA, config.part_bytes)
+    items = shard["items"]
+    wanted = {c for it in items for c in columns_of(it)}
+    extra = [c for c in EXTRA_COLUMNS if c in wanted]  # none: the base schema, as before
+    data = PartWriter(folder, "part", data_schema(extra), config.part_bytes)
     quarantine = PartWriter(folder, "quarantine", QUARANTINE_SCHEMA, config.part_bytes)
     counts: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
     seen: set[bytes] = set()
-    items = shard["items"]
     progress = _Progress(f"ingest shard {index + 1}/{shard.get('count', '?')}", len(items), "files", log)
     try:
         for item in items:
             counts["urls" if item["kind"] == "url" else "files"] += item["kind"] != "error"
             for ev in read_item(item, opts, on_bytes=lambda n: progress.update(0, n)):
+                if isinstance(ev, Skip):  # read and not kept on purpose: counted, not an item
+                    counts[f"skipped_{ev.kind}"] += 1
+                    continue
                 counts["items"] += 1
                 if isinstance(ev, Doc):
                     counts["documents"] += 1
@@ -182,6 +187,9 @@ def ingest_shard(
                     counts["legacy_encoding"] += ev.encoding != "utf-8"
                     n = len(ev.data)
                     row = (digest.hex(), item["source"], ev.path, ev.offset, ev.data, n, ev.encoding, now)
+                    if extra:
+                        cols = ev.columns or {}
+                        row += tuple(cols.get(c) for c in extra)
                     data.add(row, n)
                 else:
                     counts["quarantined"] += 1
@@ -220,4 +228,5 @@ def _read_options(config: IngestConfig, spool_dir: Path) -> ReadOptions:
         max_doc_bytes=config.max_doc_bytes,
         chunk_bytes=config.read_chunk_bytes,
         spool_dir=str(spool_dir),
+        encoding=config.encoding,
     )
