@@ -38,6 +38,10 @@ _BOMS = [
 # Left out besides what resiliparse's main-content rules drop: navigation panels and cookie
 # banners by their usual class, id and role names (DocBook, Texinfo, Sphinx, common banners).
 SKIP = [
+    "body > header",
+    "body > footer",
+    "body > div > header",
+    "body > div > footer",
     "[role=navigation]",
     "[role=banner]",
     "[role=contentinfo]",
