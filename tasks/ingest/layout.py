@@ -2,7 +2,8 @@
 
 manifest.json                 current snapshot; `outputs` = every data part, `digest` over them
 data/part-SSSSSS-NNNNN.parquet  doc_id, source, path, offset, text, n_bytes, encoding, ingested_at
-                              (+ title, url, date, record_id, content_type: HTML and web archives)
+                              (+ title, url, date, record_id, content_type: HTML and web archives;
+                              encoding_confidence: parts holding a detected legacy encoding)
 quarantine/part-SSSSSS-NNNNN.parquet  path, offset, reason, detail, source, ingested_at
 quarantine/rejected-<run>.parquet  the quarantine of a run that failed max_reject_ratio
 snapshots/SSSSSS.json         a copy of every manifest written (history)
@@ -37,14 +38,16 @@ DATA_SCHEMA = pa.schema(
         ("ingested_at", pa.timestamp("us", tz="UTC")),
     ]
 )
-# Columns only some formats have (registry.register(columns=...)), in this order after the base
-# ones; a part has them only when its shard read such a format.
+# Columns only some documents have, in this order after the base ones: a format's own
+# (registry.register(columns=...)), present in the parts of a shard that read such a format, and
+# `encoding_confidence`, present in a part from its first document whose encoding was detected.
 EXTRA_COLUMNS: dict[str, pa.DataType] = {
     "title": pa.string(),  # an HTML page's <title>
     "url": pa.string(),  # a web-archive record's target URI
     "date": pa.timestamp("us", tz="UTC"),  # its WARC-Date (ARC: the archive date)
     "record_id": pa.string(),  # its WARC-Record-ID (ARC: none)
     "content_type": pa.string(),  # its payload's media type
+    "encoding_confidence": pa.float64(),  # a detected (not declared) encoding: its plausibility
 }
 
 

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from lm.fileio import atomic_path
 from tasks.common import ROW_GROUP_ROWS, Progress, utcnow
+from tasks.ingest.charsets import LOW_CONFIDENCE
 from tasks.ingest.config import IngestConfig, MiB, as_config
 from tasks.ingest.layout import EXTRA_COLUMNS, QUARANTINE_SCHEMA, data_schema, parquet_writer, staging_folder
 from tasks.ingest.readers import columns_of, read_item
@@ -27,6 +28,7 @@ from tasks.ingest.records import Doc, ReadOptions, Skip
 
 log = logging.getLogger("forja.ingest")
 
+DOUBT_EXAMPLES = 5  # low-confidence decodes a shard reports with their text
 ROW_GROUP_BYTES = 8 * MiB  # a row group holds at most this much text (or one larger document)
 SEEN_MAX = 1_000_000  # a shard drops repeats of up to this many texts itself (~100 MB of digests)
 
@@ -112,6 +114,14 @@ class PartWriter:
         self._writer = self._stack = self._path = None
         self.part_rows = self.part_written = 0
 
+    def set_schema(self, schema: pa.Schema) -> None:
+        """Later rows have `schema`: the rows so far are written and their part closed first."""
+        self._flush()
+        if self._writer is not None:
+            self._close_part()
+        self.schema = schema
+        self._new_batch()
+
     def close(self) -> list[dict[str, Any]]:
         self._flush()
         if self._writer is not None:
@@ -166,6 +176,7 @@ def ingest_shard(
     counts: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
     seen: set[bytes] = set()
+    doubts: list[dict[str, Any]] = []
     progress = _Progress(f"ingest shard {index + 1}/{shard.get('count', '?')}", len(items), "files", log)
     try:
         for item in items:
@@ -187,9 +198,17 @@ def ingest_shard(
                     counts["legacy_encoding"] += ev.encoding != "utf-8"
                     n = len(ev.data)
                     row = (digest.hex(), item["source"], ev.path, ev.offset, ev.data, n, ev.encoding, now)
+                    cols = ev.columns or {}
+                    if any(c not in extra for c in cols):  # a first detected encoding: its column
+                        extra = [c for c in EXTRA_COLUMNS if c in extra or c in cols]
+                        data.set_schema(data_schema(extra))
                     if extra:
-                        cols = ev.columns or {}
                         row += tuple(cols.get(c) for c in extra)
+                    conf = cols.get("encoding_confidence")
+                    if conf is not None and conf < LOW_CONFIDENCE:
+                        counts["low_confidence_encoding"] += 1
+                        if len(doubts) < DOUBT_EXAMPLES:
+                            doubts.append(_doubt(ev, conf))
                     data.add(row, n)
                 else:
                     counts["quarantined"] += 1
@@ -216,6 +235,27 @@ def ingest_shard(
         "parts": rel,
         "quarantine": qrel,
         "counts": {**counts, "quarantine_by_reason": dict(reasons)},
+        "encoding_doubts": doubts,
+    }
+
+
+def _doubt(doc: Doc, confidence: float) -> dict[str, Any]:
+    """A low-confidence decode, for the report: where, which encoding, and how the text reads."""
+    text = bytes(doc.data[:600]).decode("utf-8", "replace")
+    log.warning(
+        "%s @%d: decoded as %s with low confidence %.2f; set ingest.encoding if it reads wrong: %r",
+        doc.path,
+        doc.offset,
+        doc.encoding,
+        confidence,
+        text[:80],
+    )
+    return {
+        "path": doc.path,
+        "offset": doc.offset,
+        "encoding": doc.encoding,
+        "confidence": confidence,
+        "sample": " ".join(text.split())[:160],
     }
 
 

@@ -63,6 +63,7 @@ class Extracted:
     text: str
     title: str | None
     encoding: str
+    confidence: float | None = None  # set when the charset was detected, not declared
 
 
 def codec_name(label: str | None) -> str | None:
@@ -84,13 +85,13 @@ def meta_charset(data: bytes | bytearray) -> str | None:
 
 def decode_html(
     data: bytes | bytearray, http_charset: str | None = None, override: str | None = None
-) -> tuple[str, str] | None:
-    """(text, encoding) of an HTML page's bytes, by the order in the module doc, or None."""
+) -> tuple[str, str, float | None] | None:
+    """(text, encoding, confidence when detected) of a page's bytes (order: the module doc), or None."""
     data = bytes(data)
     for bom, enc in _BOMS:
         if data.startswith(bom):
             try:
-                return data[len(bom) :].decode(enc), enc
+                return data[len(bom) :].decode(enc), enc, None
             except UnicodeDecodeError:
                 break
     tried: list[str] = []
@@ -99,13 +100,13 @@ def decode_html(
             continue
         tried.append(enc)
         try:
-            return data.decode(enc), enc
+            return data.decode(enc), enc, None
         except UnicodeDecodeError:
             continue
-    enc = detect_legacy(data)
-    if enc and enc not in tried:
+    det = detect_legacy(data)
+    if det and det.encoding not in tried:
         try:
-            return data.decode(enc), enc
+            return data.decode(det.encoding), det.encoding, det.confidence
         except UnicodeDecodeError:
             pass
     return None
@@ -121,11 +122,11 @@ def extract_html(
     decoded = decode_html(data, http_charset, override)
     if decoded is None:
         raise UnicodeError("no charset decodes the page (declared, UTF-8 or detected)")
-    text, enc = decoded
+    text, enc, confidence = decoded
     tree = HTMLTree.parse(text)
     title = " ".join((tree.title or "").split()) or None
     body = extract_plain_text(tree, main_content=True, alt_texts=False, skip_elements=SKIP)
-    return Extracted(body, title, enc)
+    return Extracted(body, title, enc, confidence)
 
 
 def html_doc(
@@ -149,7 +150,10 @@ def html_doc(
         out = ex.text.encode("utf-8")
     except UnicodeEncodeError as e:
         return Reject(path, offset, "undecodable", f"the page's text holds a lone surrogate ({e.reason})")
-    return Doc(path, offset, out, ex.encoding, {**(columns or {}), "title": ex.title})
+    cols = {**(columns or {}), "title": ex.title}
+    if ex.confidence is not None:
+        cols["encoding_confidence"] = ex.confidence
+    return Doc(path, offset, out, ex.encoding, cols)
 
 
 class HtmlReader:

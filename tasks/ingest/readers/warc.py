@@ -176,7 +176,7 @@ class WarcReader:
                 pass
         ev = TextDecoder(payload[:65536], self.opts.encoding).decode(path, self.offset, payload)
         if isinstance(ev, Doc):
-            ev.columns = columns
+            ev.columns = {**columns, **(ev.columns or {})}
         return ev
 
 
