@@ -138,7 +138,7 @@ def main() -> None:
     truths = [truth(b) for b in blobs]
     n_snip = sum(len(s) for s, _ in truths)
     n_para = sum(len(p) for _, p in truths)
-    print(f"{len(pages)} pages from {len({p.parts[1:5] for p in pages})} folders, {mb:.2f} MB of HTML, ")
+    print(f"{len(pages)} pages, {mb:.2f} MB of HTML")
     print(f"{n_snip} boilerplate snippets, {n_para} main paragraphs\n")
     print("| extractor | MB/s | boilerplate left | main text kept | output chars |")
     print("|---|---|---|---|---|")

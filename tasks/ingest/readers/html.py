@@ -36,7 +36,7 @@ _BOMS = [
 # What the WHATWG encoding standard maps these labels to: a page labelled Latin-1 or ASCII is
 # decoded as windows-1252, as browsers do (the labels are wrong more often than not).
 # Left out besides what resiliparse's main-content rules drop: navigation panels and cookie
-# banners by their usual class, id and role names (DocBook, Texinfo, Sphinx, common banners).
+# banners by their usual class, id and role names (DocBook, Texinfo, Sphinx, common banners), and a page-level <header>/<footer>.
 SKIP = [
     "body > header",
     "body > footer",
@@ -51,6 +51,7 @@ SKIP = [
     ".navheader",
     ".navfooter",
     ".nav-panel",
+    "div.header",
     ".related",
     ".breadcrumb",
     ".breadcrumbs",
