@@ -84,7 +84,7 @@ def truth(html: bytes) -> tuple[list[str], list[str]]:
     paras = [norm(p.text_content()) for p in root.iter("p") if p not in inside]
     paras = [p for p in paras if len(p) >= 40]
     # a heading listed in a table of contents is boilerplate there, but main text as the heading
-    heads = [norm(h.text_content()) for t in "h1 h2 h3 h4 h5 h6".split() for h in root.iter(t)]
+    heads = [norm(h.text_content()) for t in ["h1", "h2", "h3", "h4", "h5", "h6"] for h in root.iter(t)]
     joined = " ".join(paras + [h for h in heads if h not in inside])
     snippets = set()
     for e in boiler_els:
