@@ -142,4 +142,6 @@ def detect_single_byte(sample: bytes | bytearray, proposals: list[str] = ()) -> 
         seen[text] = d = Detected(enc, round(score, 4), lang)
         if best is None or d.confidence > best.confidence:
             best = d
+            if d.confidence >= 1.0:  # nothing later can beat it, and ties go to the first
+                break
     return best
