@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from lm.fileio import atomic_path, atomic_write_json, file_lock, fsync_dir, remove_stale_tmp, sha256_file
 from tasks.common import MANIFEST, ROW_GROUP_ROWS, StageError, make_manifest, read_manifest, write_manifest
-from tasks.ingest.config import IngestConfig, as_config
+from tasks.ingest.config import IngestConfig, as_config, identity_dict
 from tasks.ingest.layout import (
     DATA_SCHEMA,
     EXTRA_COLUMNS,
@@ -411,7 +411,7 @@ def _commit_locked(
     }
     manifest = make_manifest(
         STAGE,
-        config,
+        identity_dict(config),  # `encoding` unset left out: the digests of older configs hold
         outputs,
         counts,
         upstream=None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import codecs
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MiB = 1 << 20
 
@@ -69,20 +69,21 @@ class IngestConfig(BaseModel):
             raise ValueError(f"ingest.encoding={v!r}: UTF-16/32 files must be converted to UTF-8 first")
         return name
 
-    @model_serializer(mode="wrap")
-    def _omit_unset(self, handler: Any) -> dict[str, Any]:
-        """`encoding` unset is left out, so configs (and digests) made before it existed stay equal."""
-        data = handler(self)
-        if data.get("encoding") is None:
-            data.pop("encoding", None)
-        return data
-
     @field_validator("text_field", "text_column")
     @classmethod
     def _not_blank(cls, v: str, info: Any) -> str:
         if not v.strip():
             raise ValueError(f"{info.field_name} must name a field, e.g. 'text'; got {v!r}")
         return v
+
+
+def identity_dict(config: IngestConfig) -> dict[str, Any]:
+    """The config as the digest and the cache key see it: `encoding` unset is left out, so the
+    digests and keys of configs made before the field existed stay the same."""
+    data = config.model_dump(mode="json")
+    if data.get("encoding") is None:
+        data.pop("encoding", None)
+    return data
 
 
 def as_config(config: IngestConfig | dict[str, Any] | None) -> IngestConfig:

@@ -46,6 +46,7 @@ from tasks.ingest import (
 )
 from tasks.ingest import commit as commit_mod
 from tasks.ingest import shard as shard_mod
+from tasks.ingest.config import identity_dict
 from tasks.ingest.readers.jsonl import LineSplitter
 from tasks.ingest.readers.text import TextSplitter
 
@@ -501,7 +502,7 @@ def test_rerun_is_a_no_op_and_new_documents_make_a_new_snapshot(tmp_path, caplog
     expect = sha256_json(
         {
             "stage": "ingest",
-            "config": cfg.model_dump(mode="json"),
+            "config": identity_dict(cfg),  # the config, less `encoding` when unset
             "upstream": None,
             "outputs": [(o["path"], o["content_sha256"]) for o in r3["outputs"]],
         }
