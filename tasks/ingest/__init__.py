@@ -13,7 +13,8 @@ The package, by concern:
     readers/        item -> Doc / Reject, one module per format, and the registry that picks one
     decompress.py   gz / bz2 / xz / zst streams, read incrementally
     decode.py       binary sniff; UTF-8 and legacy-encoding detection
-    records.py      Doc, Reject, ReadOptions and the quarantine's reason codes
+    charsets.py     which single-byte code page: candidates ranked by the decoded text's plausibility
+    records.py      Doc, Reject, Skip, ReadOptions and the quarantine's reason codes
     plan.py         plan_ingest
     shard.py        ingest_shard and its Parquet part writer
     commit.py       commit_ingest: dedup in DuckDB, publish, manifest
@@ -24,6 +25,8 @@ Output folder OUT (one ingest at a time per folder; a lock guards the commit):
 
     manifest.json                 current snapshot; `outputs` = every data part, `digest` over them
     data/part-SSSSSS-NNNNN.parquet  doc_id, source, path, offset, text, n_bytes, encoding, ingested_at
+                                  (+ layout.EXTRA_COLUMNS where a part's documents have them:
+                                  title, url, date, record_id, content_type, encoding_confidence)
     quarantine/part-SSSSSS-NNNNN.parquet  path, offset, reason, detail, source, ingested_at
     quarantine/rejected-<run>.parquet  the quarantine of a run that failed max_reject_ratio
     snapshots/SSSSSS.json         a copy of every manifest written (history)
@@ -47,7 +50,10 @@ leftovers (staging folders, .tmp-* files, parts no manifest lists).
 
 Offsets: a 0-based byte offset in the (decompressed) file for text, a 1-based line number for
 JSONL and CSV (the line a record starts on), a 1-based row number for Parquet, the 1-based source
-line of the docstring for `python-docs` (the manifest's `offset_units`).
+line of the docstring for `python-docs`, the record's byte offset in the decompressed archive for
+WARC/WET/ARC (the manifest's `offset_units`). Records read and not kept on purpose (a web
+archive's request, metadata and warcinfo records) are no items: they are counted as
+`skipped_warc_<type>`.
 """
 
 from tasks.ingest.commit import commit_ingest, content_sha256

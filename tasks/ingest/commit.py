@@ -24,9 +24,10 @@ import pyarrow.parquet as pq
 
 from lm.fileio import atomic_path, atomic_write_json, file_lock, fsync_dir, remove_stale_tmp, sha256_file
 from tasks.common import MANIFEST, ROW_GROUP_ROWS, StageError, make_manifest, read_manifest, write_manifest
-from tasks.ingest.config import IngestConfig, as_config
+from tasks.ingest.config import IngestConfig, as_config, identity_dict
 from tasks.ingest.layout import (
     DATA_SCHEMA,
+    EXTRA_COLUMNS,
     LOCK,
     QUARANTINE_SCHEMA,
     STAGE,
@@ -223,6 +224,11 @@ def _write_rejected(out: Path, results: list[dict[str, Any]], run_id: str) -> Pa
     return final
 
 
+def _doubts(results: list[dict[str, Any]], n: int = 10) -> list[dict[str, Any]]:
+    """The run's first `n` low-confidence decodes (the shards' examples), for the report."""
+    return [d for r in sorted(results, key=lambda r: r["index"]) for d in r.get("encoding_doubts", [])][:n]
+
+
 def _sum_counts(results: list[dict[str, Any]]) -> dict[str, Any]:
     total: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
@@ -405,7 +411,7 @@ def _commit_locked(
     }
     manifest = make_manifest(
         STAGE,
-        config,
+        identity_dict(config),  # `encoding` unset left out: the digests of older configs hold
         outputs,
         counts,
         upstream=None,
@@ -414,9 +420,11 @@ def _commit_locked(
         sources=sources,
         quarantine={"outputs": prev_q_outputs + new_q, "rows": total["quarantined"]},
         columns=DATA_SCHEMA.names,
+        extra_columns={n: str(t) for n, t in EXTRA_COLUMNS.items()},
         offset_units=offset_units(),
         reasons=REASONS,
         **({"key": key} if key is not None else {}),
+        **({"encoding_doubts": doubts} if (doubts := _doubts(results)) else {}),
     )
     atomic_write_json(out / "snapshots" / f"{snapshot:06d}.json", manifest)
     write_manifest(out, manifest)  # last: the snapshot exists once this rename happens

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -46,6 +47,27 @@ class IngestConfig(BaseModel):
     include_hidden: bool = Field(
         False, description="Also read hidden files and folders (names starting with '.') in folders."
     )
+    encoding: str | None = Field(
+        None,
+        description="The encoding of text that is not valid UTF-8 (a Python codec name such as "
+        "iso8859-2 or cp1251), instead of detecting it; HTML pages use it when they declare none.",
+    )
+
+    @field_validator("encoding")
+    @classmethod
+    def _codec(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        try:
+            name = codecs.lookup(v.strip()).name
+        except LookupError:
+            raise ValueError(
+                f"ingest.encoding={v!r} is not an encoding Python knows; use a codec name such as "
+                "iso8859-2, cp1251 or koi8-r"
+            ) from None
+        if name in ("utf-16", "utf-32") or name.startswith(("utf-16", "utf-32")):
+            raise ValueError(f"ingest.encoding={v!r}: UTF-16/32 files must be converted to UTF-8 first")
+        return name
 
     @field_validator("text_field", "text_column")
     @classmethod
@@ -53,6 +75,15 @@ class IngestConfig(BaseModel):
         if not v.strip():
             raise ValueError(f"{info.field_name} must name a field, e.g. 'text'; got {v!r}")
         return v
+
+
+def identity_dict(config: IngestConfig) -> dict[str, Any]:
+    """The config as the digest and the cache key see it: `encoding` unset is left out, so the
+    digests and keys of configs made before the field existed stay the same."""
+    data = config.model_dump(mode="json")
+    if data.get("encoding") is None:
+        data.pop("encoding", None)
+    return data
 
 
 def as_config(config: IngestConfig | dict[str, Any] | None) -> IngestConfig:

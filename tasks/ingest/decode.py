@@ -14,6 +14,7 @@ import contextlib
 import re
 from typing import Any
 
+from tasks.ingest.charsets import LOW_CONFIDENCE, Detected, detect_single_byte
 from tasks.ingest.records import Doc, Reject
 
 DETECT_BYTES = 1 << 16  # how much text charset detection looks at
@@ -88,27 +89,32 @@ def _looks_like_broken_utf8(sample: bytes | bytearray) -> bool:
     return good >= bad
 
 
-def detect_legacy(sample: bytes | bytearray) -> str | None:
-    """The legacy encoding of a non-UTF-8 text, by detection (charset-normalizer), or None.
+def detect_legacy(sample: bytes | bytearray) -> Detected | None:
+    """The legacy encoding of a non-UTF-8 text, with its confidence, or None when nothing fits.
 
-    Ties go to cp1252: charset-normalizer ranks single-byte codecs that decode a text equally
-    well almost at random on short samples (French Latin-1 comes out as cp1257), while cp1252 is
-    by far the most common legacy encoding and a superset of Latin-1's printable range.
+    charset-normalizer proposes; a multi-byte encoding it ranks first (Shift-JIS, GB18030, ...)
+    is taken as it says unless a single-byte code page reads as plausible text (confidence at
+    least LOW_CONFIDENCE). Single-byte code pages are ranked by the plausibility of the text they
+    decode to (tasks/ingest/charsets.py): charset-normalizer's own order is near random between
+    them on short texts, and settling on cp1252 garbles Polish, Czech or Lithuanian words.
     """
     from charset_normalizer import from_bytes
+    from charset_normalizer.utils import is_multi_byte_encoding
 
     sample = bytes(sample[:DETECT_BYTES])
     results = list(from_bytes(sample))
     if not results:
         return None
-    best = min(r.chaos for r in results)
-    close = [r for r in results if r.chaos <= best + 0.05]
-    if any("cp1252" in r.could_be_from_charset for r in close):
-        with contextlib.suppress(UnicodeDecodeError):
-            sample.decode("cp1252")
-            return "cp1252"
-    enc = codecs.lookup(close[0].encoding).name
-    return None if enc in ("utf-8", "ascii") else enc
+    first = codecs.lookup(results[0].encoding).name
+    if first in ("utf-8", "ascii"):
+        return None
+    proposals = [r.encoding for r in results if not is_multi_byte_encoding(r.encoding)]
+    single = detect_single_byte(sample, proposals)
+    if is_multi_byte_encoding(results[0].encoding) and (single is None or single.confidence < LOW_CONFIDENCE):
+        # charset-normalizer also calls a short Cyrillic text Shift-JIS: a plausible single-byte
+        # reading goes first
+        return Detected(first, round(max(0.0, 1 - results[0].chaos), 4), results[0].language)
+    return single
 
 
 def _transcode(data: bytes | bytearray, encoding: str) -> bytes:
@@ -128,11 +134,15 @@ class TextDecoder:
     The legacy encoding is detected once per file (from its first 64 KiB when those are not UTF-8,
     else from the first document that is not) and reused for its later documents, so that one
     file decodes consistently.
+
+    `override` (IngestConfig.encoding) replaces detection: text that is not UTF-8 is decoded with
+    it, or rejected when it does not fit.
     """
 
-    def __init__(self, head: bytes):
+    def __init__(self, head: bytes, override: str | None = None):
         self.head = head
-        self.legacy: str | None = None
+        self.legacy: Detected | bool | None = None  # False: detection found nothing
+        self.override = override
 
     def decode(self, path: str, offset: int, data: bytes | bytearray) -> Doc | Reject:
         if offset == 0 and data[:3] == UTF8_BOM:
@@ -155,17 +165,29 @@ class TextDecoder:
             return Reject(
                 path, offset, "undecodable", f"{where} in otherwise UTF-8 text (damaged file); repair it"
             )
+        if self.override:
+            try:
+                return Doc(path, offset, _transcode(data, self.override), self.override)
+            except UnicodeDecodeError as e:
+                return Reject(
+                    path,
+                    offset,
+                    "undecodable",
+                    f"{where}, and byte {e.start} is not valid {self.override} (ingest.encoding); "
+                    "set the file's real encoding",
+                )
         if self.legacy is None:  # once per file
             head_ok = _utf8_error(self.head[: len(self.head) - INVALID_UTF8_SPLIT]) is None
-            self.legacy = (detect_legacy(data) if head_ok else detect_legacy(self.head)) or ""
+            self.legacy = (detect_legacy(data) if head_ok else detect_legacy(self.head)) or False
         tried = []
-        for enc in (self.legacy, None):
-            enc = enc if enc is not None else detect_legacy(data)  # this document's own guess
-            if not enc or enc in tried:
+        for det in (self.legacy, None):
+            det = det if det is not None else detect_legacy(data)  # this document's own guess
+            if not det or det.encoding in tried:
                 continue
-            tried.append(enc)
+            tried.append(det.encoding)
             with contextlib.suppress(UnicodeDecodeError):
-                return Doc(path, offset, _transcode(data, enc), enc)
+                data = _transcode(data, det.encoding)
+                return Doc(path, offset, data, det.encoding, {"encoding_confidence": det.confidence})
         return Reject(
             path,
             offset,

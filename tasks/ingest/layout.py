@@ -2,6 +2,8 @@
 
 manifest.json                 current snapshot; `outputs` = every data part, `digest` over them
 data/part-SSSSSS-NNNNN.parquet  doc_id, source, path, offset, text, n_bytes, encoding, ingested_at
+                              (+ title, url, date, record_id, content_type: HTML and web archives;
+                              encoding_confidence: parts holding a detected legacy encoding)
 quarantine/part-SSSSSS-NNNNN.parquet  path, offset, reason, detail, source, ingested_at
 quarantine/rejected-<run>.parquet  the quarantine of a run that failed max_reject_ratio
 snapshots/SSSSSS.json         a copy of every manifest written (history)
@@ -36,6 +38,27 @@ DATA_SCHEMA = pa.schema(
         ("ingested_at", pa.timestamp("us", tz="UTC")),
     ]
 )
+# Columns only some documents have, in this order after the base ones: a format's own
+# (registry.register(columns=...)), present in the parts of a shard that read such a format, and
+# `encoding_confidence`, present in a part from its first document whose encoding was detected.
+EXTRA_COLUMNS: dict[str, pa.DataType] = {
+    "title": pa.string(),  # an HTML page's <title>
+    "url": pa.string(),  # a web-archive record's target URI
+    "date": pa.timestamp("us", tz="UTC"),  # its WARC-Date (ARC: the archive date)
+    "record_id": pa.string(),  # its WARC-Record-ID (ARC: none)
+    "content_type": pa.string(),  # its payload's media type
+    "encoding_confidence": pa.float64(),  # a detected (not declared) encoding: its plausibility
+}
+
+
+def data_schema(extra: set[str] | tuple[str, ...] = ()) -> pa.Schema:
+    """DATA_SCHEMA plus the named EXTRA_COLUMNS (in their fixed order)."""
+    unknown = set(extra) - set(EXTRA_COLUMNS)
+    if unknown:
+        raise ValueError(f"unknown data column(s) {sorted(unknown)}; add them to layout.EXTRA_COLUMNS")
+    return pa.schema([*DATA_SCHEMA, *(pa.field(n, t) for n, t in EXTRA_COLUMNS.items() if n in extra)])
+
+
 QUARANTINE_SCHEMA = pa.schema(
     [
         ("path", pa.string()),
@@ -63,7 +86,7 @@ def staging_folder(out: Path, run_id: str) -> Path:
 def parquet_writer(path: Path, schema: pa.Schema) -> pq.ParquetWriter:
     """zstd; dictionaries for the repetitive columns; no statistics for the long-text ones
     (min/max would copy a huge value)."""
-    repetitive = {"source", "path", "encoding", "reason"}
+    repetitive = {"source", "path", "encoding", "reason", "content_type"}
     return pq.ParquetWriter(
         path,
         schema,

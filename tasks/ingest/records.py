@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 PYTHON_DOCS = "python-docs"  # the built-in source: the docstrings of Python's standard library
 
@@ -37,12 +38,17 @@ OnBytes = Callable[[int], None]  # told how many raw bytes were read, for progre
 
 @dataclass(slots=True)
 class Doc:
-    """A document ready to store: `data` is valid UTF-8."""
+    """A document ready to store: `data` is valid UTF-8.
+
+    `columns` holds the values of the format's own columns (layout.EXTRA_COLUMNS: an HTML page's
+    title, a web-archive record's URL, date and id), when the format has any.
+    """
 
     path: str
     offset: int
     data: bytes | bytearray
     encoding: str
+    columns: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -56,6 +62,16 @@ class Reject:
 
 
 @dataclass(slots=True)
+class Skip:
+    """Something read and deliberately not kept (a web archive's request record): counted as
+    `skipped_<kind>` in the run's counts, neither stored nor quarantined."""
+
+    path: str
+    offset: int
+    kind: str
+
+
+@dataclass(slots=True)
 class ReadOptions:
     split: str = "file"
     text_field: str = "text"
@@ -63,3 +79,4 @@ class ReadOptions:
     max_doc_bytes: int = 256 << 20
     chunk_bytes: int = 1 << 20
     spool_dir: str | None = None  # where a remote or compressed Parquet file is copied to be read
+    encoding: str | None = None  # the codec of text that is not UTF-8 (IngestConfig.encoding)

@@ -20,13 +20,15 @@ import pyarrow.parquet as pq
 
 from lm.fileio import atomic_path
 from tasks.common import ROW_GROUP_ROWS, Progress, utcnow
+from tasks.ingest.charsets import LOW_CONFIDENCE
 from tasks.ingest.config import IngestConfig, MiB, as_config
-from tasks.ingest.layout import DATA_SCHEMA, QUARANTINE_SCHEMA, parquet_writer, staging_folder
-from tasks.ingest.readers import read_item
-from tasks.ingest.records import Doc, ReadOptions
+from tasks.ingest.layout import EXTRA_COLUMNS, QUARANTINE_SCHEMA, data_schema, parquet_writer, staging_folder
+from tasks.ingest.readers import columns_of, read_item
+from tasks.ingest.records import Doc, ReadOptions, Skip
 
 log = logging.getLogger("forja.ingest")
 
+DOUBT_EXAMPLES = 5  # low-confidence decodes a shard reports with their text
 ROW_GROUP_BYTES = 8 * MiB  # a row group holds at most this much text (or one larger document)
 SEEN_MAX = 1_000_000  # a shard drops repeats of up to this many texts itself (~100 MB of digests)
 
@@ -112,6 +114,14 @@ class PartWriter:
         self._writer = self._stack = self._path = None
         self.part_rows = self.part_written = 0
 
+    def set_schema(self, schema: pa.Schema) -> None:
+        """Later rows have `schema`: the rows so far are written and their part closed first."""
+        self._flush()
+        if self._writer is not None:
+            self._close_part()
+        self.schema = schema
+        self._new_batch()
+
     def close(self) -> list[dict[str, Any]]:
         self._flush()
         if self._writer is not None:
@@ -158,17 +168,23 @@ def ingest_shard(
     folder.mkdir(parents=True)
     opts = _read_options(config, spool_dir=folder)
     now = utcnow()
-    data = PartWriter(folder, "part", DATA_SCHEMA, config.part_bytes)
+    items = shard["items"]
+    wanted = {c for it in items for c in columns_of(it)}
+    extra = [c for c in EXTRA_COLUMNS if c in wanted]  # none: the base schema, as before
+    data = PartWriter(folder, "part", data_schema(extra), config.part_bytes)
     quarantine = PartWriter(folder, "quarantine", QUARANTINE_SCHEMA, config.part_bytes)
     counts: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
     seen: set[bytes] = set()
-    items = shard["items"]
+    doubts: list[dict[str, Any]] = []
     progress = _Progress(f"ingest shard {index + 1}/{shard.get('count', '?')}", len(items), "files", log)
     try:
         for item in items:
             counts["urls" if item["kind"] == "url" else "files"] += item["kind"] != "error"
             for ev in read_item(item, opts, on_bytes=lambda n: progress.update(0, n)):
+                if isinstance(ev, Skip):  # read and not kept on purpose: counted, not an item
+                    counts[f"skipped_{ev.kind}"] += 1
+                    continue
                 counts["items"] += 1
                 if isinstance(ev, Doc):
                     counts["documents"] += 1
@@ -182,6 +198,17 @@ def ingest_shard(
                     counts["legacy_encoding"] += ev.encoding != "utf-8"
                     n = len(ev.data)
                     row = (digest.hex(), item["source"], ev.path, ev.offset, ev.data, n, ev.encoding, now)
+                    cols = ev.columns or {}
+                    if any(c not in extra for c in cols):  # a first detected encoding: its column
+                        extra = [c for c in EXTRA_COLUMNS if c in extra or c in cols]
+                        data.set_schema(data_schema(extra))
+                    if extra:
+                        row += tuple(cols.get(c) for c in extra)
+                    conf = cols.get("encoding_confidence")
+                    if conf is not None and conf < LOW_CONFIDENCE:
+                        counts["low_confidence_encoding"] += 1
+                        if len(doubts) < DOUBT_EXAMPLES:
+                            doubts.append(_doubt(ev, conf))
                     data.add(row, n)
                 else:
                     counts["quarantined"] += 1
@@ -208,6 +235,27 @@ def ingest_shard(
         "parts": rel,
         "quarantine": qrel,
         "counts": {**counts, "quarantine_by_reason": dict(reasons)},
+        "encoding_doubts": doubts,
+    }
+
+
+def _doubt(doc: Doc, confidence: float) -> dict[str, Any]:
+    """A low-confidence decode, for the report: where, which encoding, and how the text reads."""
+    text = bytes(doc.data[:600]).decode("utf-8", "replace")
+    log.warning(
+        "%s @%d: decoded as %s with low confidence %.2f; set ingest.encoding if it reads wrong: %r",
+        doc.path,
+        doc.offset,
+        doc.encoding,
+        confidence,
+        text[:80],
+    )
+    return {
+        "path": doc.path,
+        "offset": doc.offset,
+        "encoding": doc.encoding,
+        "confidence": confidence,
+        "sample": " ".join(text.split())[:160],
     }
 
 
@@ -220,4 +268,5 @@ def _read_options(config: IngestConfig, spool_dir: Path) -> ReadOptions:
         max_doc_bytes=config.max_doc_bytes,
         chunk_bytes=config.read_chunk_bytes,
         spool_dir=str(spool_dir),
+        encoding=config.encoding,
     )

@@ -20,7 +20,7 @@ from typing import Any
 from lm.fileio import sha256_json
 from tasks.common import StageError
 from tasks.ingest.commit import commit_ingest
-from tasks.ingest.config import IngestConfig
+from tasks.ingest.config import IngestConfig, identity_dict
 from tasks.ingest.layout import LOCK, STAGE, STAGING, new_run_id
 from tasks.ingest.locations import enumerate_sources
 from tasks.ingest.plan import plan_ingest
@@ -39,6 +39,9 @@ class IngestStage(Stage):
     code = ("tasks.ingest",)
     incremental = True
     verify_cached = False  # a dataset may be large: check each part's size, do not re-hash it
+
+    def identity(self, config: IngestConfig) -> Any:
+        return identity_dict(config)
 
     def upstream_digest(self, inputs: list[str], config: IngestConfig, out: Path | None) -> str:
         """What the sources hold now: every item's path, size and modification time."""

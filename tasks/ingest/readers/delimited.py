@@ -76,7 +76,7 @@ class CsvReader:
                 f"no column {col!r} (columns: {', '.join(header[:20])}); set text_column to the right one",
             )
             return
-        yield from self._records(path, reader, header.index(col), TextDecoder(head))
+        yield from self._records(path, reader, header.index(col), TextDecoder(head, self.opts.encoding))
 
     def _records(self, path: str, reader: Any, idx: int, dec: TextDecoder) -> Iterator[Doc | Reject]:
         """The records after the header; a run of unparseable ones gives up on the file."""

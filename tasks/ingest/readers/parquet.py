@@ -77,7 +77,7 @@ class ParquetReader:
                 f"column {col!r} has type {typ}, not string ({pf.metadata.num_rows:,} rows not read)",
             )
             return
-        dec = TextDecoder(b"")
+        dec = TextDecoder(b"", self.opts.encoding)
         row = 0
         try:
             for batch in pf.iter_batches(columns=[col], batch_size=BATCH_ROWS):

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from tasks.ingest.decompress import COMPRESSIONS
-from tasks.ingest.records import PYTHON_DOCS, Doc, OnBytes, ReadOptions, Reject
+from tasks.ingest.records import PYTHON_DOCS, Doc, OnBytes, ReadOptions, Reject, Skip
 
 DEFAULT_FORMAT = "text"  # what a file whose name no format claims is read as
 
 # Reads every document and reject of one item; raises only SourceUnavailable (transient).
-ItemReader = Callable[[dict[str, Any], ReadOptions, OnBytes | None], Iterator[Doc | Reject]]
+ItemReader = Callable[[dict[str, Any], ReadOptions, OnBytes | None], Iterator[Doc | Reject | Skip]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,17 +28,25 @@ class Format:
     read: ItemReader
     extensions: tuple[str, ...]
     offset_unit: str | None  # what a Doc's or Reject's `offset` counts (the manifest says it)
+    columns: tuple[str, ...] = ()  # its own data columns (layout.EXTRA_COLUMNS), in Doc.columns
 
 
 _FORMATS: dict[str, Format] = {}
 
 
 def register(
-    name: str, read: ItemReader, extensions: tuple[str, ...] = (), offset_unit: str | None = None
+    name: str,
+    read: ItemReader,
+    extensions: tuple[str, ...] = (),
+    offset_unit: str | None = None,
+    columns: tuple[str, ...] = (),
 ) -> None:
     """Make `read` the reader of format `name` and of files named `*<ext>` (before compression).
 
     `offset_unit` may be None for a format that shares another's unit (TSV shares CSV's).
+    `columns` are the format's own data columns, named in layout.EXTRA_COLUMNS: the parts of a
+    shard that reads such a format have them (null for the other formats' documents); a shard
+    without one writes the base schema, so the digests of the other formats do not change.
     """
     if name in _FORMATS:
         raise ValueError(f"format {name!r} is registered twice; give the second one another name")
@@ -47,7 +55,7 @@ def register(
             raise ValueError(f"format {name!r}: extension {ext!r} must be lower case with a dot, e.g. '.txt'")
         if owner := next((f.name for f in _FORMATS.values() if ext in f.extensions), None):
             raise ValueError(f"format {name!r}: extension {ext!r} is already read as {owner!r}")
-    _FORMATS[name] = Format(name, read, tuple(extensions), offset_unit)
+    _FORMATS[name] = Format(name, read, tuple(extensions), offset_unit, tuple(columns))
 
 
 def formats() -> list[str]:
@@ -70,6 +78,12 @@ def format_of(name: str) -> tuple[str, str | None]:
             break
     fmt = next((f.name for f in _FORMATS.values() if name.endswith(f.extensions)), DEFAULT_FORMAT)
     return fmt, compression
+
+
+def columns_of(item: dict[str, Any]) -> tuple[str, ...]:
+    """The extra data columns of an item's format (none for an unknown format or python-docs)."""
+    fmt = _FORMATS.get(item.get("format") or "") if item.get("kind") != PYTHON_DOCS else None
+    return fmt.columns if fmt else ()
 
 
 def reader_for(item: dict[str, Any]) -> ItemReader:

@@ -166,7 +166,7 @@ class TextReader:
 
     def read(self, item: dict[str, Any], head: bytes, stream: BinaryIO) -> Iterator[Doc | Reject]:
         path, sp = item["path"], self.splitter
-        dec = TextDecoder(head)
+        dec = TextDecoder(head, self.opts.encoding)
         for chunk in chunks(head, stream, self.opts.chunk_bytes):
             for offset, data, size in sp.feed(chunk):
                 yield self._finish(dec, path, offset, data, size)
