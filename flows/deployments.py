@@ -7,7 +7,12 @@ in infra/prefect.yaml (`prefect deploy --all`). Both offer the same two deployme
 
 from __future__ import annotations
 
-from prefect import serve
+import asyncio
+import contextlib
+from collections.abc import Callable
+
+from prefect.exceptions import TerminationSignal
+from prefect.runner import Runner
 
 from flows.pipeline import pipeline
 from flows.retrain import retrain
@@ -36,5 +41,17 @@ def deployments(cron: str = "0 3 * * *", sources: list[str] | None = None) -> li
     ]
 
 
-def serve_all(cron: str = "0 3 * * *", sources: list[str] | None = None) -> None:
-    serve(*deployments(cron, sources))
+def serve_all(
+    cron: str = "0 3 * * *",
+    sources: list[str] | None = None,
+    announce: Callable[[], None] | None = None,
+) -> None:
+    """What `prefect.serve` does, with `announce` called once the deployments exist on the server
+    (so a trigger line printed there works at once), then runs them until interrupted."""
+    runner = Runner(pause_on_shutdown=True)
+    for deployment in deployments(cron, sources):
+        runner.add_deployment(deployment)  # registers it with the API
+    if announce is not None:
+        announce()
+    with contextlib.suppress(KeyboardInterrupt, TerminationSignal):  # Ctrl-C, or a stop from Prefect
+        asyncio.run(runner.start())

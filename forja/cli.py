@@ -435,15 +435,15 @@ def serve(
         typer.echo(f"started a Prefect server: {specs[0].url}")
     configure()
     api = os.environ.get("PREFECT_API_URL") or (home.ui_state() or {}).get("prefect_api_url")
-    typer.echo(
-        "trigger a run from another shell:\n"
+    triggers = (
+        "serving the deployments; trigger a run from another shell (or the UI):\n"
         f"  PREFECT_API_URL={api} prefect deployment run 'pipeline/forja-pipeline'\n"
         f"  PREFECT_API_URL={api} prefect deployment run 'retrain/forja-retrain-nightly'"
     )
     try:
         from flows.deployments import serve_all
 
-        serve_all(cron=cron, sources=source or ["python-docs"])
+        serve_all(cron=cron, sources=source or ["python-docs"], announce=lambda: typer.echo(triggers))
     finally:
         ui_mod.stop(procs)
 

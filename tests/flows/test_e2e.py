@@ -188,7 +188,14 @@ def test_served_deployments_run_from_the_ui_api_and_keep_the_nightly_schedule(se
             found = {d["name"]: d for d in api(servers, "/deployments/filter")}
             return found if {"forja-pipeline", "forja-retrain-nightly"} <= set(found) else None
 
-        found = wait_for("the served deployments", deployments)
+        # the trigger lines are printed once the deployments exist: the printed line works at once
+        wait_for(
+            "the trigger lines", lambda: "prefect deployment run" in (tmp_path / "serve.log").read_text()
+        )
+        line = next(x for x in (tmp_path / "serve.log").read_text().splitlines() if "forja-pipeline'" in x)
+        assert line.strip().startswith(f"PREFECT_API_URL={servers.prefect_api} prefect deployment run")
+        found = deployments()
+        assert found, "trigger lines printed before the deployments were registered"
         nightly = found["forja-retrain-nightly"]
         assert [s["schedule"]["cron"] for s in nightly["schedules"]] == ["30 2 * * *"]
         assert nightly["parameters"]["sources"] == [str(first["corpus"])]
