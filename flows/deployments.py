@@ -47,11 +47,91 @@ def serve_all(
     announce: Callable[[], None] | None = None,
 ) -> None:
     """What `prefect.serve` does, with `announce` called once the deployments exist on the server
-    (so a trigger line printed there works at once), then runs them until interrupted."""
+    (so a trigger line printed there works at once), then runs them until interrupted. Runs still
+    in flight when it stops end Crashed (`end_runs_in_flight`), never RUNNING for ever."""
     runner = Runner(pause_on_shutdown=True)
-    for deployment in deployments(cron, sources):
-        runner.add_deployment(deployment)  # registers it with the API
+    ids = [runner.add_deployment(d) for d in deployments(cron, sources)]  # registers them
     if announce is not None:
         announce()
-    with contextlib.suppress(KeyboardInterrupt, TerminationSignal):  # Ctrl-C, or a stop from Prefect
-        asyncio.run(runner.start())
+    try:
+        with contextlib.suppress(KeyboardInterrupt, TerminationSignal):  # Ctrl-C, or a stop from Prefect
+            asyncio.run(runner.start())
+    finally:
+        end_runs_in_flight(ids)
+
+
+FLOW_RUN_PROCESS = "prefect.engine"  # in the command line of a flow run the runner started
+STOPPED = "forja serve was stopped while this run ran; trigger it again to resume from its checkpoint"
+
+
+def end_runs_in_flight(deployment_ids: list, grace_s: float = 20.0) -> list[str]:
+    """After the runner stops (Ctrl-C, SIGTERM), while the API is still up: stop the flow-run
+    processes it started (SIGTERM, then SIGKILL after `grace_s`), end their MLflow runs KILLED, and
+    mark Crashed every run of these deployments still RUNNING or PENDING, with its sub-flow runs and
+    task runs. Returns the ids of the flow runs marked."""
+    import psutil
+
+    procs = [p for p in psutil.Process().children() if FLOW_RUN_PROCESS in " ".join(_cmdline(p))]
+    for p in procs:
+        p.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    for p in alive:
+        p.kill()
+    from forja import tracking
+
+    tracking.mark_stale_runs()  # their MLflow runs: KILLED (their processes are gone now)
+    return _mark_crashed(deployment_ids)
+
+
+def _cmdline(proc) -> list[str]:
+    try:
+        return proc.cmdline()
+    except Exception:  # gone already, or not ours to read
+        return []
+
+
+def _mark_crashed(deployment_ids: list) -> list[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterParentFlowRunId,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+        TaskRunFilter,
+        TaskRunFilterState,
+        TaskRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Crashed
+
+    unfinished = [StateType.RUNNING, StateType.PENDING]
+    marked: list[str] = []
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=unfinished))
+            ),
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=deployment_ids)),
+        )
+        while runs:
+            ids = [r.id for r in runs]
+            for run_id in ids:
+                client.set_flow_run_state(run_id, Crashed(message=STOPPED), force=True)
+                marked.append(str(run_id))
+            tasks = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id={"any_": ids}),
+                task_run_filter=TaskRunFilter(
+                    state=TaskRunFilterState(type=TaskRunFilterStateType(any_=unfinished))
+                ),
+            )
+            for t in tasks:
+                client.set_task_run_state(t.id, Crashed(message=STOPPED), force=True)
+            runs = client.read_flow_runs(  # their sub-flow runs (prepare-data), and theirs
+                flow_run_filter=FlowRunFilter(
+                    parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=ids),
+                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=unfinished)),
+                )
+            )
+    return marked

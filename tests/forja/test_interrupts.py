@@ -136,3 +136,39 @@ def test_ctrl_c_in_forja_train_says_how_to_resume_and_the_command_finishes_the_r
     assert last.startswith("to resume: forja train ") and " --resume" in last, last
     resumed = forja_run(shlex.split(last.removeprefix("to resume: forja ")), tmp_path / "home", timeout=900)
     assert "resumed from" in resumed.stderr and '"step": 400' in resumed.stdout
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ctrl_c_in_forja_serve_ends_the_runs_in_flight_crashed_not_running(tmp_path, corpus):
+    """A run triggered by the printed line, then Ctrl-C to `forja serve` while it runs: the flow
+    run, its sub-flow run and task runs end Crashed and its MLflow run KILLED, before the server
+    stops; nothing is left RUNNING."""
+    home, log = tmp_path / "home", tmp_path / "serve.log"
+    proc = start(["serve", "--port", str(free_port()), "--source", str(corpus)], home, log)
+    wait_for(log, "deployment run 'pipeline/forja-pipeline'", proc)
+    line = next(x for x in log.read_text().splitlines() if "forja-pipeline'" in x).strip()
+    api, command = line.split(" ", 1)
+    prefect = shlex.split(command)
+    trigger = [str(Path(sys.executable).with_name(prefect[0])), *prefect[1:]]  # the venv's `prefect`
+    env = {**forja_env(home), api.split("=", 1)[0]: api.split("=", 1)[1]}
+    done = subprocess.run(trigger, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr  # the printed line works in a new shell
+    wait_for(log, "Task run 'ingest-plan'", proc)
+    t0 = time.monotonic()
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=60) == 0
+    assert time.monotonic() - t0 < 30, log.read_text()[-2000:]
+    prefect_db = sqlite3.connect(home / "prefect" / "prefect.db")
+    flows = dict(prefect_db.execute("SELECT name, state_type FROM flow_run").fetchall())
+    tasks = [s for (s,) in prefect_db.execute("SELECT state_type FROM task_run")]
+    assert len(flows) == 2 and set(flows.values()) == {"CRASHED"}, flows  # pipeline + prepare-data
+    assert "RUNNING" not in tasks and "CRASHED" in tasks, tasks
+    statuses = [s for (s,) in sqlite3.connect(home / "mlflow.db").execute("SELECT status FROM runs")]
+    assert statuses == ["KILLED"], statuses
