@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from helpers import SHAKESPEARE, make_token_dir, shakespeare_text
 
 INHERITED_SETTINGS = ("PREFECT_", "MLFLOW_")
+EPHEMERAL_TIMEOUT = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
 
 # Skips with these reasons (regular expressions, matched at the start) are expected on some machines.
 ALLOWED_SKIPS = (
@@ -66,6 +67,9 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["FORJA_HOME"] = str(_session_home)
     # Prefect's own home too, so that its profiles file (~/.prefect/profiles.toml) cannot name a server.
     os.environ["PREFECT_HOME"] = str(_session_home / "prefect")
+    # The startup timeout forja's configure() gives Prefect's temporary server, for the tests that
+    # run flows in this process (Prefect's 20 s default is short on a busy 2-core machine).
+    os.environ[EPHEMERAL_TIMEOUT] = "120"
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
