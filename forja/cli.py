@@ -435,10 +435,10 @@ def serve(
         typer.echo(f"started a Prefect server: {specs[0].url}")
     configure()
     api = os.environ.get("PREFECT_API_URL") or (home.ui_state() or {}).get("prefect_api_url")
-    triggers = (
-        "serving the deployments; trigger a run from another shell (or the UI):\n"
-        f"  PREFECT_API_URL={api} prefect deployment run 'pipeline/forja-pipeline'\n"
-        f"  PREFECT_API_URL={api} prefect deployment run 'retrain/forja-retrain-nightly'"
+    exe = Path(sys.executable).with_name("prefect")  # a new shell may not have the venv on PATH
+    run = f"PREFECT_API_URL={api} {shlex.quote(str(exe)) if exe.is_file() else 'prefect'} deployment run"
+    triggers = "serving the deployments; trigger a run from another shell (or the UI):\n" + "\n".join(
+        f"  {run} '{d}'" for d in ("pipeline/forja-pipeline", "retrain/forja-retrain-nightly")
     )
     try:
         from flows.deployments import serve_all

@@ -193,7 +193,8 @@ def test_served_deployments_run_from_the_ui_api_and_keep_the_nightly_schedule(se
             "the trigger lines", lambda: "prefect deployment run" in (tmp_path / "serve.log").read_text()
         )
         line = next(x for x in (tmp_path / "serve.log").read_text().splitlines() if "forja-pipeline'" in x)
-        assert line.strip().startswith(f"PREFECT_API_URL={servers.prefect_api} prefect deployment run")
+        assert line.strip().startswith(f"PREFECT_API_URL={servers.prefect_api} ")
+        assert line.strip().endswith("deployment run 'pipeline/forja-pipeline'")
         found = deployments()
         assert found, "trigger lines printed before the deployments were registered"
         nightly = found["forja-retrain-nightly"]
