@@ -41,6 +41,9 @@ def start(args: list[str], home: Path, log: Path) -> subprocess.Popen:
         stderr=subprocess.STDOUT,
         cwd=ROOT,
         start_new_session=True,  # its own process group, as a terminal's foreground job
+        # and SIGINT not ignored, as in a terminal: a test run started in the background (a CI
+        # script, `cmd &`) inherits SIGINT ignored, which would hide what Ctrl-C does
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 

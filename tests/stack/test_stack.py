@@ -160,11 +160,25 @@ async def _wait_final(flow_run_id, timeout: float):
 
 @pytest.mark.slow
 def test_a_deployment_triggered_like_the_ui_runs_on_the_worker_dask_mlflow_and_s3(
-    stack, monkeypatch, shakespeare_path
+    stack, monkeypatch, request, shakespeare_path
 ):
     client = stack["client"]
     for k, v in client.items():
         monkeypatch.setenv(k, v)
+    # Prefect read its settings when this session imported it, and an earlier test may have set
+    # MLflow's global URI: point both at the stack explicitly, for this test only.
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+
+    prefect_settings = temporary_settings(
+        updates={
+            PREFECT_API_URL: client["PREFECT_API_URL"],
+            PREFECT_API_AUTH_STRING: client.get("PREFECT_API_AUTH_STRING"),
+        }
+    )
+    import mlflow
+
+    mlflow.set_tracking_uri(client["MLFLOW_TRACKING_URI"])
+    request.addfinalizer(lambda: mlflow.set_tracking_uri(None))
     corpus = stack["tmp"] / "corpus"
     corpus.mkdir()
     (corpus / "shakespeare.txt").write_text(shakespeare_path.read_text(encoding="utf-8")[:120_000])
@@ -174,10 +188,11 @@ def test_a_deployment_triggered_like_the_ui_runs_on_the_worker_dask_mlflow_and_s
 
     # the UI's Run button: a flow run created from the deployment with custom parameters
     t0 = time.time()
-    created = run_deployment(
-        "pipeline/forja-pipeline", parameters=_params(corpus, client["DASK_SCHEDULER_ADDRESS"]), timeout=0
-    )
-    fr = asyncio.run(_wait_final(created.id, timeout=600))
+    with prefect_settings:
+        created = run_deployment(
+            "pipeline/forja-pipeline", parameters=_params(corpus, client["DASK_SCHEDULER_ADDRESS"]), timeout=0
+        )
+        fr = asyncio.run(_wait_final(created.id, timeout=600))
     print(
         f"\ntrigger to start {(fr.start_time - fr.created).total_seconds():.1f} s; run {time.time() - t0:.1f} s"
     )
@@ -202,7 +217,7 @@ def test_a_deployment_triggered_like_the_ui_runs_on_the_worker_dask_mlflow_and_s
     import mlflow
     from mlflow import MlflowClient
 
-    ml = MlflowClient()
+    ml = MlflowClient(client["MLFLOW_TRACKING_URI"])
     runs = ml.search_runs(
         [e.experiment_id for e in ml.search_experiments()], f"tags.`prefect.flow_run_id` = '{fr.id}'"
     )
