@@ -15,30 +15,10 @@ from typing import Any, BinaryIO
 
 from tasks.ingest.decode import TextDecoder
 from tasks.ingest.readers.registry import register
-from tasks.ingest.readers.stream import streamed
+from tasks.ingest.readers.stream import Prefixed, streamed
 from tasks.ingest.records import Doc, ReadOptions, Reject
 
 MAX_BAD_RECORDS_IN_A_ROW = 1000  # past this many, the rest of the file is skipped (not a CSV)
-
-
-class _Prefixed(io.RawIOBase):
-    """`head` followed by the rest of `stream`: lets a sniffed stream be read from the start."""
-
-    def __init__(self, head: bytes, stream: BinaryIO):
-        self._head, self._stream = memoryview(head), stream
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: Any) -> int:
-        if len(self._head):
-            n = min(len(b), len(self._head))
-            b[:n] = self._head[:n]
-            self._head = self._head[n:]
-            return n
-        data = self._stream.read(len(b))
-        b[: len(data)] = data
-        return len(data)
 
 
 class CsvReader:
@@ -52,7 +32,7 @@ class CsvReader:
     def read(self, item: dict[str, Any], head: bytes, stream: BinaryIO) -> Iterator[Doc | Reject]:
         path, col = item["path"], self.opts.text_column
         text = io.TextIOWrapper(
-            io.BufferedReader(_Prefixed(head, stream), 1 << 16),
+            io.BufferedReader(Prefixed(head, stream), 1 << 16),
             encoding="utf-8",
             errors="surrogateescape",
             newline="",

@@ -17,6 +17,7 @@ registers `streamed(ThatClass)`. `read_stream` then does the rest, the same way 
 from __future__ import annotations
 
 import codecs
+import io
 import lzma
 import zlib
 from collections.abc import Callable, Iterator
@@ -31,6 +32,26 @@ from tasks.ingest.records import Doc, OnBytes, ReadOptions, Reject
 from tasks.ingest.urls import SourceUnavailable, redacted_error
 
 SNIFF_BYTES = 8192  # how much of a file's start decides "binary or text" (git looks at 8000)
+
+
+class Prefixed(io.RawIOBase):
+    """`head` followed by the rest of `stream`: a sniffed stream read again from its start (CSV, WARC)."""
+
+    def __init__(self, head: bytes, stream: BinaryIO):
+        self._head, self._stream = memoryview(head), stream
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        if len(self._head):
+            n = min(len(b), len(self._head))
+            b[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        data = self._stream.read(len(b))
+        b[: len(data)] = data
+        return len(data)
 
 
 class StreamReader(Protocol):

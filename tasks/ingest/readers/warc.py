@@ -29,32 +29,12 @@ from warcio.bufferedreaders import ChunkedDataException
 from tasks.ingest.decode import TextDecoder
 from tasks.ingest.readers.html import codec_name, html_doc
 from tasks.ingest.readers.registry import register
-from tasks.ingest.readers.stream import streamed
+from tasks.ingest.readers.stream import Prefixed, streamed
 from tasks.ingest.records import Doc, ReadOptions, Reject, Skip
 
 KEPT = {"response", "resource", "conversion"}
 HTML_TYPES = ("text/html", "application/xhtml+xml")
 TEXT_TYPES = ("text/plain",)
-
-
-class _Chained(io.RawIOBase):
-    """`head`, then the rest of `stream`: the file again, for warcio, after the sniff read its start."""
-
-    def __init__(self, head: bytes, stream: BinaryIO):
-        self._head, self._stream = memoryview(head), stream
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: Any) -> int:
-        if self._head:
-            n = min(len(b), len(self._head))
-            b[:n] = self._head[:n]
-            self._head = self._head[n:]
-            return n
-        data = self._stream.read(len(b))
-        b[: len(data)] = data
-        return len(data)
 
 
 def _media_type(value: str | None) -> tuple[str, str | None]:
@@ -95,7 +75,7 @@ class WarcReader:
         from warcio.statusandheaders import StatusAndHeadersParserException
 
         path = item["path"]
-        raw = io.BufferedReader(_Chained(head, stream), 1 << 16)
+        raw = io.BufferedReader(Prefixed(head, stream), 1 << 16)
         it = ArchiveIterator(raw, arc2warc=True, ensure_http_headers=False)
         errors = (ArchiveLoadFailed, StatusAndHeadersParserException, ValueError, IndexError)
         records = 0
