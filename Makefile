@@ -26,6 +26,7 @@ $(VENV)/.installed: pyproject.toml
 	fi
 	$(BIN)/python -m pip install --quiet -e ".[dev,hf,dask,stack]"
 	$(BIN)/python scripts/fetch_llama_converter $(VENV)/llama-convert  # for tests/test_hf.py
+	$(BIN)/python -m forja.stores  # migrated empty Prefect and MLflow databases: new homes start warm
 	touch $@
 
 run: setup

@@ -318,10 +318,10 @@ def run(
     ] = False,
 ) -> None:
     """Run the whole pipeline (Prefect flow, tracked in MLflow): ingest -> ... -> register."""
-    from forja.home import configure
+    from forja.session import configure_and_start_api
 
     _setup_logging()
-    configure()
+    configure_and_start_api()
     params = _pipeline_params(source, preset, out, set_, resume)
     from flows.pipeline import pipeline
 
@@ -342,10 +342,10 @@ def retrain(
     set_: SetOpt = None,
 ) -> None:
     """Run the retrain flow once: stop if nothing new arrived, else train and promote if better."""
-    from forja.home import configure
+    from forja.session import configure_and_start_api
 
     _setup_logging()
-    configure()
+    configure_and_start_api()
     params = _pipeline_params(source, preset, None, set_, False)
     from flows.retrain import retrain as retrain_flow
 

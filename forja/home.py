@@ -25,6 +25,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from forja import stores
 from lm.fileio import file_lock
 
 DEFAULT_HOME = ".forja"
@@ -119,12 +120,20 @@ def configure(home: Home | None = None) -> Home:
     return home
 
 
+def seed_mlflow_db(home: Home) -> None:
+    """A new home whose MLflow store is its own SQLite file starts from a copy of the migrated
+    empty database (forja/stores.py) instead of migrating one in the first run."""
+    if os.environ.get("MLFLOW_TRACKING_URI", home.default_tracking_uri) == home.default_tracking_uri:
+        stores.seed(home.mlflow_db, "mlflow")
+
+
 def prepare_embedded_prefect() -> None:
     """Before a flow runs without a Prefect server: make sure its database exists and is current.
 
     Call it after `configure()` and after the parameters are validated, so that a bad parameter
     still fails at once rather than after creating a database.
     """
+    seed_mlflow_db(Home.from_env())
     if not os.environ.get("PREFECT_API_URL"):
         migrate_prefect_db(Path(os.environ["PREFECT_HOME"]))
 
@@ -144,8 +153,12 @@ def migrate_prefect_db(prefect_home: Path) -> None:
     marker = prefect_home / f".migrated-{version('prefect')}"
     if marker.is_file() and db.is_file():
         return
+    prefect_home.mkdir(parents=True, exist_ok=True)
     with file_lock(prefect_home / "prefect.db.lock"):
         if marker.is_file() and db.is_file():  # another run did it while we waited
+            return
+        if not db.is_file() and stores.seed(db, "prefect"):  # a copy of the migrated empty database
+            marker.touch()
             return
         done = subprocess.run(
             [sys.executable, "-m", "prefect", "server", "database", "upgrade", "-y"],

@@ -11,6 +11,7 @@ reason, the MLflow run KILLED) while the server is still up, and the server is s
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import signal
@@ -21,9 +22,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from forja.home import Home, migrate_prefect_db
+from forja import stores
+from forja.home import Home, configure, migrate_prefect_db, seed_mlflow_db
 
 STARTUP_TIMEOUT_S = 120.0
+_servers: list[subprocess.Popen] = []  # temporary servers this process started
+_early: tuple[subprocess.Popen, str] | None = None  # launched by start_early, not yet used
 
 
 def _free_port() -> int:
@@ -32,8 +36,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start_server(home: Home) -> tuple[subprocess.Popen, str]:
-    """Prefect's API (no UI) on a free loopback port, as Prefect's temporary server runs it."""
+def _launch(home: Home) -> tuple[subprocess.Popen, str]:
+    """Prefect's API (no UI) on a free loopback port, as Prefect's temporary server runs it; not
+    waited for."""
     import prefect
 
     log_dir = home.root / "logs"
@@ -45,41 +50,68 @@ def _start_server(home: Home) -> tuple[subprocess.Popen, str]:
         "PREFECT__SERVER_EPHEMERAL": "1",
         "PREFECT__SERVER_FINAL": "1",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        # migrate_prefect_db() brought the database up to date before the server starts
+        "PREFECT_API_DATABASE_MIGRATE_ON_START": "false",
     }
     env.pop("PREFECT_API_URL", None)
+    port = _free_port()
+    with open(log_dir / "prefect-run-server.log", "ab") as log:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--app-dir",
+                str(Path(prefect.__file__).parent.parent),
+                "--factory",
+                "prefect.server.api.server:create_app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--log-level",
+                "error",
+                "--lifespan",
+                "on",
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C in the terminal does not reach it
+        )
+    _servers.append(proc)
+    return proc, f"http://127.0.0.1:{port}/api"
+
+
+def _start_server(
+    home: Home, launched: tuple[subprocess.Popen, str] | None = None
+) -> tuple[subprocess.Popen, str]:
+    """A healthy temporary server: the one `start_early` launched, or a new one."""
     for _ in range(3):  # a port taken between choosing and binding: choose again
-        port = _free_port()
-        with open(log_dir / "prefect-run-server.log", "ab") as log:
-            proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "uvicorn",
-                    "--app-dir",
-                    str(Path(prefect.__file__).parent.parent),
-                    "--factory",
-                    "prefect.server.api.server:create_app",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                    "--log-level",
-                    "error",
-                    "--lifespan",
-                    "on",
-                ],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # Ctrl-C in the terminal does not reach it
-            )
-        url = f"http://127.0.0.1:{port}/api"
+        proc, url = launched or _launch(home)
+        launched = None
         if _wait_healthy(proc, url):
             return proc, url
         _stop(proc)
     raise RuntimeError(
-        f"the temporary Prefect server did not start; see {log_dir / 'prefect-run-server.log'}"
+        f"the temporary Prefect server did not start; see {home.root / 'logs' / 'prefect-run-server.log'}"
     )
+
+
+def start_early(home: Home) -> None:
+    """Launch the temporary Prefect server now, in the background, so that it starts (about 5 s on
+    2 cores) while the run imports its modules and validates its parameters (about 5 s more);
+    `prefect_api` then finds it up. Only when no server is set and the database is ready at once
+    (a copy of the migrated one, forja/stores.py); it is stopped at exit if the run never starts."""
+    global _early
+    if os.environ.get("PREFECT_API_URL") or _early is not None:
+        return
+    if not (home.prefect_home / "prefect.db").is_file() and not stores.has_template("prefect"):
+        return  # migrating takes a while: after the parameters are validated, in prefect_api
+    seed_mlflow_db(home)
+    migrate_prefect_db(home.prefect_home)
+    _early = _launch(home)
+    atexit.register(_stop, _early[0])
 
 
 def _wait_healthy(proc: subprocess.Popen, url: str) -> bool:
@@ -108,15 +140,25 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
+def configure_and_start_api() -> Home:
+    """`configure()` the home, and launch its temporary Prefect server in the background."""
+    home = configure()
+    start_early(home)
+    return home
+
+
 @contextlib.contextmanager
 def prefect_api(home: Home) -> Iterator[str]:
     """The Prefect API a flow of this process reports to: `PREFECT_API_URL` when set (a server, a
     running `forja ui`), else a temporary server of our own, stopped when the block ends."""
+    global _early
     if os.environ.get("PREFECT_API_URL"):
         yield os.environ["PREFECT_API_URL"]
         return
+    seed_mlflow_db(home)
     migrate_prefect_db(home.prefect_home)
-    proc, url = _start_server(home)
+    proc, url = _start_server(home, _early)
+    _early = None
     os.environ["PREFECT_API_URL"] = url
     try:
         from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -148,6 +190,9 @@ def interrupts() -> Iterator[None]:
         nonlocal count
         count += 1
         if count > 1:
+            for proc in _servers:  # os._exit skips every finally: stop our servers first
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
             os._exit(130)
         raise KeyboardInterrupt
 
