@@ -38,7 +38,7 @@ The modules, by concern (each imports only those above it):
 
     arrays    zero-copy numpy views of Arrow arrays
     text      mojibake repair and text statistics (the Python UDFs on text)
-    minhash   MinHash signatures, LSH bands, connected components (numpy)
+    minhash   MinHash signatures, LSH bands, exact shingle Jaccard (numpy)
     rules     Rule, reading and checking rule files (built-in and rules_dir)
     chain     rules -> one DuckDB query; UDF registration; binding checks
     config    CleanConfig, rule_files

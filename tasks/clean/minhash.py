@@ -1,4 +1,4 @@
-"""Near-duplicate detection: MinHash signatures computed with numpy, LSH banding, connected components.
+"""Near-duplicate detection: MinHash signatures computed with numpy, LSH banding, exact verification.
 
 Design choices, and why:
 
@@ -19,8 +19,9 @@ Design choices, and why:
   probability at the Jaccard threshold, as datasketch's `MinHashLSH` chooses it, weighted towards
   recall (LSH_WEIGHTS) because every candidate is verified. Each band of `rows`
   values is hashed to one 64-bit key; the buckets are formed in SQL (tasks/sql/090_near_dedup.sql),
-  candidate pairs are checked against the threshold with the signatures, and connected components
-  (vectorised) group them (tasks/clean/dedup.py runs these steps over the corpus).
+  candidate pairs are screened with the signatures and decided by their true shingle Jaccard
+  (`exact_jaccard`), and each document similar to one kept is dropped (tasks/clean/dedup.py runs
+  these steps over the corpus).
 
 Everything here works on Arrow arrays and numpy; no Python loop runs per document or per word.
 """
@@ -252,6 +253,27 @@ def similarity(sig_a: np.ndarray, sig_b: np.ndarray) -> np.ndarray:
     return (sig_a == sig_b).mean(axis=1)
 
 
+def exact_jaccard(
+    texts_a: pa.Array | pa.ChunkedArray, texts_b: pa.Array | pa.ChunkedArray, shingle_words: int
+) -> np.ndarray:
+    """The true Jaccard similarity of the shingle sets of row-aligned text pairs (the sets the
+    signatures estimate: the same word n-gram hashes), vectorised over the pairs."""
+    n = len(texts_a)
+    sets = []
+    for texts in (texts_a, texts_b):
+        sh, doc = shingle_hashes(*word_hashes(texts), shingle_words)
+        keyed = np.unique(np.stack([doc.astype(np.uint64), sh], axis=1), axis=0)  # each pair's set
+        sets.append(keyed)
+    size_a = np.bincount(sets[0][:, 0].astype(np.int64), minlength=n)
+    size_b = np.bincount(sets[1][:, 0].astype(np.int64), minlength=n)
+    both = np.concatenate(sets)
+    both = both[np.lexsort((both[:, 1], both[:, 0]))]
+    same = np.all(both[1:] == both[:-1], axis=1)  # a shingle in both sets of one pair
+    inter = np.bincount(both[1:][same, 0].astype(np.int64), minlength=n)
+    union = size_a + size_b - inter
+    return np.divide(inter, union, out=np.zeros(n), where=union > 0)
+
+
 def signatures_from_blobs(blobs: list[bytes] | pa.Array, num_perm: int) -> np.ndarray:
     """(n, num_perm) uint32 from the `sig` BLOBs stored in the shard work files."""
     if isinstance(blobs, pa.ChunkedArray):
@@ -271,32 +293,6 @@ def signatures_from_blobs(blobs: list[bytes] | pa.Array, num_perm: int) -> np.nd
             )
         return raw.view(np.uint32).reshape(len(blobs), num_perm)
     return np.frombuffer(b"".join(blobs), dtype=np.uint32).reshape(len(blobs), num_perm).copy()
-
-
-def cluster(pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Connected components of the graph with edges `pairs` (m, 2) of integer ids.
-
-    Returns `(nodes, roots)`: every id that appears in an edge, sorted, and the smallest id of its
-    component (the document that is kept). Vectorised hooking and pointer jumping (as in
-    Shiloach-Vishkin): each round hooks every label onto the smaller label across each edge, then
-    jumps pointers until they settle; a handful of rounds, even for long chains.
-    """
-    if len(pairs) == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    nodes, inv = np.unique(np.asarray(pairs, dtype=np.int64).ravel(), return_inverse=True)
-    a, b = inv.reshape(-1, 2).T
-    labels = np.arange(len(nodes))
-    while True:
-        la, lb = labels[a], labels[b]
-        low = np.minimum(la, lb)
-        new = labels.copy()
-        np.minimum.at(new, la, low)
-        np.minimum.at(new, lb, low)
-        while not np.array_equal(jumped := new[new], new):
-            new = jumped
-        if np.array_equal(new, labels):
-            return nodes, nodes[labels]
-        labels = new
 
 
 def describe(num_perm: int, shingle_words: int, threshold: float) -> dict[str, Any]:

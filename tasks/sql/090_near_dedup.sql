@@ -3,8 +3,8 @@
 -- and each band hashed to one key (`bands`, computed per shard by tasks/clean/minhash.py; the key is
 -- salted with the band's index). Documents that share any band key are candidates. Each bucket
 -- yields the pairs (first member, other member) and (member, next member), in `gid` order.
--- Step 2 (tasks/clean/dedup.py): every pair is checked against the Jaccard threshold with the full
--- signatures, the similar pairs are joined into connected components, and each keeps its smallest gid.
+-- Step 2 (tasks/clean/dedup.py): every pair is screened with the full signatures and decided by its
+-- true shingle Jaccard; in gid order, a document similar to one kept is dropped.
 WITH keyed AS (
     SELECT gid, unnest(bands) AS band_key
     FROM input

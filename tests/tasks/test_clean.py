@@ -394,6 +394,61 @@ def test_minhash_estimates_jaccard_and_is_batch_independent(paragraphs: list[str
     assert short.null_count == 2
 
 
+def shingle_set(t: str, n: int = 5) -> set:
+    w = t.lower().split()
+    return {tuple(w[i : i + n]) for i in range(len(w) - n + 1)}
+
+
+def jaccard(x: str, y: str) -> float:
+    a, b = shingle_set(x), shingle_set(y)
+    return len(a & b) / len(a | b)
+
+
+def test_exact_jaccard_is_the_jaccard_of_the_word_shingle_sets(paragraphs: list[str]):
+    doc = " ".join(paragraphs[200:206])
+    others = [doc, near_copy(doc, 20), near_copy(doc, 7), near_copy(doc, 2), paragraphs[0], "too short"]
+    got = minhash.exact_jaccard(pa.array([doc] * len(others)), pa.array(others), 5)
+    want = [jaccard(doc, o) if shingle_set(o) else 0.0 for o in others]
+    assert np.allclose(got, want, rtol=0, atol=1e-12), (got, want)
+
+
+def edit(text: str, every: int, at: int, mark: str) -> str:
+    return " ".join(w + mark if i % every == at else w for i, w in enumerate(text.split(" ")))
+
+
+def test_near_dedup_removes_only_verified_duplicates_of_a_kept_document(
+    tmp_path: Path, paragraphs: list[str]
+):
+    """A chain: B is near A, C is near B but not near A. Kept in doc_id order A first, B goes as A's
+    duplicate and C stays (a union of the pairs would drop C as A's 'duplicate' too)."""
+    a = " ".join(paragraphs[100:110])
+    b = c = ""
+    for mark in "xyzuvw":  # marks that put A first in doc_id (sha256) order
+        b, c = edit(a, 60, 10, mark), edit(edit(a, 60, 10, mark), 60, 40, mark)
+        ids = [hashlib.sha256(t.encode()).hexdigest() for t in (a, b, c)]
+        if ids[0] == min(ids):
+            break
+    assert jaccard(a, b) >= 0.8 and jaccard(b, c) >= 0.8 and jaccard(a, c) < 0.8, (
+        jaccard(a, b),
+        jaccard(b, c),
+        jaccard(a, c),
+    )
+    ing = make_ingest(tmp_path / "in", [[a, *paragraphs[300:305]], [c, b]])
+    m = run_clean(ing, tmp_path / "out")
+    kept = set(texts_out(tmp_path / "out"))
+    assert a in kept and c in kept and b not in kept
+    by_id = {hashlib.sha256(t.encode()).hexdigest(): t for t in (a, b, c)}
+    dropped = [
+        d
+        for d in pq.read_table(tmp_path / "out" / "dropped.parquet").to_pylist()
+        if d["rule"] == "near_dedup"
+    ]
+    assert len(dropped) == 1 and by_id[dropped[0]["dup_of"]] == a
+    assert dropped[0]["similarity"] == pytest.approx(jaccard(a, b), abs=1e-4)  # measured, not estimated
+    entry = rule_entry(m, "near_dedup")
+    assert entry["similar_pairs"] == 2 and entry["verified_pairs"] >= 2
+
+
 @pytest.mark.parametrize(
     ("threshold", "num_perm"), [(0.5, 64), (0.7, 128), (0.8, 128), (0.85, 256), (0.9, 128)]
 )
