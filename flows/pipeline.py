@@ -45,6 +45,7 @@ from flows.registry import current_champion, register_task
 from flows.stages import (
     TASK_OPTS,
     by_key,
+    duplicate_metrics,
     is_cached,
     run_clean_stage,
     run_ingest_stage,
@@ -363,7 +364,7 @@ def _log_data(run_id: str, data: dict[str, Any]) -> None:
         tracking.log_artifact(run_id, report, "data/clean")
     tracking.log_artifact(run_id, Path(tokens["out"]) / "tokenizer.model", "tokenizer")
     tracking.log_metrics(run_id, {f"data.{s}_tokens": float(v["tokens"]) for s, v in splits.items()})
-    tracking.log_metrics(run_id, ingest_metrics(data["ingest"]))
+    tracking.log_metrics(run_id, ingest_metrics(data["ingest"]) | duplicate_metrics(data["clean"]))
 
 
 INGEST_COUNTS = ("items", "accepted", "duplicates", "already_known", "quarantined", "legacy_encoding")

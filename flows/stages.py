@@ -149,3 +149,10 @@ def run_tokenize_stage(
     return run_stage_in_flow(
         "tokenize", clean_dir, lambda key: dataset_dir / "tokens" / key[:16], config, fresh
     )
+
+
+def duplicate_metrics(clean: dict[str, Any]) -> dict[str, float]:
+    """`data.duplicates.<where>`: the duplicates ingest and clean removed, one account (the clean
+    report's), so that a run's totals add up across the stages."""
+    account = (clean.get("counts") or {}).get("duplicates") or {}
+    return {f"data.duplicates.{k}": float(v) for k, v in account.items()}

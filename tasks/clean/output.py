@@ -146,6 +146,7 @@ def write_output(
     config: CleanConfig,
     upstream: str | None,
     work_dir: Path,
+    ingest_duplicates: int = 0,
 ) -> dict[str, Any]:
     """Write the clean output into `folder` (the stage's staging folder): the kept rows in
     (doc_id, source, path, offset) order cut into parts of about `part_bytes`, dropped.parquet and
@@ -154,7 +155,7 @@ def write_output(
     with connect(config, work_dir) as con:
         parts, bytes_out = write_parts(con, works, dedup_result["output"], folder, config)
         dropped = write_dropped(con, works, dedup_result["output"], folder)
-    report = build_report(shard_results, dedup_result, config, bytes_out)
+    report = build_report(shard_results, dedup_result, config, bytes_out, ingest_duplicates)
     atomic_write_json(folder / "report.json", report)
     artifacts = [output_record(folder / "report.json", folder), dropped]
     counts = {
@@ -164,6 +165,7 @@ def write_output(
         "bytes_out": report["bytes_out"],
         "dropped": {r["rule"]: r["dropped"] for r in report["rules"] if r["kind"] != "map"},
         "changed": {r["rule"]: r["changed"] for r in report["rules"] if r["kind"] == "map"},
+        "duplicates": report["duplicates"],
     }
     if sum(p["rows"] for p in parts) != report["rows_out"]:  # pragma: no cover - internal invariant
         raise StageError(

@@ -12,8 +12,10 @@ Examples are the first ones in (doc_id, source, path, offset) order, whatever th
 from __future__ import annotations
 
 import unicodedata
+from pathlib import Path
 from typing import Any
 
+from lm.fileio import read_json
 from tasks.clean.config import CleanConfig
 
 SNIPPET_CHARS = 200
@@ -53,9 +55,14 @@ def doc_key(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_report(
-    shard_results: list[dict[str, Any]], dedup_result: dict[str, Any], config: CleanConfig, bytes_out: int
+    shard_results: list[dict[str, Any]],
+    dedup_result: dict[str, Any],
+    config: CleanConfig,
+    bytes_out: int,
+    ingest_duplicates: int = 0,
 ) -> dict[str, Any]:
-    """Rows in/out per rule over all shards, with the first examples in document order."""
+    """Rows in/out per rule over all shards, with the first examples in document order, and the
+    account of duplicates removed by ingest and by clean."""
     k = config.examples_per_rule
     rows_in = sum(r["rows_in"] for r in shard_results)
     bytes_in = sum(r["bytes_in"] for r in shard_results)
@@ -110,7 +117,30 @@ def build_report(
         "bytes_in": bytes_in,
         "bytes_out": bytes_out,
         "rules": rules_out,
+        "duplicates": duplicates_account(ingest_duplicates, rules_out),
     }
+
+
+def ingest_duplicates(ingest_dir: str | Path) -> int:
+    """The exact duplicates ingest removed before clean saw the documents: in its latest run, which
+    reads every source (the unchanged ones too, as `already_known`), the texts identical to another
+    text of the sources. (Summing the snapshots instead would count a source read twice twice.)"""
+    manifest = Path(ingest_dir) / "manifest.json"
+    if not manifest.is_file():
+        return 0
+    return int(((read_json(manifest).get("counts") or {}).get("run") or {}).get("duplicates", 0))
+
+
+def duplicates_account(at_ingest: int, rules: list[dict[str, Any]]) -> dict[str, int]:
+    """One account of the duplicates removed across the stages, so that the totals add up."""
+    dropped = {r["rule"]: r.get("dropped", 0) for r in rules}
+    account = {
+        "ingest_exact": at_ingest,
+        "clean_exact": dropped.get("exact_dedup", 0),
+        "clean_near": dropped.get("near_dedup", 0),
+    }
+    account["removed"] = account["ingest_exact"] + account["clean_exact"] + account["clean_near"]
+    return account
 
 
 def example_order(e: dict[str, Any]) -> tuple:

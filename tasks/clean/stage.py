@@ -20,6 +20,7 @@ from tasks.clean.config import CleanConfig, rule_files
 from tasks.clean.dedup import dedup_shards
 from tasks.clean.engine import clean_shard, input_parts
 from tasks.clean.output import write_output
+from tasks.clean.report import ingest_duplicates
 from tasks.stage import Stage, StageRun, register, run_stage
 
 log = logging.getLogger("forja.clean")
@@ -51,7 +52,8 @@ class CleanStage(Stage):
     def write(self, run: StageRun, results: list[dict[str, Any]]) -> dict[str, Any]:
         work = run.staging / "work"
         dedup = dedup_shards(results, work, run.config)
-        return write_output(results, dedup, run.staging, run.config, upstream=run.upstream, work_dir=work)
+        dups = ingest_duplicates(run.inputs)
+        return write_output(results, dedup, run.staging, run.config, run.upstream, work, dups)
 
     def summary(self, manifest: dict[str, Any]) -> str:
         c = manifest["counts"]

@@ -156,6 +156,16 @@ def test_forja_run_on_bad_input_logs_ingest_counts_to_mlflow(tmp_path_factory):
         }
         assert by_reason == exp.by_reason
         assert metrics["data.ingest.total_documents"] == len(exp.accepted)
+        # one account of duplicates: ingest's exact ones next to clean's, in the run's metrics
+        (report,) = (servers.home.dataset("badinput") / "clean").glob("*/report.json")
+        dropped = {r["rule"]: r.get("dropped") for r in json.loads(report.read_text())["rules"]}
+        assert metrics["data.duplicates.ingest_exact"] == exp.duplicates
+        assert metrics["data.duplicates.clean_exact"] == dropped["exact_dedup"]
+        assert metrics["data.duplicates.clean_near"] == dropped["near_dedup"]
+        assert (
+            metrics["data.duplicates.removed"]
+            == exp.duplicates + dropped["exact_dedup"] + dropped["near_dedup"]
+        )
         assert result["eval_bpb"] > 0
     finally:
         servers.close()

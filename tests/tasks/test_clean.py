@@ -587,3 +587,29 @@ def test_empty_ingest_gives_an_empty_output(tmp_path: Path):
     ing = make_ingest(tmp_path / "in", [])
     m = run_clean(ing, tmp_path / "out")
     assert m["outputs"] == [] and m["counts"]["rows_in"] == 0 and m["counts"]["rows_out"] == 0
+
+
+def test_the_report_accounts_for_the_duplicates_ingest_and_clean_removed(
+    tmp_path: Path, paragraphs: list[str]
+):
+    """Byte-identical copies go at ingest, copies that differ in case at clean's exact dedup, edited
+    copies at near dedup: the clean report (and its manifest counts) add them up in one place."""
+    from tasks.ingest import IngestConfig, run_ingest
+
+    base = " ".join(paragraphs[100:108])
+    docs = [base, base, base.upper(), edit(base, 60, 10, "x"), *paragraphs[300:306]]
+    docs = [d.replace("\n", " ") for d in docs]  # one document per blank-line paragraph
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.txt").write_text("\n\n".join(docs) + "\n")
+    run_ingest([str(tmp_path / "src")], tmp_path / "ingest", IngestConfig(split="blank_line"))
+    (tmp_path / "src" / "b.txt").write_text("\n\n".join([docs[4], paragraphs[310], paragraphs[310]]) + "\n")
+    run_ingest([str(tmp_path / "src")], tmp_path / "ingest", IngestConfig(split="blank_line"))  # snapshot 2
+    m = run_clean(tmp_path / "ingest", tmp_path / "out")
+    account = read_json(tmp_path / "out" / "report.json")["duplicates"]
+    assert account == {
+        "ingest_exact": 3,  # base twice, docs[4] in both files, paragraph 310 twice
+        "clean_exact": 1,
+        "clean_near": 1,
+        "removed": 5,
+    }
+    assert m["counts"]["duplicates"] == account
