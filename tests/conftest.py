@@ -33,6 +33,7 @@ EPHEMERAL_TIMEOUT = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
 # Skips with these reasons (regular expressions, matched at the start) are expected on some machines.
 ALLOWED_SKIPS = (
     r"needs a CUDA device",
+    r"on a machine with CUDA",  # tests/test_gpu_check.py's no-GPU message
     r"docker compose is not installed",
     r"PostgreSQL binaries with pg_trgm are not installed",
     r"chromium is not installed",
