@@ -3,17 +3,25 @@
 Nothing is ever written under its final name until it is complete: we write to a temporary
 sibling (same folder, so `os.replace` is an atomic rename on POSIX) and rename at the end.
 A crash leaves at worst a `.tmp-*` file or folder, never a half-written final one.
+
+Fault injection, for the reliability suite only (as FORJA_FAULT_KILL_SAVE is for checkpoints):
+`FORJA_FAULT_KILL_WRITE=GLOB[:HIT]` SIGKILLs the process group at the HIT-th (default 1st)
+`atomic_path` of this process whose final path matches GLOB (fnmatch; `*` also matches `/`),
+when its temporary file is written and not yet renamed: a kill at a chosen write, without a
+test polling the disk for it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import fnmatch
 import hashlib
 import json
 import os
 import re
 import shutil
+import signal
 import tempfile
 import time
 from collections.abc import Iterator
@@ -21,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 TMP_PREFIX = ".tmp-"
+KILL_WRITE_ENV = "FORJA_FAULT_KILL_WRITE"
+_kill_write_hits = 0
 
 
 def _umask() -> int:
@@ -75,12 +85,26 @@ def atomic_path(final: str | os.PathLike, *, fsync: bool = True) -> Iterator[Pat
         if fsync:
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
+        _fault_kill_write(final)
         os.replace(tmp, final)
         if fsync:
             fsync_dir(final.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _fault_kill_write(final: Path) -> None:
+    """The FORJA_FAULT_KILL_WRITE seam (see the module docstring); does nothing when it is unset."""
+    global _kill_write_hits
+    spec = os.environ.get(KILL_WRITE_ENV)
+    if not spec:
+        return
+    pattern, _, hit = spec.partition(":")
+    if fnmatch.fnmatch(str(final), pattern):
+        _kill_write_hits += 1
+        if _kill_write_hits == int(hit or 1):
+            os.killpg(os.getpgrp(), signal.SIGKILL)
 
 
 def atomic_write_bytes(final: str | os.PathLike, data: bytes) -> None:

@@ -26,7 +26,7 @@ from helpers import shakespeare_text
 from support import FAST, Servers, run_python
 
 from lm.data import read_header
-from lm.fileio import TMP_PREFIX
+from lm.fileio import KILL_WRITE_ENV, TMP_PREFIX
 from tasks.common import read_manifest
 from tasks.ingest import REASONS
 
@@ -175,20 +175,20 @@ def test_forja_run_on_bad_input_logs_ingest_counts_to_mlflow(tmp_path_factory):
 # --------------------------------------------------------------------------- SIGKILL during writes
 
 STAGES = ("ingest", "clean", "tokenize")
-# Moments worth a kill: the first path matching one of the globs (relative to the stage's folder,
-# which holds OUT = "out" and the stage's temporary siblings) shows the stage is writing there.
+# Moments worth a kill: the HIT-th atomic write whose final path matches the glob (FORJA_FAULT_KILL_WRITE,
+# lm/fileio.py) kills the stage's process group with its temporary file written and not yet renamed.
 EVENTS = {
     "ingest": {
-        "staged part": ["out/.staging/*/shard-*/.tmp-*"],
-        "commit": ["out/data/*", "out/quarantine/*", "out/snapshots/*", "out/.tmp-*"],
+        "staged part": "*/out/.staging/*/shard-*/*",
+        "commit": "*/out/snapshots/*",  # the parts moved in, the snapshot not yet recorded
     },
     "clean": {
-        "shard work file": [f"{TMP_PREFIX}out.*/work/shards/{TMP_PREFIX}*"],
-        "output parts": [f"{TMP_PREFIX}out.*/part-*", f"{TMP_PREFIX}out.*/{TMP_PREFIX}part-*"],
+        "shard work file": "*/work/shards/*",
+        "output parts": f"*/{TMP_PREFIX}out.*/part-*",
     },
     "tokenize": {
-        "token files": [f"{TMP_PREFIX}out.*/work/{TMP_PREFIX}*"],
-        "shards": [f"{TMP_PREFIX}out.*/*.bin", f"{TMP_PREFIX}out.*/{TMP_PREFIX}*.bin.*"],
+        "token files": f"*/{TMP_PREFIX}out.*/work/*",
+        "shards": "*.bin:2",
     },
 }
 RANDOM_KILLS = 1  # per stage, at a seeded random moment of the uninterrupted run's duration
@@ -266,28 +266,25 @@ def identity(stage: str, out: Path) -> tuple[str, dict[str, str]]:
     return m["digest"], outs
 
 
-def run_and_kill(args: list[str], root: Path, when: float | list[str], log: Path) -> dict:
-    """Start `forja args`, SIGKILL it at `when` (seconds after start, or the first path matching
-    one of the globs under root); report whether it died by the kill and what it was writing."""
+def run_and_kill(args: list[str], root: Path, when: float | str, log: Path) -> dict:
+    """Start `forja args` and SIGKILL its process group: at the write `when` names (a
+    FORJA_FAULT_KILL_WRITE glob: the stage kills itself there), or `when` seconds after the start;
+    report whether it died by the kill and what it was writing."""
+    env = dict(os.environ) | ({KILL_WRITE_ENV: when} if isinstance(when, str) else {})
     with open(log, "wb") as err:
         proc = subprocess.Popen(
             [sys.executable, "-m", "forja.cli", *args],
             cwd=ROOT,
+            env=env,
             stdout=subprocess.DEVNULL,
             stderr=err,
             start_new_session=True,
         )
         t0 = time.perf_counter()
-        hit = None
-        while proc.poll() is None:
-            if isinstance(when, float):
-                hit = time.perf_counter() - t0 >= when
-            else:
-                hit = next((m for g in when for m in root.glob(g)), None)
-            if hit:
-                os.killpg(proc.pid, signal.SIGKILL)
-                break
-            time.sleep(0.002)
+        try:
+            proc.wait(timeout=None if isinstance(when, str) else when)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
         rc = proc.wait()
     return {
         "killed": rc == -signal.SIGKILL,
@@ -306,7 +303,7 @@ def test_sigkill_during_stage_writes_leaves_readable_files_and_a_clean_rerun(sta
     src, seconds = uninterrupted
     ref = identity(stage, src[stage])
     rng = random.Random(f"sigkill-{stage}")
-    moments: list[tuple[str, float | list[str]]] = list(EVENTS[stage].items())
+    moments: list[tuple[str, float | str]] = list(EVENTS[stage].items())
     moments += [(f"random {i}", rng.uniform(0.2, 0.95) * seconds[stage]) for i in range(RANDOM_KILLS)]
     root = tmp_path / stage
     root.mkdir()
