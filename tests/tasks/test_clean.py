@@ -129,7 +129,7 @@ def test_rules_are_named_sql_files_in_order():
         "mojibake", "control_chars", "nfc", "whitespace", "pii", "length", "language", "quality",
         "decontaminate", "exact_dedup", "near_dedup",
     ]  # fmt: skip
-    assert [r.kind for r in rules] == ["map"] * 5 + ["filter"] * 2 + ["corpus", "candidates"]
+    assert [r.kind for r in rules] == ["map"] * 5 + ["filter"] * 4 + ["corpus", "candidates"]
     for r in rules:
         assert r.path.suffix == ".sql" and r.path.read_text().startswith(f"-- kind: {r.kind}")
         assert r.description.endswith(".")
