@@ -7,6 +7,8 @@ Accuracy: on the real sentences of bench/langid_samples.py (12 languages, 5 sent
 one language ("documents"). Speed: documents/s on `--docs` documents made of the samples (about
 600 bytes each, languages mixed), and MB/s on real English pages (the docstrings of the standard library's
 modules, cut to `--chars` characters, as the clean rule does), best of three passes.
+Last, the decontaminate rule's UDF (tasks/clean/decontam.py) on the same documents and pages,
+against an evaluation set of about 200 KB (docstrings, as a frozen set would be): MB/s.
 The figures are recorded in bench/README.md.
 """
 
@@ -139,6 +141,33 @@ def main() -> None:
             f"| {name} | {acc_s:.1%} | {acc_short:.1%} | {acc_d:.1%} | {dps:,.0f} | {mbs:.2f} | "
             f"(load {load:.1f} s)"
         )
+    decontam_speed(mixed, args.chars)
+
+
+def decontam_speed(mixed: list[str], chars: int) -> None:
+    import pyarrow as pa
+
+    from tasks.clean.decontam import EvalIndex
+
+    evals, total = [], 0
+    for page in english_pages(1 << 30):
+        if total > 200_000:
+            break
+        evals.append(page)
+        total += len(page.encode())
+    t0 = time.perf_counter()
+    index = EvalIndex.build(evals, [f"e{i}" for i in range(len(evals))], [False] * len(evals), 13)
+    build = time.perf_counter() - t0
+    docs = (mixed + english_pages(chars)) * 4
+    mb = sum(len(d.encode()) for d in docs) / 1e6
+    batches = [pa.array(docs[i : i + 2048], pa.string()) for i in range(0, len(docs), 2048)]
+    hits = sum(index.overlap(b).is_valid().true_count for b in batches)
+    dt = best_time(lambda: [index.overlap(b) for b in batches])
+    print(
+        f"decontaminate: {len(evals)} eval texts ({total / 1e3:.0f} KB, {len(index.hashes):,} 13-grams, "
+        f"index built in {build:.2f} s); {len(docs):,} documents ({mb:.1f} MB, {hits} sharing a 13-gram): "
+        f"{len(docs) / dt:,.0f} documents/s, {mb / dt:.1f} MB/s"
+    )
 
 
 if __name__ == "__main__":
