@@ -2,7 +2,8 @@
 the evaluation texts and the training documents.
 
     EvalIndex.load(files, n)      -> the n-grams of the evaluation texts (hashed, sorted)
-    overlap_udf(index)            -> the Arrow UDF: per document STRUCT(ngram, hits, eval, source)
+    EvalIndex.overlap(texts)      -> per document STRUCT(ngram, hits, eval, source), NULL: none
+    overlap_udf(files, n)         -> that as the Arrow UDF `eval_overlap` (index built on first use)
 
 What it checks against: the files of `CleanConfig.eval_texts`: a text file is one evaluation
 text (the pipeline adds `evaluate.eval_text`, the `--set evaluate.eval_text=FILE` of a run), an
@@ -18,7 +19,10 @@ the set was frozen from (and change what `val_bpb` measures), while the frozen s
 changes (tasks/evaluate.py freezes it once). So a document that holds EVERY n-gram of a frozen
 text is taken to be that text's source: it is kept and reported as `source`, not dropped. Other
 documents sharing any n-gram with it (copies in training, quotes) are dropped. Texts from plain
-eval files get no such exception: a training document containing one is contamination.
+eval files get no such exception: a training document containing one is contamination. What
+this cannot tell apart: another document that holds a whole frozen text (the source with more
+around it) is kept as a source too; an identical copy is left to exact dedup. The frozen texts
+decode exactly to what clean wrote (the tokenizer normalises nothing: `identity`).
 
 Normalised words: NFC, lower-cased, runs of letters, combining marks and digits (everything
 else separates words). An n-gram is `n` consecutive words (13 by default, as in the GPT-3 paper's
@@ -44,6 +48,7 @@ from tasks.clean.arrays import np_values
 from tasks.common import StageError
 
 OVERLAP_TYPE = "STRUCT(ngram VARCHAR, hits BIGINT, eval VARCHAR, source BOOLEAN)"
+OVERLAP_FIELDS = [("ngram", pa.string()), ("hits", pa.int64()), ("eval", pa.string()), ("source", pa.bool_())]
 FROZEN_FILE = "eval.jsonl"  # tasks/evaluate.py's EVAL_FILE, beside its manifest (stage "eval-set")
 _SEPARATORS = r"[^\p{L}\p{M}\p{N}]+"
 _MULT = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit constants of the hash
@@ -187,8 +192,10 @@ class EvalIndex:
             match = ok & (self.hashes[pos] == hashes)
             where = np.flatnonzero(match)
             hits = np.bincount(doc[where], minlength=n_docs).astype(np.int64)
-            for d in np.flatnonzero(hits):
-                mine = where[doc[where] == d]
+            # `where` is in position order, so each document's matches are one run of it
+            docs_hit, starts = np.unique(doc[where], return_index=True)
+            for d, lo, hi in zip(docs_hit, starts, [*starts[1:], len(where)], strict=True):
+                mine = where[lo:hi]
                 first = int(mine[0])
                 ngram[d] = " ".join(flat.slice(first, self.n).to_pylist())
                 texts_of = self._texts_holding(np.unique(hashes[mine]))
@@ -243,11 +250,3 @@ def overlap_udf(files: tuple[Path, ...], n: int):
         return _index(files, n, digest).overlap(texts)
 
     return udf
-
-
-OVERLAP_FIELDS = [
-    ("ngram", pa.string()),
-    ("hits", pa.int64()),
-    ("eval", pa.string()),
-    ("source", pa.bool_()),
-]

@@ -219,14 +219,18 @@ def _object_store_source(en: _Enumerator, source: str) -> None:
     try:
         fs, path = url_fs(source)
         path = path.rstrip("/")
-        found = fs.find(path, detail=True) if path.count("/") == 0 or fs.isdir(path) else {}
-        if not found and fs.isfile(path):
+        if path.count("/") == 0 or fs.isdir(path):  # a bucket, or a prefix: every object below it
+            found = fs.find(path, detail=True)
+        elif fs.isfile(path):
             found = {path: fs.info(path)}
-    except (ImportError, ValueError) as e:
+        else:
+            raise FileNotFoundError(path)
+    except ImportError as e:
         raise StageError(
-            f"source {shown!r}: cannot read object stores ({type(e).__name__}: {e}); "
-            "pip install -e '.[s3]' (s3fs)"
+            f"source {shown!r}: cannot read object stores ({e}); pip install -e '.[s3]' (s3fs)"
         ) from None
+    except ValueError as e:
+        raise StageError(f"source {shown!r}: not a valid object-store URL ({e})") from None
     except PermissionError:
         raise StageError(
             f"source {shown!r}: access denied; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "

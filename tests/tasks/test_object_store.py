@@ -60,6 +60,7 @@ def test_ingest_reads_an_s3_prefix_with_credentials_from_the_environment_only(s3
     assert secret not in r.stdout + r.stderr
     assert files_holding(out, secret.encode()) == []
 
+    from tasks.common import StageError
     from tasks.ingest import run_ingest
 
     for k, v in s3["env"].items():
@@ -70,9 +71,10 @@ def test_ingest_reads_an_s3_prefix_with_credentials_from_the_environment_only(s3
     client.put_object(Bucket=BUCKET, Key="books/a.txt", Body="\n\n".join(PARAGRAPHS[:2]).upper().encode())
     changed = run_ingest([f"s3://{BUCKET}/books"], out, {"split": "blank_line"})
     assert changed["changed"] is True and changed["run"]["accepted"] == 2
+    with pytest.raises(StageError, match="does not exist"):
+        run_ingest([f"s3://{BUCKET}/no-such-prefix"], tmp_path / "none", {"split": "blank_line"})
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
-    from tasks.common import StageError
 
     with pytest.raises(StageError, match=r"access denied; set AWS_ACCESS_KEY_ID"):
         run_ingest([f"s3://{BUCKET}/books"], tmp_path / "anon", {"split": "blank_line"})
