@@ -24,7 +24,7 @@ $(VENV)/.installed: pyproject.toml
 	    || $(BIN)/python -m pip install "torch==$(TORCH_VERSION)" --index-url $(TORCH_CPU_INDEX); \
 	  fi; \
 	fi
-	$(BIN)/python -m pip install --quiet -e ".[dev,hf,dask,stack]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,hf,dask,stack,s3]"
 	$(BIN)/python scripts/fetch_llama_converter $(VENV)/llama-convert  # for tests/test_hf.py
 	$(BIN)/python -m forja.stores  # migrated empty Prefect and MLflow databases: new homes start warm
 	touch $@

@@ -11,6 +11,7 @@ switching on one more rule group each time:
     io        every rule off: read, sort by doc_id, write parts + report (the floor)
     maps      + mojibake, nfc, control_chars, whitespace, pii
     filters   + length, quality
+    language  + language (CLD2), decontaminate (no evaluation texts: the UDF's floor)
     exact     + exact_dedup
     all       + near_dedup (the default config)
 
@@ -42,12 +43,14 @@ SHAKESPEARE = ROOT.parent / "shared" / "corpora" / "tinyshakespeare.txt"
 SEED = ROOT.parent / "shared" / "seed" / "training-llms-with-transformers.pt.txt"
 MAPS = ["mojibake", "nfc", "control_chars", "whitespace", "pii"]
 FILTERS = ["length", "quality"]
+LANGUAGE = ["language", "decontaminate"]  # decontaminate: no evaluation texts here, a pass-through
 STEPS = {
     "io": [],
     "maps": MAPS,
     "filters": MAPS + FILTERS,
-    "exact": [*MAPS, *FILTERS, "exact_dedup"],
-    "all": [*MAPS, *FILTERS, "exact_dedup", "near_dedup"],
+    "language": MAPS + FILTERS + LANGUAGE,
+    "exact": [*MAPS, *FILTERS, *LANGUAGE, "exact_dedup"],
+    "all": [*MAPS, *FILTERS, *LANGUAGE, "exact_dedup", "near_dedup"],
 }
 
 

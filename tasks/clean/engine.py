@@ -30,6 +30,7 @@ from lm.errors import DataError
 from lm.fileio import atomic_path
 from tasks.clean.chain import chain_sql, register_udfs, sql_string, validate_chain
 from tasks.clean.config import CleanConfig, as_config
+from tasks.clean.decontam import OVERLAP_TYPE
 from tasks.clean.minhash import MINHASH_TYPE
 from tasks.clean.report import diff_snippets, doc_key, snippet
 from tasks.clean.rules import Rule, check_variables
@@ -76,7 +77,7 @@ def _configure(con: duckdb.DuckDBPyConnection, config: CleanConfig, spill: Path,
         con.execute(f"SET threads = {int(config.threads)}")
     for name, value in config.sql_variables().items():
         con.execute(f"SET VARIABLE {name} = ?", [value])
-    register_udfs(con, config.minhash_params())
+    register_udfs(con, config.minhash_params(), config.decontam_params())
 
 
 def input_parts(in_dir: str | os.PathLike, config: CleanConfig | dict[str, Any] | None = None) -> list[Path]:
@@ -151,9 +152,14 @@ def clean_shard(
         changed = [f'"_changed_{r.name}"' for r in rules if r.kind == "map"]
         norm_key = NORM_KEY_SQL if config.is_on("exact_dedup") else "NULL::UHUGEINT"
         mh = "minhash(text)" if config.is_on("near_dedup") else f"NULL::{MINHASH_TYPE}"
+        names = {r.name for r in rules}
+        lang = (
+            "lang, lang_score" if "language" in names else "NULL::VARCHAR AS lang, NULL::DOUBLE AS lang_score"
+        )
+        hit = "eval_hit" if "decontaminate" in names else f"NULL::{OVERLAP_TYPE} AS eval_hit"
         select = (
             f'{ctes}\nSELECT doc_id, source, path, "offset", text, strlen(text)::BIGINT AS n_bytes, '
-            f"_bytes_in, _drop, _reason{''.join(', ' + c for c in changed)}, "
+            f"{lang}, {hit}, _bytes_in, _drop, _reason{''.join(', ' + c for c in changed)}, "
             f"CASE WHEN _drop IS NULL THEN {norm_key} END AS norm_key, "
             f"CASE WHEN _drop IS NULL THEN {mh} END AS mh FROM {last}"
         )
@@ -236,6 +242,14 @@ def _summarise_shard(
                 "reasons": reasons,
                 "examples": ex,
             }
+    if "language" in summary:
+        summary["language"]["languages"] = dict(
+            con.execute(
+                f"SELECT lang, count(*) FROM {w} WHERE lang IS NOT NULL GROUP BY ALL ORDER BY ALL"
+            ).fetchall()
+        )
+    if "decontaminate" in summary:
+        summary["decontaminate"].update(_overlap_summary(con, w, k))
     if traced:
         _trace_examples(con, part, rules, traced, summary)
     return {
@@ -247,6 +261,30 @@ def _summarise_shard(
         "bytes_out": bytes_out,
         "rules": summary,
     }
+
+
+def _overlap_summary(con: duckdb.DuckDBPyConnection, w: str, k: int) -> dict[str, Any]:
+    """The documents sharing an n-gram with an evaluation text, dropped or not: how many, how many
+    were kept as the source of a frozen text, and the first `k` with the n-gram they share."""
+    overlap, sources = con.execute(
+        f"SELECT count(eval_hit), count(*) FILTER (WHERE eval_hit.source) FROM {w}"
+    ).fetchone()
+    rows = con.execute(
+        f'SELECT doc_id, source, path, "offset", eval_hit.ngram, eval_hit.hits, eval_hit.eval, '
+        f"eval_hit.source, _drop = 'decontaminate', text FROM {w} WHERE eval_hit IS NOT NULL "
+        f"ORDER BY {KEY_ORDER} LIMIT {k}"
+    ).fetchall()
+    keys = ("doc_id", "source", "path", "offset", "ngram", "shared_ngrams", "eval_text", "eval_source")
+    examples = [
+        {
+            **dict(zip(keys, r[:8], strict=True)),
+            "dropped": bool(r[8]),
+            "reason": "eval_overlap",
+            "text": snippet(r[9]),
+        }
+        for r in rows
+    ]
+    return {"overlap": int(overlap), "eval_sources": int(sources), "examples": examples}
 
 
 def _trace_examples(

@@ -1,7 +1,7 @@
 """The Parquet files of the clean output: the kept rows cut into parts, and dropped.parquet.
 
     part-00000.parquet ...  doc_id, source, path, offset, text (cleaned), n_bytes (of the cleaned
-                            text), ordered by (doc_id, source, path, offset); zstd, 8192-row groups
+                            text), lang and lang_score (the language rule's; NULL when it is off), ordered by (doc_id, source, path, offset); zstd, 8192-row groups
     dropped.parquet         every dropped row: doc_id, source, path, offset, rule, reason, dup_of,
                             similarity, n_bytes (the text stays in the ingest output)
 
@@ -36,6 +36,8 @@ OUT_SCHEMA = pa.schema(
         ("offset", pa.int64()),
         ("text", pa.string()),
         ("n_bytes", pa.int64()),
+        ("lang", pa.string()),
+        ("lang_score", pa.float64()),
     ]
 )
 DROPPED_SCHEMA = pa.schema(
@@ -55,13 +57,14 @@ DROPPED_SCHEMA = pa.schema(
 
 def write_parts(
     con: duckdb.DuckDBPyConnection, works: list[str], dedup_file: str, tmp: Path, config: CleanConfig
-) -> tuple[list[dict[str, Any]], int]:
-    """The kept rows in order, cut into parts; returns their records and the bytes of text."""
+) -> tuple[list[dict[str, Any]], int, dict[str, int]]:
+    """The kept rows in order, cut into parts; returns their records, the bytes of text, and the
+    documents kept per language."""
     if not works:
-        return [], 0
+        return [], 0, {}
     src = f"read_parquet({sql_list(works)}, filename = true, file_row_number = true)"
     sql = (
-        f'SELECT w.doc_id, w.source, w.path, w."offset", w.text, w.n_bytes FROM {src} w '
+        f'SELECT w.doc_id, w.source, w.path, w."offset", w.text, w.n_bytes, w.lang, w.lang_score FROM {src} w '
         f"ANTI JOIN read_parquet({sql_string(dedup_file)}) d ON w.filename = d.filename AND w.file_row_number = d.file_row_number "
         f"WHERE w._drop IS NULL ORDER BY {KEY_ORDER}, text"
     )
@@ -78,9 +81,12 @@ def write_parts(
             parts.append(write_parquet(table, tmp / f"part-{len(parts):05d}.parquet"))
             pending, pending_bytes = [], 0
 
+    languages: dict[str, int] = {}
     for batch in reader:
         table = pa.Table.from_batches([batch]).cast(OUT_SCHEMA)
         total += int(pc.sum(batch.column("n_bytes")).as_py() or 0)
+        for vc in pc.value_counts(pc.drop_null(batch.column("lang"))).to_pylist():
+            languages[vc["values"]] = languages.get(vc["values"], 0) + vc["counts"]
         while table.num_rows:
             # cut at the row where the part reaches part_bytes: independent of batch sizes
             cum = np.cumsum(np_values(table.column("n_bytes"))) + pending_bytes
@@ -93,7 +99,7 @@ def write_parts(
             flush()
             table = table.slice(j)
     flush()
-    return parts, total
+    return parts, total, languages
 
 
 def write_dropped(
@@ -153,9 +159,16 @@ def write_output(
     report.json. Returns the manifest; the stage runner writes it last and publishes the folder."""
     works = [r["work"] for r in shard_results]
     with connect(config, work_dir) as con:
-        parts, bytes_out = write_parts(con, works, dedup_result["output"], folder, config)
+        parts, bytes_out, languages = write_parts(con, works, dedup_result["output"], folder, config)
         dropped = write_dropped(con, works, dedup_result["output"], folder)
-    report = build_report(shard_results, dedup_result, config, bytes_out, ingest_duplicates)
+    report = build_report(
+        shard_results,
+        dedup_result,
+        config,
+        bytes_out,
+        ingest_duplicates,
+        languages=languages if config.is_on("language") else None,
+    )
     atomic_write_json(folder / "report.json", report)
     artifacts = [output_record(folder / "report.json", folder), dropped]
     counts = {
@@ -166,6 +179,13 @@ def write_output(
         "dropped": {r["rule"]: r["dropped"] for r in report["rules"] if r["kind"] != "map"},
         "changed": {r["rule"]: r["changed"] for r in report["rules"] if r["kind"] == "map"},
         "duplicates": report["duplicates"],
+        **{k: report[k] for k in ("languages",) if k in report},
+        **{
+            count: r.get(key, 0)
+            for r in report["rules"]
+            if r["rule"] == "decontaminate"
+            for key, count in (("overlap", "eval_overlap"), ("eval_sources", "eval_sources"))
+        },
     }
     if sum(p["rows"] for p in parts) != report["rows_out"]:  # pragma: no cover - internal invariant
         raise StageError(

@@ -4,7 +4,11 @@ report.json: rows_in, rows_out, bytes_in, bytes_out, and `rules`, one entry per 
 order: rule, kind, file, description, rows_in, rows_out; a map rule adds `changed` and examples
 {doc key, before, after} (snippets around the first change, invisible characters spelled out as
 ⟨U+XXXX⟩; the PII rule shows no `before`); a filter or dedup rule adds `dropped`, `reasons`
-{reason: rows} and examples {doc key, reason, text} (dedup: also dup_of, similarity, kept_text).
+{reason: rows} and examples {doc key, reason, text} (dedup: also dup_of, similarity, kept_text). The language rule adds
+`languages` {code: documents it saw}, and the report `languages` {code: documents kept} (most
+first); the decontaminate rule adds `overlap` (documents sharing an n-gram with an evaluation
+text, dropped or not), `eval_sources` (kept as the source of a frozen evaluation text) and
+examples {doc key, ngram, shared_ngrams, eval_text, eval_source, dropped, text}.
 Examples are the first ones in (doc_id, source, path, offset) order, whatever the sharding.
 `file` is `tasks/sql/<file>` for a built-in rule and `rules_dir/<file>` for a user's rule.
 """
@@ -60,6 +64,7 @@ def build_report(
     config: CleanConfig,
     bytes_out: int,
     ingest_duplicates: int = 0,
+    languages: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """Rows in/out per rule over all shards, with the first examples in document order, and the
     account of duplicates removed by ingest and by clean."""
@@ -90,6 +95,11 @@ def build_report(
             entry["reasons"] = dict(sorted(reasons.items()))
             remaining -= entry["dropped"]
             entry["rows_out"] = remaining
+            for count in ("overlap", "eval_sources"):  # decontaminate: overlap found, dropped or not
+                if any(count in p for p in per):
+                    entry[count] = sum(p.get(count, 0) for p in per)
+            if any("languages" in p for p in per):  # language: documents per language found
+                entry["languages"] = _sum_counts(p.get("languages", {}) for p in per)
             by_reason: dict[str, list[dict[str, Any]]] = {}
             for e in sorted(examples, key=example_order):
                 by_reason.setdefault(e["reason"], []).append(e)
@@ -116,6 +126,7 @@ def build_report(
         "rows_out": remaining,
         "bytes_in": bytes_in,
         "bytes_out": bytes_out,
+        **({"languages": _sum_counts([languages])} if languages is not None else {}),
         "rules": rules_out,
         "duplicates": duplicates_account(ingest_duplicates, rules_out),
     }
@@ -141,6 +152,14 @@ def duplicates_account(at_ingest: int, rules: list[dict[str, Any]]) -> dict[str,
     }
     account["removed"] = account["ingest_exact"] + account["clean_exact"] + account["clean_near"]
     return account
+
+
+def _sum_counts(dicts) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for d in dicts:
+        for key, n in d.items():
+            total[key] = total.get(key, 0) + int(n)
+    return dict(sorted(total.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def example_order(e: dict[str, Any]) -> tuple:

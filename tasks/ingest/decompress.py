@@ -22,7 +22,7 @@ from typing import Any, BinaryIO
 import zstandard
 
 from tasks.ingest.records import OnBytes
-from tasks.ingest.urls import SourceUnavailable, redacted_error
+from tasks.ingest.urls import SourceUnavailable, redacted_error, url_fs
 
 COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz", ".zst": "zstd", ".zstd": "zstd"}
 
@@ -120,11 +120,9 @@ def decompressed(raw: BinaryIO, compression: str | None) -> BinaryIO:
 def open_item(item: dict[str, Any], on_bytes: OnBytes | None) -> Iterator[BinaryIO]:
     """The item's decompressed byte stream. OSError on open (local), SourceUnavailable (URL)."""
     if item["kind"] == "url":
-        import fsspec
-
         url = item["url"]
         try:
-            fs, path = fsspec.core.url_to_fs(url)
+            fs, path = url_fs(url)
             protocols = fs.protocol if isinstance(fs.protocol, tuple | list) else (fs.protocol,)
             kwargs = {"block_size": 0} if "http" in protocols else {}  # stream, no range requests
             f = fs.open(path, "rb", **kwargs)

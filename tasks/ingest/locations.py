@@ -22,7 +22,15 @@ from tasks.common import StageError
 from tasks.ingest.readers import format_of
 from tasks.ingest.readers.python_docs import python_docs_items
 from tasks.ingest.records import PYTHON_DOCS
-from tasks.ingest.urls import SourceUnavailable, http_status, is_url, redact, redacted_error
+from tasks.ingest.urls import (
+    SourceUnavailable,
+    http_status,
+    is_object_store,
+    is_url,
+    redact,
+    redacted_error,
+    url_fs,
+)
 
 log = logging.getLogger("forja.ingest")
 
@@ -136,6 +144,8 @@ def enumerate_sources(
                 en.skipped["duplicate_inputs"] += 1
                 continue
             en.items.extend(python_docs_items())
+        elif is_object_store(source):
+            _object_store_source(en, source)
         elif is_url(source):
             en.items.append(_url_item(source))
         elif source.startswith("file://"):
@@ -168,11 +178,9 @@ def _local_source(en: _Enumerator, source: str, shown: str) -> None:
 def _url_item(url: str) -> dict[str, Any]:
     """Check that a URL exists: 404 / 410 -> StageError, 401 / 403 -> StageError (credentials),
     anything else (5xx, 429, refused connection, timeout) -> SourceUnavailable, to be retried."""
-    import fsspec
-
     shown = redact(url)
     try:
-        fs, path = fsspec.core.url_to_fs(url)
+        fs, path = url_fs(url)
         info = fs.info(path)
     except (ImportError, ValueError) as e:
         raise StageError(f"source {shown!r}: unsupported URL ({type(e).__name__}: {e})") from None
@@ -199,3 +207,58 @@ def _url_item(url: str) -> dict[str, Any]:
         "format": fmt,
         "compression": comp,
     }
+
+
+def _object_store_source(en: _Enumerator, source: str) -> None:
+    """s3://bucket/prefix: one item per object under the prefix (or the one object it names), in
+    key order, hidden names (a '.' after a '/') skipped unless include_hidden. Each item keeps
+    the object's ETag, so that a changed object changes ingest's fingerprint.
+    Credentials come from the environment (tasks/ingest/urls.py: s3_options)."""
+    shown = redact(source)
+    scheme = source.split("://", 1)[0]
+    try:
+        fs, path = url_fs(source)
+        path = path.rstrip("/")
+        if path.count("/") == 0 or fs.isdir(path):  # a bucket, or a prefix: every object below it
+            found = fs.find(path, detail=True)
+        elif fs.isfile(path):
+            found = {path: fs.info(path)}
+        else:
+            raise FileNotFoundError(path)
+    except ImportError as e:
+        raise StageError(
+            f"source {shown!r}: cannot read object stores ({e}); pip install -e '.[s3]' (s3fs)"
+        ) from None
+    except ValueError as e:
+        raise StageError(f"source {shown!r}: not a valid object-store URL ({e})") from None
+    except PermissionError:
+        raise StageError(
+            f"source {shown!r}: access denied; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+            "(and AWS_ENDPOINT_URL for a server other than AWS) in the environment"
+        ) from None
+    except FileNotFoundError:
+        raise StageError(f"source {shown!r} does not exist (no such bucket or prefix)") from None
+    except Exception as e:
+        raise SourceUnavailable(f"source {shown!r} cannot be reached: {redacted_error(e, source)}") from None
+    for key in sorted(found):
+        info = found[key]
+        if info.get("type", "file") != "file" or key.endswith("/"):
+            continue
+        if not en.include_hidden and "/." in "/" + key.split("/", 1)[-1]:
+            en.skipped["hidden"] += 1
+            continue
+        url = f"{scheme}://{key}"
+        fmt, comp = format_of(key.rsplit("/", 1)[-1])
+        etag = info.get("ETag") or info.get("etag")
+        en.items.append(
+            {
+                "kind": "url",
+                "source": shown,
+                "path": url,
+                "url": url,
+                "size": int(info.get("size") or info.get("Size") or 0),
+                "format": fmt,
+                "compression": comp,
+                **({"etag": str(etag).strip('"')} if etag else {}),
+            }
+        )

@@ -6,8 +6,8 @@
 
 Ingest is incremental: its folder grows in place, one snapshot per run that found something new,
 under a lock (tasks/ingest/commit.py). Its key covers a fingerprint of what the sources hold now
-(every item's path, size and modification time, and the sources as given), the config and the
-code; an unchanged fingerprint means nothing is read at all.
+(every item's path, size and modification time or, for an object in a store, ETag, and the
+sources as given), the config and the code; an unchanged fingerprint means nothing is read at all.
 """
 
 from __future__ import annotations
@@ -49,6 +49,8 @@ class IngestStage(Stage):
         rows = []
         for item in items:
             row = [item.get("kind"), item.get("path"), item.get("size")]
+            if item.get("etag"):  # an object-store object: its ETag changes with its content
+                row.append(item["etag"])
             if item.get("kind") != "url" and item.get("path") and os.path.exists(item["path"]):
                 row.append(os.stat(item["path"]).st_mtime_ns)
             rows.append(row)

@@ -1,5 +1,6 @@
-"""URL sources: telling a URL from a path, keeping credentials out of logs and errors, and the
-`SourceUnavailable` error that marks a network failure as transient (a flow retries it).
+"""URL sources: telling a URL from a path, keeping credentials out of logs and errors, the
+`SourceUnavailable` error that marks a network failure as transient (a flow retries it), and
+`url_fs`, the fsspec filesystem of a URL (for s3://, with credentials from the environment only).
 
 Importing this module also installs a log filter on fsspec, which logs URLs with their
 credentials at DEBUG level.
@@ -8,8 +9,10 @@ credentials at DEBUG level.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import urllib.parse
+from typing import Any
 
 _SECRET_PARAM = re.compile(
     r"(token|key|secret|sig|signature|password|passwd|pwd|auth|credential|session)", re.I
@@ -79,3 +82,48 @@ def http_status(e: BaseException) -> tuple[int | None, BaseException | None]:
 def redacted_error(e: BaseException, url: str) -> str:
     """`e` as "Type: message", with `url` in the message redacted."""
     return f"{type(e).__name__}: {str(e).replace(url, redact(url))}"
+
+
+OBJECT_STORES = ("s3",)
+
+
+def is_object_store(source: str) -> bool:
+    """An object-store URL (s3://bucket/prefix): listed like a folder, read through fsspec."""
+    return source.split("://", 1)[0].lower() in OBJECT_STORES if "://" in source else False
+
+
+def s3_options() -> dict[str, Any]:
+    """s3fs's options, from the environment only (never from a file, a parameter or a URL):
+    AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN) sign the requests; without
+    them the bucket is read anonymously. AWS_ENDPOINT_URL (or AWS_ENDPOINT_URL_S3) points at an
+    S3-compatible server (SeaweedFS, MinIO); AWS_DEFAULT_REGION (or AWS_REGION) names the region.
+    Passing them explicitly keeps botocore from looking further (~/.aws files, instance metadata).
+    The values live in this process's memory only: nothing Forja writes holds them."""
+    env = os.environ
+    opts: dict[str, Any] = {"use_listings_cache": False}  # an object may change between two runs
+    key, secret = env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_SECRET_ACCESS_KEY")
+    if key and secret:
+        opts.update(key=key, secret=secret)
+        if env.get("AWS_SESSION_TOKEN"):
+            opts["token"] = env["AWS_SESSION_TOKEN"]
+    else:
+        opts["anon"] = True
+    client: dict[str, Any] = {}
+    endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        opts["endpoint_url"] = endpoint
+    region = env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION")
+    if region:
+        client["region_name"] = region
+    if client:
+        opts["client_kwargs"] = client
+    return opts
+
+
+def url_fs(url: str) -> tuple[Any, str]:
+    """The fsspec filesystem and path of a URL; an s3:// URL gets `s3_options()`."""
+    import fsspec
+
+    if is_object_store(url):
+        return fsspec.core.url_to_fs(url, **s3_options())
+    return fsspec.core.url_to_fs(url)

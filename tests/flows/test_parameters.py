@@ -165,3 +165,13 @@ def test_forja_clean_and_forja_run_refuse_a_bad_clean_setting_alike(tmp_path, va
         assert result.stderr.startswith("error: " + why.format(p=prefix)), result.stderr
         assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert not (tmp_path / "c").exists() and not (tmp_path / "runs").exists()
+
+
+def test_a_run_decontaminates_against_its_evaluation_text(tmp_path):
+    """evaluate.eval_text joins clean.eval_texts (the texts clean decontaminates against), once."""
+    eval_file = tmp_path / "eval.txt"
+    eval_file.write_text("A held-out passage the model is scored on.", encoding="utf-8")
+    params = apply_sets(PipelineParams(), [f"evaluate.eval_text={eval_file}", 'clean.languages=["en"]'])
+    assert params.clean.eval_texts == [eval_file.resolve()] and params.clean.languages == ["en"]
+    again = PipelineParams.model_validate(params.model_dump(mode="json"))  # as `forja reproduce` reads it
+    assert again.clean.eval_texts == [eval_file.resolve()]

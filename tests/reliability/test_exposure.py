@@ -7,6 +7,8 @@
   written nowhere Forja writes: log lines, MLflow params / tags / artifacts, manifests, the run folder.
   The one place it stays is Prefect's record of the flow run's parameters (docs/security.md),
   which a netrc file avoids: the last test passes the credentials that way.
+- An s3:// source read in the same run, with its keys in the environment (AWS_*): its secret key
+  is nowhere at all, Prefect's database included.
 """
 
 import inspect
@@ -21,7 +23,7 @@ import httpx
 import mlflow
 import pytest
 from helpers import shakespeare_text
-from support import FAST, run_python, serve_files, start_servers
+from support import FAST, run_python, s3_server, serve_files, start_servers
 
 from forja import cli
 from forja import ui as ui_mod
@@ -158,35 +160,62 @@ def rows_holding(db: Path, secret: str) -> list[str]:
     return found
 
 
+@pytest.fixture()
+def private_bucket(tmp_path):
+    """An S3 server holding one gzipped text object; yields (s3:// URL, its AWS_* env, secret key)."""
+    import gzip
+
+    with s3_server(tmp_path / "seaweedfs", "private") as s3:
+        body = gzip.compress(shakespeare_text(20_000).encode())
+        s3["client"].put_object(Bucket="private", Key="plays/more.txt.gz", Body=body)
+        yield "s3://private/plays", s3["env"], s3["secret"]
+
+
 @pytest.mark.slow
 def test_url_credentials_never_reach_logs_params_artifacts_or_manifests(
-    auth_servers, private_site, monkeypatch
+    auth_servers, private_site, private_bucket, monkeypatch
 ):
-    """A full `forja run` against the authenticated servers, reading a password-protected URL."""
+    """A full `forja run` against the authenticated servers, reading a password-protected URL and
+    a private S3 bucket."""
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", auth_servers["auth"]["user"])
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", auth_servers["auth"]["password"])
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     host, password, handler = private_site
     s, home = auth_servers, auth_servers["home"]
     url = f"http://{handler.user}:{password}@{host}/shakespeare.txt"
+    bucket, s3_env, s3_secret = private_bucket
     sets = [a for kv in [*FAST, "max_steps=10"] for a in ("--set", kv)]
-    r = run_python(["-m", "forja.cli", "run", "--source", url, *sets], env=s["env"], timeout=900)
+    r = run_python(
+        ["-m", "forja.cli", "run", "--source", url, "--source", bucket, *sets],
+        env={**s["env"], **s3_env},
+        timeout=900,
+    )
     assert handler.served >= 2  # the credentials were used: the site refuses requests without them
     result = json.loads(r.stdout[r.stdout.index("{") : r.stdout.rindex("}") + 1])
     redacted = f"http://***@{host}/shakespeare.txt"
 
     assert password not in r.stdout + r.stderr  # log lines
+    assert s3_secret not in r.stdout + r.stderr
+    import pyarrow.parquet as pq  # the bucket's object was read: its documents are in the dataset
+
+    parts = [f for f in home.root.rglob("*.parquet") if "ingest" in f.parts and "data" in f.parts]
+    read = {p for f in parts for p in pq.read_table(f, columns=["path"])["path"].to_pylist()}
+    assert f"{bucket}/more.txt.gz" in read
     # The MLflow store (params, tags, inputs, logged-model params) and the artifacts, through the API
     c = mlflow.MlflowClient(tracking_uri=s["mlflow"])
     run = c.get_run(result["mlflow_run_id"])
-    assert run.data.params["sources"] == redacted
+    assert run.data.params["sources"] == f"{redacted},{bucket}"
     assert not [k for k, v in {**run.data.params, **run.data.tags}.items() if password in v]
     config = json.loads(Path(c.download_artifacts(run.info.run_id, "config.json")).read_text())
-    assert config["params"]["sources"] == [redacted]
+    assert config["params"]["sources"] == [redacted, bucket]
     # Every file under the Forja home: mlflow.db, mlartifacts/ (every artifact and the model), the
     # data folders and their manifests, the run folder, Prefect's result storage, the server logs.
     assert files_holding(home.root, password.encode(), skip=("prefect.db",)) == []
     assert rows_holding(home.mlflow_db, password) == []
+    # the S3 secret key is in no file at all, Prefect's database included
+    assert files_holding(home.root, s3_secret.encode()) == []
+    assert rows_holding(home.mlflow_db, s3_secret) == []
+    assert rows_holding(home.prefect_home / "prefect.db", s3_secret) == []
     # Prefect keeps the flow run's parameters as given: the one place the password stays.
     assert rows_holding(home.prefect_home / "prefect.db", password) == ["flow_run.parameters"]
     flow_run = httpx.get(
@@ -194,7 +223,7 @@ def test_url_credentials_never_reach_logs_params_artifacts_or_manifests(
         auth=(s["auth"]["user"], s["auth"]["password"]),
         timeout=30,
     ).json()
-    assert flow_run["parameters"]["sources"] == [url]
+    assert flow_run["parameters"]["sources"] == [url, bucket]
     print(f"{handler.served} authenticated requests; password found only in Prefect's flow_run.parameters")
 
 

@@ -126,9 +126,10 @@ def stdlib_docstrings(limit: int = 1500) -> list[str]:
 def test_rules_are_named_sql_files_in_order():
     rules = load_rules()
     assert [r.name for r in rules] == [
-        "mojibake", "control_chars", "nfc", "whitespace", "pii", "length", "quality", "exact_dedup", "near_dedup",
+        "mojibake", "control_chars", "nfc", "whitespace", "pii", "length", "language", "quality",
+        "decontaminate", "exact_dedup", "near_dedup",
     ]  # fmt: skip
-    assert [r.kind for r in rules] == ["map"] * 5 + ["filter"] * 2 + ["corpus", "candidates"]
+    assert [r.kind for r in rules] == ["map"] * 5 + ["filter"] * 4 + ["corpus", "candidates"]
     for r in rules:
         assert r.path.suffix == ".sql" and r.path.read_text().startswith(f"-- kind: {r.kind}")
         assert r.description.endswith(".")

@@ -126,13 +126,13 @@ def test_user_rules_run_among_the_built_ins_by_number(tmp_path: Path):
     m = run_clean(ing, tmp_path / "out", CleanConfig(rules_dir=d))
     assert rule_order(m) == [
         "first", "mojibake", "control_chars", "nfc", "whitespace", "mark", "pii", "length", "drop_marked",
-        "quality", "exact_dedup", "near_dedup",
+        "language", "quality", "decontaminate", "exact_dedup", "near_dedup",
     ]  # fmt: skip
     assert texts_out(tmp_path / "out") == sorted(KEEP)
     assert next(r for r in m["report"]["rules"] if r["rule"] == "mark")["changed"] == 2
     assert [p.name for p in rule_files(CleanConfig(rules_dir=d))] == [
         "005_first.sql", "010_mojibake.sql", "020_control_chars.sql", "030_nfc.sql", "040_whitespace.sql",
-        "045_mark.sql", "050_pii.sql", "060_length.sql", "065_drop_marked.sql", "070_quality.sql",
+        "045_mark.sql", "050_pii.sql", "060_length.sql", "065_drop_marked.sql", "065_language.sql", "070_quality.sql", "075_decontaminate.sql",
         "080_exact_dedup.sql", "090_near_dedup.sql",
     ]  # fmt: skip
     assert rule_files(CleanConfig(rules_dir=d))[5] == d / "045_mark.sql"
