@@ -111,16 +111,14 @@ def _json(c, run_id: str, path: str, tmp: Path) -> dict[str, Any] | None:
 
 
 def _model_figures(resolved: dict[str, Any]) -> tuple[dict[str, Any], int]:
-    """Parameters and matmul parameters of the run's model (built on the meta device: no memory),
-    and the tokens of one optimiser step per process."""
-    import torch
-
+    """Parameters and matmul parameters of the run's model, and the tokens of one optimiser step
+    per process. (The model is built on the CPU and dropped: the meta device would need no memory,
+    but its first use imports seconds of torch's reference kernels.)"""
     from lm.config import from_dict
     from lm.models import build_model
 
     model_cfg, train_cfg = from_dict(resolved)
-    with torch.device("meta"):
-        model = build_model(model_cfg)
+    model = build_model(model_cfg)
     seq_len = train_cfg.seq_len or model_cfg.max_seq_len
     attention = model_cfg.arch != "lstm"
     attn = 12.0 * model_cfg.n_layer * model_cfg.d_model * seq_len if attention else 0.0
@@ -178,15 +176,16 @@ def gather(run_id: str, config: ReportConfig | None = None) -> tuple[dict[str, A
     data = {}
     if all(manifests.values()):
         data = {"funnel": funnel(manifests["ingest"], manifests["clean"], manifests["tokens"])}
+    dataset = (params.get("run") or {}).get("dataset") or tags.get("dataset")
     card = {
         "run": {
             "run_id": run_id,
             "name": run.info.run_name,
-            "dataset": (params.get("run") or {}).get("dataset") or tags.get("dataset"),
+            "dataset": dataset,
             "preset": params.get("preset") or tags.get("preset"),
             "git_commit": tags.get("git_commit"),
             "dtype": (cfg.get("resolved") or {}).get("train", {}).get("dtype"),
-            "model": tags.get("forja.model") or None,
+            "model": _registered_as(dataset, tags.get("model_version")),
         },
         "environment": env,
         "data": {**data, "sources": sources},
@@ -198,6 +197,12 @@ def gather(run_id: str, config: ReportConfig | None = None) -> tuple[dict[str, A
         "has_loss_curve": png is not None,
     }
     return card, png
+
+
+def _registered_as(dataset: str | None, version: str | None) -> str | None:
+    if not dataset or version in (None, "", "None"):
+        return None
+    return f"models:/{tracking.model_name_for(dataset)}/{version}"
 
 
 def render(run_id: str, config: ReportConfig | None = None) -> tuple[str, str]:
