@@ -256,7 +256,7 @@ def card_markdown(card: dict[str, Any]) -> str:
             f"{commit.removesuffix('-dirty')} ({'dirty: uncommitted changes' if dirty else 'clean'})",
         ),
         ("packages", ", ".join(f"{k} {v}" for k, v in (env.get("packages") or {}).items()) or "not recorded"),
-        ("CPU", f"{hw.get('cpu', 'not recorded')} ({_int(hw.get('cores'))} cores)"),
+        ("CPU", f"{hw.get('cpu', 'not recorded')} ({_int(hw.get('cores'))} logical cores)"),
         ("GPU", hw.get("gpu") or "none"),
         ("native bf16", {True: "yes", False: "no"}.get(hw.get("native_bf16"), "not recorded")),
         ("training device / precision", f"{hw.get('device', '-')} / {_dtype(run.get('dtype'), hw)}"),

@@ -117,7 +117,7 @@ def test_card_markdown_states_every_figure():
     md = card_markdown(card(ReportConfig(price_per_hour=3.6, peak_flops=1e11)))
     assert md.startswith("# Report card: tidy-owl\n")
     assert row(md, "code version")[1] == "abc123 (dirty: uncommitted changes)"
-    assert row(md, "native bf16")[1] == "no"
+    assert row(md, "native bf16")[1] == "no" and row(md, "CPU")[1] == "Test CPU (8 logical cores)"
     assert row(md, "items read (ingest)")[1:] == [
         "1,000",
         "duplicates 60, quarantined 40, quarantined: binary 30, quarantined: empty 10",
