@@ -21,6 +21,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 from pydantic.fields import FieldInfo
 
+from forja.report import ReportConfig
 from forja.settings import build, model_settings
 from lm.config import ModelConfig, TrainConfig, apply_overrides, get_preset
 from lm.errors import ConfigError
@@ -112,6 +113,7 @@ STAGES: dict[str, type[BaseModel]] = {
     "train": TrainParams,
     "evaluate": EvalConfig,
     "register": RegisterParams,
+    "report": ReportConfig,
     "run": RunParams,
 }
 
@@ -149,6 +151,9 @@ class PipelineParams(BaseModel):
     )
     register: RegisterParams = Field(
         default_factory=RegisterParams, description="Register: the figure the champion is chosen by."
+    )
+    report: ReportConfig = Field(
+        default_factory=ReportConfig, description="Report card: price per hour, peak FLOP/s for MFU."
     )
     run: RunParams = Field(
         default_factory=RunParams, description="Run: folders, runners, registration of the model."
@@ -283,7 +288,7 @@ def recorded(params: PipelineParams) -> dict[str, Any]:
 def flatten(params: PipelineParams, model_cfg: ModelConfig, train_cfg: TrainConfig) -> dict[str, Any]:
     """Every resolved parameter as `stage.field` (what MLflow shows and compares), credentials redacted."""
     flat: dict[str, Any] = {"sources": ",".join(redact(s) for s in params.sources), "preset": params.preset}
-    for stage in ("ingest", "clean", "tokenize", "evaluate", "register", "run"):
+    for stage in ("ingest", "clean", "tokenize", "evaluate", "register", "report", "run"):
         flat |= {f"{stage}.{k}": v for k, v in getattr(params, stage).model_dump(mode="json").items()}
     flat |= {f"model.{k}": v for k, v in dataclasses.asdict(model_cfg).items()}
     flat |= {f"train.{k}": v for k, v in dataclasses.asdict(train_cfg).items()}

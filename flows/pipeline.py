@@ -30,7 +30,7 @@ from prefect.artifacts import (
 )
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows import forja_flow
+from flows import forja_flow, report_card
 from flows.mlflow_run import tracked_run
 from flows.model_stages import stage_key
 from flows.params import (
@@ -533,6 +533,7 @@ def run_pipeline(
         evaluation = evaluate_step(params, data["tokens"]["out"], trained, run_id)
         registered = register_step(params, trained, evaluation, run_id) if params.run.register_model else {}
         champion = current_champion(params.run.dataset)  # the registry's word, cached run or not
+        report_card.publish_report(params, run_id, registered)  # MLflow, model version, Prefect
         create_markdown_artifact(
             key="evaluation",
             markdown=_eval_markdown(params, trained, evaluation, registered, champion),

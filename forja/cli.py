@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 
+from forja.report_cli import report_command
 from forja.stack.cli import app as stack_app
 from lm.errors import ForjaError
 
@@ -30,6 +31,7 @@ bench_app = typer.Typer(
 )
 app.add_typer(bench_app, name="bench")
 app.add_typer(stack_app, name="stack")
+app.command("report")(report_command)
 
 SetOpt = Annotated[
     list[str] | None,
@@ -515,7 +517,7 @@ def models(
     configure()
     rows = list_models()
     if as_json:
-        typer.echo(json.dumps([{k: r[k] for k in MODEL_KEYS} for r in rows], indent=2))
+        typer.echo(json.dumps(rows, indent=2))  # name, dataset, champion_version, eval_bpb, uri, versions
         return
     if not rows:
         typer.echo("no registered models yet: `forja run` trains and registers one")
@@ -527,9 +529,6 @@ def models(
         typer.echo(
             f"{r['name']:24} {r['dataset'] or '-':14} {champ:>8} {bpb:>9} {r['versions']:>8}  {r['uri'] or '-'}"
         )
-
-
-MODEL_KEYS = ("name", "dataset", "champion_version", "eval_bpb", "uri", "versions")
 
 
 @app.command()

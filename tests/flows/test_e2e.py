@@ -83,12 +83,15 @@ def test_prefect_artifacts(servers, first):
     ids = [flow_run_id, *(s["id"] for s in subs)]
     arts = api(servers, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": ids}}, "limit": 50})
     by_key = {a["key"]: a for a in arts if a["key"]}
-    assert {"clean-report", "ingest-report", "training-progress", "evaluation", "mlflow-run"} <= set(by_key)
+    keys = {"clean-report", "ingest-report", "training-progress", "evaluation", "mlflow-run", "report-card"}
+    assert keys <= set(by_key)
     assert by_key["training-progress"]["data"] == 100.0
     table = json.loads(by_key["clean-report"]["data"])
     assert {"rule", "rows_in", "rows_out"} <= set(table[0])
     assert "bits per byte" in by_key["evaluation"]["data"]
     assert run.info.run_id in by_key["mlflow-run"]["data"]
+    card = by_key["report-card"]["data"]
+    assert card.startswith(f"# Report card: {run.info.run_name}") and run.info.run_id in card
 
 
 def test_mlflow_run_records_params_metrics_datasets_artifacts_and_model(first):
@@ -131,6 +134,64 @@ def test_registered_champion_generates_text_through_pyfunc(first):
     assert out[0].startswith("ROMEO:") and len(out[0]) > len("ROMEO:")
     local = Path(mlflow.artifacts.download_artifacts("models:/forja@champion"))
     assert (local / "artifacts" / "hf" / "config.json").is_file()  # the HF export is logged with the model
+
+
+def test_report_card_of_a_run_by_id_and_by_model_uri(servers, first, tmp_path):
+    """`forja report` prints the card that the run logged (report.md) and that its model version
+    carries as description; its figures are those of the run's own manifests and model."""
+    from typer.testing import CliRunner
+
+    from forja.cli import app
+    from forja.report_run import description, portable
+    from lm.config import from_dict
+    from lm.models import build_model
+
+    c = mlflow.MlflowClient()
+    run_id = first["result"]["mlflow_run_id"]
+    by_id = CliRunner().invoke(app, ["report", run_id])
+    assert by_id.exit_code == 0, by_id.output
+    md = by_id.stdout
+    by_uri = CliRunner().invoke(app, ["report", "models:/forja/1", "--html", str(tmp_path / "card.html")])
+    assert by_uri.exit_code == 0 and by_uri.stdout == md
+    logged = Path(c.download_artifacts(run_id, "report.md", str(tmp_path))).read_text()
+    assert logged == md  # what the run logged at its end, figures and all
+    assert c.get_model_version("forja", "1").description == description(md)
+    assert "loss_curve.png` in the MLflow run's artifacts" in portable(md)
+
+    def row(name):
+        line = next(x for x in md.splitlines() if x.startswith(f"| {name} |"))
+        return [cell.strip() for cell in line.strip("|").split(" | ")]
+
+    def manifest(stage):
+        return json.loads(
+            Path(c.download_artifacts(run_id, f"data/{stage}/manifest.json", str(tmp_path))).read_text()
+        )
+
+    assert row("items read (ingest)")[1] == f"{manifest('ingest')['counts']['run']['items']:,}"
+    assert row("documents after cleaning")[1] == f"{manifest('clean')['counts']['rows_out']:,}"
+    assert row("tokens")[1] == f"{manifest('tokens')['counts']['tokens']:,}"
+    resolved = json.loads(Path(c.download_artifacts(run_id, "config.json", str(tmp_path))).read_text())[
+        "resolved"
+    ]
+    model_cfg, train_cfg = from_dict(resolved)
+    flops = build_model(model_cfg).flops_per_token(train_cfg.seq_len)  # lm's own estimate
+    assert row("FLOPs per token (training)")[1].startswith(f"{flops:,.0f} = 6N ")
+    assert row("steps")[1] == "20" and row("tokens per second")[1] != "-"
+    assert float(row("bits per byte (fixed evaluation set)")[1]) == pytest.approx(
+        first["result"]["eval_bpb"], abs=1e-4
+    )
+    page = (tmp_path / "card.html").read_text()
+    assert "data:image/png;base64," in page and "<table>" in page
+
+    priced = CliRunner().invoke(app, ["report", run_id, "--set", "report.price_per_hour=3600"])
+    assert re.search(r"\| estimated cost \| [0-9.]+ USD \(.* at 3600 USD/h\) \|", priced.stdout), (
+        priced.stdout
+    )
+    r = servers.forja("report", "0123456789abcdef0123456789abcdef", check=False)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert r.stderr.strip().splitlines()[-1].startswith("error: no MLflow run '0123456789abcdef")
+    unknown = CliRunner().invoke(app, ["report", "models:/forja@nobody"])
+    assert "no registered model models:/forja@nobody" in str(unknown.exception)
 
 
 def test_eval_and_sample_accept_model_uris(servers, first, tmp_path):
@@ -276,39 +337,70 @@ def test_reproduce_gives_bitwise_identical_weights(servers, retrained):
     assert r.returncode == 2 and "the sources changed" in r.stderr
 
 
-@pytest.mark.skipif(
+def dom(url, profile):
+    """The page's DOM after its scripts ran, as headless Chromium renders it (a tall window: the
+    MLflow tables draw only the rows in view)."""
+    out = subprocess.run(
+        [
+            "chromium",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--window-size=1600,6000",
+            "--virtual-time-budget=20000",
+            f"--user-data-dir={profile}",
+            "--dump-dom",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return out.stdout
+
+
+needs_chromium = pytest.mark.skipif(
     shutil.which("chromium") is None, reason="chromium is not installed (.ci/run installs it)"
 )
+
+
+@needs_chromium
 def test_browser_shows_the_flow_run_and_the_mlflow_run(servers, first):
     run = mlflow.MlflowClient().get_run(first["result"]["mlflow_run_id"])
     flow_run_id = run.data.tags["prefect.flow_run_id"]
     flow_run = httpx.get(f"{servers.prefect_api}/flow_runs/{flow_run_id}").json()
+    profile = first["corpus"].parent / "chrome"
 
-    def dom(url):
-        out = subprocess.run(
-            [
-                "chromium",
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-                "--virtual-time-budget=20000",
-                f"--user-data-dir={first['corpus'].parent / 'chrome'}",
-                "--dump-dom",
-                url,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        return out.stdout
-
-    page = dom(f"{servers.specs[0].url}/runs/flow-run/{flow_run_id}")
+    page = dom(f"{servers.specs[0].url}/runs/flow-run/{flow_run_id}", profile)
     assert flow_run["name"] in page
-    page = dom(f"{servers.mlflow_url}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}")
+    page = dom(f"{servers.mlflow_url}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}", profile)
     assert run.info.run_name in page
     for metric in ("eval_bpb", "val_loss"):  # the run page lists its metrics
         assert metric in page, metric
+
+
+@needs_chromium
+def test_browser_compares_two_runs_and_shows_the_card_of_a_model_version(servers, first, retrained):
+    c = mlflow.MlflowClient()
+    runs = [c.get_run(first["result"]["mlflow_run_id"]), c.get_run(retrained["result"]["mlflow_run_id"])]
+    profile = first["corpus"].parent / "chrome"
+    ids = ",".join(f'"{r.info.run_id}"' for r in runs)
+    exps = ",".join(sorted({f'"{r.info.experiment_id}"' for r in runs}))
+    page = dom(f"{servers.mlflow_url}/#/compare-runs?runs=[{ids}]&experiments=[{exps}]", profile)
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", page))
+    metrics = text[text.index("Metrics Show diff only") :]
+    assert "downstream/cloze/acc " in metrics
+    for r in runs:  # each run's column: its name, and its figure (as the page rounds it)
+        assert r.info.run_name in text
+        assert f" {round(r.data.metrics['downstream/cloze/acc'], 3):g} " in metrics, r.data.metrics
+
+    page = dom(f"{servers.mlflow_url}/#/models/forja/versions/1", profile)
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", page))
+    items = c.get_run(runs[0].info.run_id).data.metrics["data.ingest.items"]
+    assert f"Report card: {runs[0].info.run_name}" in text  # the description is the card
+    assert f"items read (ingest) {int(items):,}" in text
+    assert "FLOPs per token" in text and "bits per byte" in text
