@@ -156,7 +156,12 @@ def train_mixture_tokenizer(
         budget = max(1, int(config.sample_bytes * weight / total_weight))
         samples.append(_sample_of(parts, config.model_copy(update={"sample_bytes": budget}), size))
         total += size
-    return _train(samples, f"the mixture of {', '.join(n for n, _, _ in sources)}", total, Path(out), config)
+    record = _train(
+        samples, f"the mixture of {', '.join(n for n, _, _ in sources)}", total, Path(out), config
+    )
+    return record | {
+        "sample_bytes_by_source": {n: s.bytes for (n, _, _), s in zip(sources, samples, strict=True)}
+    }
 
 
 def _train(
