@@ -326,7 +326,11 @@ def mixed(servers, tmp_path_factory):
     r = servers.forja("run", *mix, *sets(*dataset))
     result = json.loads(r.stdout[r.stdout.index("{") : r.stdout.rindex("}") + 1])
     again = servers.forja("retrain", *sets(*dataset))
-    return {"result": result, "retrain": again.stdout + again.stderr}
+    return {
+        "result": result,
+        "retrain": again.stdout + again.stderr,
+        "halves": (text[:80_000], text[80_000:]),
+    }
 
 
 def test_weighted_mixture_logs_per_source_figures_datasets_and_retrain_keeps_it(servers, mixed):
@@ -349,3 +353,7 @@ def test_weighted_mixture_logs_per_source_figures_datasets_and_retrain_keeps_it(
     assert inputs["tokens"].digest == run.data.tags["data.tokens_digest"][:36]
     assert json.loads(run.data.tags["data.mixture"]) == {"play": 0.75, "other": 0.25}
     assert "nothing new" in mixed["retrain"]  # the champion's two sources again, not python-docs
+    # the fixed evaluation set holds validation text of both sources
+    lines = (servers.home.dataset("mix-e2e") / "eval" / "eval.jsonl").read_text().splitlines()
+    starts = [json.loads(line)["text"].strip()[:60] for line in lines]
+    assert all(any(s in half for s in starts) for half in mixed["halves"])
