@@ -88,6 +88,7 @@ def test_mixture_folder_opens_as_its_sources_together(mixture_dir, token_dir):
     )
 
 
+@pytest.mark.slow
 def test_mixture_training_resumes_bitwise_and_logs_per_source_figures(mixture_dir, tmp_path):
     model, cfg = small_configs(max_steps=20, checkpoint_every=10, eval_every=10)
     straight, half, resumed = {}, {}, {}
