@@ -41,14 +41,15 @@ def normalise(weights: list[float]) -> list[float]:
 
 def assign(weights: list[float], counts: list[int], n: int) -> tuple[list[int], list[int]]:
     """The sources of the next `n` windows (largest deficit first), and the counts after them."""
-    w = np.asarray(weights, dtype=np.float64)
-    c = np.asarray(counts, dtype=np.int64).copy()
-    out = []
+    w, c = [float(x) for x in weights], [int(x) for x in counts]
+    drawn, out = sum(c), []
+    sources = range(len(w))
     for _ in range(n):
-        i = int(np.argmax(w * (c.sum() + 1) - c))
+        drawn += 1
+        i = max(sources, key=lambda j: w[j] * drawn - c[j])  # the first of equal deficits
         c[i] += 1
         out.append(i)
-    return out, c.tolist()
+    return out, c
 
 
 class MixtureSampler:
