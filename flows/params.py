@@ -21,6 +21,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 from pydantic.fields import FieldInfo
 
+from flows.sources import SourceSpec, parse_sources, redact_source, source_paths
 from forja.report import ReportConfig
 from forja.settings import build, model_settings
 from lm.config import ModelConfig, TrainConfig, apply_overrides, get_preset
@@ -28,7 +29,7 @@ from lm.errors import ConfigError
 from lm.overrides import TOP, Setting, parse_sets
 from tasks.clean import CleanConfig
 from tasks.evaluate import METRIC_DIRECTIONS, EvalConfig
-from tasks.ingest import IngestConfig, redact
+from tasks.ingest import IngestConfig
 from tasks.tokenize import TokenizeConfig
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -132,7 +133,8 @@ class PipelineParams(BaseModel):
     sources: list[str] = Field(
         default_factory=lambda: ["python-docs"],
         min_length=1,
-        description="Files, folders, globs, http(s) URLs, or python-docs (the bundled Python docs).",
+        description="Files, folders, globs, http(s) URLs, or python-docs (the bundled Python docs); "
+        "NAME=PATH[:WEIGHT] names a source of a weighted mixture (kept apart, drawn by weight).",
     )
     preset: str = Field("tiny", description="Named preset of model and training: tiny, small, gpt2-124m.")
     ingest: IngestConfig = Field(default_factory=IngestConfig, description="Ingest: reading the sources.")
@@ -176,14 +178,19 @@ class PipelineParams(BaseModel):
         overrides |= {f"train.{k}": v for k, v in self.train.model_dump(exclude_none=True).items()}
         return apply_overrides(preset.model, preset.train, overrides)
 
+    def mixture(self) -> list[SourceSpec] | None:
+        """The named sources of a weighted mixture, or None when the sources are bare (one dataset)."""
+        return parse_sources(self.sources)
+
     def validate_all(self) -> tuple[ModelConfig, TrainConfig]:
         """Every check that can run before any work: preset, value ranges, sources, vocab vs. model."""
         model_cfg, train_cfg = self.lm_configs()
         from tasks.ingest import plan_ingest  # sources must exist (a URL is checked when read)
 
-        local = [s for s in self.sources if not s.startswith(("http://", "https://"))]
+        paths = source_paths(self.sources)  # a bad NAME=PATH:WEIGHT fails here, naming it
+        local = [s for s in paths if not s.startswith(("http://", "https://"))]
         shards = plan_ingest(local, self.ingest) if local else []
-        if self.tokenize.tokenizer is None and len(local) == len(self.sources):
+        if self.tokenize.tokenizer is None and len(local) == len(paths):
             self._check_vocab_fits([it for shard in shards for it in shard["items"]])
         if (
             model_cfg.vocab_size
@@ -282,12 +289,15 @@ def apply_sets(params: PipelineParams, items: list[str]) -> PipelineParams:
 
 def recorded(params: PipelineParams) -> dict[str, Any]:
     """The parameters as Forja writes them down (run folder, MLflow): URL credentials redacted."""
-    return {**params.model_dump(mode="json"), "sources": [redact(s) for s in params.sources]}
+    return {**params.model_dump(mode="json"), "sources": [redact_source(s) for s in params.sources]}
 
 
 def flatten(params: PipelineParams, model_cfg: ModelConfig, train_cfg: TrainConfig) -> dict[str, Any]:
     """Every resolved parameter as `stage.field` (what MLflow shows and compares), credentials redacted."""
-    flat: dict[str, Any] = {"sources": ",".join(redact(s) for s in params.sources), "preset": params.preset}
+    flat: dict[str, Any] = {
+        "sources": ",".join(redact_source(s) for s in params.sources),
+        "preset": params.preset,
+    }
     for stage in ("ingest", "clean", "tokenize", "evaluate", "register", "report", "run"):
         flat |= {f"{stage}.{k}": v for k, v in getattr(params, stage).model_dump(mode="json").items()}
     flat |= {f"model.{k}": v for k, v in dataclasses.asdict(model_cfg).items()}

@@ -10,7 +10,6 @@ from end to end and a re-triggered run resumes training from its last checkpoint
 from __future__ import annotations
 
 import contextvars
-import json
 import logging
 import os
 import subprocess
@@ -25,12 +24,18 @@ from prefect import task
 from prefect.artifacts import (
     create_markdown_artifact,
     create_progress_artifact,
-    create_table_artifact,
     update_progress_artifact,
 )
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import forja_flow, report_card
+from flows.data_report import (
+    check_usable_text,
+    check_validation_split,
+    ingest_metrics,
+    report_artifacts,
+)
+from flows.mixture import log_mixture_data, prepare_mixture
 from flows.mlflow_run import tracked_run
 from flows.model_stages import stage_key
 from flows.params import (
@@ -56,7 +61,6 @@ from forja.home import Home
 from forja.plots import loss_curve_png
 from lm import checkpoint as ckpt
 from lm.config import ModelConfig, TrainConfig, from_dict, to_dict
-from lm.errors import ConfigError
 from lm.fileio import atomic_write_json, read_json, sha256_file
 from lm.train import train as lm_train
 from tasks.common import read_manifest
@@ -96,74 +100,22 @@ def make_task_runner(run: RunParams):
 
 @forja_flow("prepare-data")
 def prepare_data(params: PipelineParams) -> dict[str, Any]:
-    """ingest -> clean -> tokenize for one dataset; each stage mapped over its shards."""
+    """ingest -> clean -> tokenize for one dataset; each stage mapped over its shards. A weighted
+    mixture runs them per source (flows/mixture.py); check_validation_split checks the whole."""
     home = Home.from_env()
     ds = home.dataset(params.run.dataset)
+    if (mixture := params.mixture()) is not None:  # named sources: kept apart, mixed by weight
+        data = prepare_mixture(params, ds, mixture)
+        check_validation_split(params, data["tokens"])
+        return data
     fresh = params.run.fresh
     ingest = run_ingest_stage(params.sources, ds / "ingest", params.ingest.model_dump(mode="json"), fresh)
     clean = run_clean_stage(ds / "ingest", ds, params.clean.model_dump(mode="json"), fresh)
     check_usable_text(params.sources, ingest, clean)
     tokens = run_tokenize_stage(Path(clean["out"]), ds, params.tokenize.model_dump(mode="json"), fresh)
     check_validation_split(params, tokens)
-    _report_artifacts(ds, ingest, clean)
+    report_artifacts(ds, ingest, clean)
     return {"ingest": ingest, "clean": clean, "tokens": tokens}
-
-
-def check_usable_text(sources: list[str], ingest: dict[str, Any], clean: dict[str, Any]) -> None:
-    """No text left after cleaning: say where it went (which reader or rule dropped what)."""
-    c = clean.get("counts") or {}
-    if c.get("rows_out", 1) > 0:
-        return
-    total = (ingest.get("counts") or {}).get("total") or {}
-    quarantined = total.get("quarantine_by_reason") or {}
-    dropped = {rule: n for rule, n in (c.get("dropped") or {}).items() if n}
-    raise ConfigError(
-        f"no usable text in {', '.join(sources)}: ingest stored {total.get('documents', 0):,} document(s)"
-        + (f" and quarantined {sum(quarantined.values()):,} item(s) ({quarantined})" if quarantined else "")
-        + f"; clean kept {c.get('rows_out', 0):,} of {c.get('rows_in', 0):,}"
-        + (f" (dropped by rule: {dropped})" if dropped else "")
-        + ". Give text sources (see the quarantine folder of the ingest output for why items were"
-        " refused), or switch off the rule that drops them with --set 'clean.rules={\"<rule>\": false}'"
-    )
-
-
-def check_validation_split(params: PipelineParams, tokens: dict[str, Any]) -> None:
-    """An empty validation split fails before training (it would fail at evaluation, after it)."""
-    val = (tokens.get("splits") or {}).get("val") or {}
-    if params.evaluate.eval_text is None and not val.get("tokens"):
-        train = (tokens.get("splits") or {}).get("train") or {}
-        raise ConfigError(
-            f"the validation split is empty: {train.get('docs', 0):,} document(s) all went to training "
-            f"(tokenize.val_fraction={params.tokenize.val_fraction}); add documents, raise "
-            "tokenize.val_fraction, lower tokenize.chunk_bytes so long documents are cut into more chunks, "
-            "or give an evaluation text with --set evaluate.eval_text=FILE"
-        )
-
-
-def _report_artifacts(ds: Path, ingest: dict, clean: dict) -> None:
-    run = ingest.get("run") or {}
-    rows = [{"item": k, "count": v} for k, v in sorted(run.items()) if isinstance(v, int | float)]
-    if rows:
-        create_table_artifact(
-            key="ingest-report", table=rows, description=f"Ingest of {ds.name}: this run's counts"
-        )
-    report_path = Path(clean["out"]) / "report.json"
-    if report_path.is_file():
-        report = read_json(report_path)
-        table = []
-        for rule in report.get("rules", []):
-            ex = (rule.get("examples") or [{}])[0]
-            table.append(
-                {
-                    "rule": rule.get("name"),
-                    "kind": rule.get("kind"),
-                    "rows_in": rule.get("rows_in"),
-                    "rows_out": rule.get("rows_out"),
-                    "changed": rule.get("changed"),
-                    "example": json.dumps(ex, ensure_ascii=False)[:200],
-                }
-            )
-        create_table_artifact(key="clean-report", table=table, description=f"Cleaning rules on {ds.name}")
 
 
 # ------------------------------------------------------------------ train / evaluate / register
@@ -367,22 +319,6 @@ def _log_data(run_id: str, data: dict[str, Any]) -> None:
     tracking.log_metrics(run_id, ingest_metrics(data["ingest"]) | duplicate_metrics(data["clean"]))
 
 
-INGEST_COUNTS = ("items", "accepted", "duplicates", "already_known", "quarantined", "legacy_encoding")
-
-
-def ingest_metrics(ingest: dict[str, Any]) -> dict[str, float]:
-    """The ingest counts as MLflow metrics: `data.ingest.<count>` for the ingest run that made the
-    data (every input item is one of accepted, duplicates, already_known, quarantined),
-    `data.ingest.quarantine.<reason>` per quarantine reason, and the snapshot's totals."""
-    counts = ingest.get("counts") or {}
-    run = ingest.get("run") or counts.get("run") or {}
-    total = counts.get("total") or {}
-    metrics = {f"data.ingest.{k}": run[k] for k in INGEST_COUNTS if k in run}
-    metrics |= {f"data.ingest.quarantine.{r}": n for r, n in (run.get("quarantine_by_reason") or {}).items()}
-    metrics |= {f"data.ingest.total_{k}": total[k] for k in ("documents", "quarantined") if k in total}
-    return {k: float(v) for k, v in metrics.items()}
-
-
 def _init_weights(init_from: str | None) -> tuple[str | None, str | None]:
     """The local checkpoint to start training from (a run folder or models:/ URI), and its digest."""
     if not init_from:
@@ -528,7 +464,10 @@ def run_pipeline(
         data = prepare_data.with_options(task_runner=make_task_runner(params.run))(params)
         if stop_if_unchanged and not data["ingest"].get("changed", True):
             return _nothing_new(run_id, data)
-        _log_data(run_id, data)
+        if "sources" in data:
+            log_mixture_data(run_id, params, data)
+        else:
+            _log_data(run_id, data)
         run_dir, trained = train_step(params, data, model_cfg, train_cfg, run_id)
         evaluation = evaluate_step(params, data["tokens"]["out"], trained, run_id)
         registered = register_step(params, trained, evaluation, run_id) if params.run.register_model else {}

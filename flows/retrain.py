@@ -1,6 +1,7 @@
 """The `retrain` flow: new data in, a better model out (or nothing, said clearly).
 
-Ingest the sources incrementally; if no new document arrived, stop early and say so. Otherwise
+Ingest the sources incrementally (a weighted mixture's sources and weights are stored with the
+champion's run, and taken again when the sources are left at their default); if no new document arrived, stop early and say so. Otherwise
 re-clean, re-tokenize with the champion's tokenizer (or a new one when asked), train from scratch
 (or continue from the champion's weights when asked), evaluate on the dataset's fixed evaluation
 set, and move the `champion` alias only if the new model has fewer bits per byte there.
@@ -16,6 +17,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from flows import forja_flow
+from flows.mixture import champion_sources
 from flows.params import PipelineParams, takes_pipeline_parameters
 from flows.pipeline import run_pipeline
 from forja import tracking
@@ -70,6 +72,23 @@ class RetrainOptions(BaseModel):
         False, description="Start from the champion's weights (and so with its tokenizer)."
     )
     new_tokenizer: bool = Field(False, description="Train a new tokenizer instead of reusing the champion's.")
+    keep_mixture: bool = Field(
+        True,
+        description="With the sources left at their default, retrain on the champion's sources and "
+        "weights when it was trained on a weighted mixture (NAME=PATH:WEIGHT).",
+    )
+
+
+def keep_mixture(params: PipelineParams) -> PipelineParams:
+    """`params` with the champion's mixture as sources, when the sources were left at the default
+    and the champion was trained on a weighted mixture (its sources are stored with its run)."""
+    if params.sources != PipelineParams.model_fields["sources"].get_default(call_default_factory=True):
+        return params
+    sources = champion_sources(params.run.dataset)
+    if not sources:
+        return params
+    log.info("retraining on the champion's mixture: %s", " ".join(sources))
+    return params.model_copy(update={"sources": sources})
 
 
 @forja_flow("retrain")
@@ -77,8 +96,11 @@ class RetrainOptions(BaseModel):
 def retrain(**params: Any) -> dict[str, Any]:
     """Retrain on what arrived since the last run; promote the result only if it beats the champion."""
     options = RetrainOptions(**{k: params.pop(k) for k in RetrainOptions.model_fields if k in params})
+    given = PipelineParams(**params)
     pipeline_params = retrain_params(
-        PipelineParams(**params), options.continue_from_champion, options.new_tokenizer
+        keep_mixture(given) if options.keep_mixture else given,
+        options.continue_from_champion,
+        options.new_tokenizer,
     )
     return run_pipeline(
         pipeline_params,

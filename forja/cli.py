@@ -37,6 +37,10 @@ SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", help="Override any config field: --set max_steps=200 --set model.n_layer=2"),
 ]
+SourceOpt = Annotated[
+    list[str] | None,
+    typer.Option(help="Source (repeatable, default python-docs): PATH or NAME=PATH[:WEIGHT], a weighted mix"),
+]
 
 
 def _setup_logging(verbose: bool = False) -> None:
@@ -309,9 +313,7 @@ def _run_flow(flow, params, **extra):
 
 @app.command()
 def run(
-    source: Annotated[
-        list[str] | None, typer.Option(help="Source (repeatable); default: python-docs.")
-    ] = None,
+    source: SourceOpt = None,
     preset: Annotated[str, typer.Option(help="Named preset: tiny, small, gpt2-124m.")] = "tiny",
     out: Annotated[Path | None, typer.Option(help="Run folder (default: under FORJA_HOME/runs).")] = None,
     set_: SetOpt = None,
@@ -333,9 +335,7 @@ def run(
 
 @app.command()
 def retrain(
-    source: Annotated[
-        list[str] | None, typer.Option(help="Source (repeatable); default: python-docs.")
-    ] = None,
+    source: SourceOpt = None,
     preset: Annotated[str, typer.Option()] = "tiny",
     continue_from_champion: Annotated[bool, typer.Option(help="Start from the champion's weights.")] = False,
     new_tokenizer: Annotated[

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ HEADER_SIZE = HEADER.size  # 64
 MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer.model"
 FORMAT = "forja-tokens"
+MIX_FORMAT = "forja-mixture"  # a folder naming several token folders and their weights (lm/mixture.py)
 
 
 def dtype_for_vocab(vocab_size: int) -> np.dtype:
@@ -115,12 +116,26 @@ class TokenSplit:
 
 
 @dataclass
+class MixSource:
+    """One source of a mixture: its name, its weight (the shares sum to 1) and its token folder."""
+
+    name: str
+    weight: float
+    data: TokenData
+
+
+@dataclass
 class TokenData:
-    """A token folder: its manifest, its splits and the tokenizer it was made with."""
+    """A token folder: its manifest, its splits and the tokenizer it was made with.
+
+    A mixture folder opens as one too: its splits are the sources' splits together, and `sources`
+    lists each source with its weight (empty for a plain token folder).
+    """
 
     root: Path
     manifest: dict[str, Any]
     splits: dict[str, TokenSplit]
+    sources: list[MixSource] = field(default_factory=list)
 
     @property
     def tokenizer_path(self) -> Path:
@@ -148,6 +163,8 @@ class TokenData:
                 "(make one with `forja tokenize CLEAN_DIR --out DIR`)"
             )
         manifest = read_json(mpath)
+        if manifest.get("format") == MIX_FORMAT:
+            return cls._open_mixture(root, manifest)
         if manifest.get("format") != FORMAT:
             raise DataError(f"{mpath}: format is {manifest.get('format')!r}, expected {FORMAT!r}")
         for key in ("tokenizer_sha256", "vocab_size", "eos_id", "splits"):
@@ -165,6 +182,28 @@ class TokenData:
         if "train" not in splits or splits["train"].n_tokens == 0:
             raise DataError(f"{root} has no training tokens")
         return cls(root, manifest, splits)
+
+    @classmethod
+    def _open_mixture(cls, root: Path, manifest: dict[str, Any]) -> TokenData:
+        sources = [
+            MixSource(s["name"], float(s["weight"]), cls.open(root / s["path"])) for s in manifest["sources"]
+        ]
+        for s in sources:
+            if s.data.tokenizer_sha256 != manifest["tokenizer_sha256"]:
+                raise DataError(
+                    f"{s.data.root} (source {s.name} of the mixture {root}) was tokenized with another "
+                    "tokenizer; re-run the pipeline"
+                )
+        splits = {
+            name: TokenSplit(
+                name,
+                [shard for s in sources for shard in s.data.splits[name].shards],
+                sum(s.data.splits[name].n_tokens for s in sources),
+                sum(s.data.splits[name].n_bytes for s in sources),
+            )
+            for name in sources[0].data.splits
+        }
+        return cls(root, manifest, splits, sources)
 
 
 class WindowSampler:

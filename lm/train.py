@@ -32,9 +32,10 @@ from torch.nn.parallel import DistributedDataParallel
 
 from lm import checkpoint as ckpt
 from lm.config import ModelConfig, TrainConfig, to_dict
-from lm.data import TokenData, WindowSampler, sequential_windows, window_batch
+from lm.data import TokenData, TokenSplit, WindowSampler, sequential_windows, window_batch
 from lm.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError
 from lm.fileio import atomic_write_json
+from lm.mixture import MixtureSampler
 from lm.models import build_model
 from lm.runtime import (
     Dist,
@@ -163,9 +164,19 @@ class Trainer:
         self.model = build_model(self.model_cfg).to(self.device)
         self.optimizer = make_optimizer(self.model, self.cfg, self.device)
         train_split = self.data.splits["train"]
-        self.sampler = WindowSampler(
-            train_split.shards, self.cfg.seq_len, self.cfg.seed, self.dist.rank, self.dist.world_size
-        )
+        self.sampler: WindowSampler | MixtureSampler
+        if self.data.sources:  # a mixture: each source drawn by its weight
+            self.sampler = MixtureSampler(
+                [(s.name, s.weight, s.data.splits["train"].shards) for s in self.data.sources],
+                self.cfg.seq_len,
+                self.cfg.seed,
+                self.dist.rank,
+                self.dist.world_size,
+            )
+        else:
+            self.sampler = WindowSampler(
+                train_split.shards, self.cfg.seq_len, self.cfg.seed, self.dist.rank, self.dist.world_size
+            )
         if existing is not None:
             self._load(existing)
         elif init_from is not None:  # start from trained weights, with a fresh optimizer and schedule
@@ -180,7 +191,7 @@ class Trainer:
                 self.forward_model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
         self.flops_per_token = self.model.flops_per_token(self.cfg.seq_len)
-        self._val_windows = self._pick_val_windows()
+        self._val_sets = self._pick_val_windows()
         self._step = self.start_step  # the 1-based step being computed
         if os.environ.get(NAN_FAULT_ENV):
             self._inject_nan_at(int(os.environ[NAN_FAULT_ENV]))
@@ -226,27 +237,53 @@ class Trainer:
 
         embedding.register_forward_hook(poison)
 
-    def _pick_val_windows(self) -> list[tuple[int, int]]:
-        val = self.data.splits.get("val")
-        if val is None or val.n_tokens <= self.cfg.seq_len:
-            return []
-        windows = sequential_windows(val.shards, self.cfg.seq_len)
-        n = self.cfg.eval_batches * self.cfg.batch_size * self.dist.world_size
-        if self.cfg.eval_batches and n < len(windows):  # spread evenly over the whole split
-            windows = [windows[i] for i in np.linspace(0, len(windows) - 1, n).round().astype(int)]
-        return windows
+    def _pick_val_windows(self) -> list[tuple[str | None, TokenSplit, list[tuple[int, int]]]]:
+        """The fixed validation windows: (source name, its val split, windows) per source of a
+        mixture (each with up to eval_batches batches), or one entry named None for a token folder."""
+        named = [(s.name, s.data) for s in self.data.sources] or [(None, self.data)]
+        sets = []
+        for name, data in named:
+            val = data.splits.get("val")
+            if val is None or val.n_tokens <= self.cfg.seq_len:
+                continue
+            windows = sequential_windows(val.shards, self.cfg.seq_len)
+            n = self.cfg.eval_batches * self.cfg.batch_size * self.dist.world_size
+            if self.cfg.eval_batches and n < len(windows):  # spread evenly over the whole split
+                windows = [windows[i] for i in np.linspace(0, len(windows) - 1, n).round().astype(int)]
+            sets.append((name, val, windows))
+        return sets
 
     # ------------------------------------------------------------------ evaluation
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Validation loss (nats/token), perplexity and bits per byte on the fixed validation windows."""
-        if not self._val_windows:
+        """Validation loss (nats/token), perplexity and bits per byte on the fixed validation windows.
+
+        For a mixture also `val_loss/<NAME>` and `val_bpb/<NAME>` per source; the overall figures
+        are then those of all the sources' validation text together (each source's loss weighted by
+        its validation tokens, divided by all their bytes).
+        """
+        if not self._val_sets:
             return {}
-        val = self.data.splits["val"]
+        metrics: dict[str, float] = {}
+        nats = tokens = n_bytes = 0.0
+        for name, val, windows in self._val_sets:
+            loss = self._val_loss(val, windows)
+            nats, tokens, n_bytes = nats + loss * val.n_tokens, tokens + val.n_tokens, n_bytes + val.n_bytes
+            if name is not None:
+                metrics |= {
+                    f"val_loss/{name}": loss,
+                    f"val_bpb/{name}": loss * val.n_tokens / max(1, val.n_bytes) / math.log(2),
+                }
+        # bits per byte: nats per token x tokens per byte of the split / ln 2
+        loss = nats / tokens if len(self._val_sets) > 1 else loss  # one split: its loss as it is
+        bpb = nats / max(1.0, n_bytes) / math.log(2)
+        return {"val_loss": loss, "val_perplexity": math.exp(min(loss, 50.0)), "val_bpb": bpb} | metrics
+
+    def _val_loss(self, val: TokenSplit, windows: list[tuple[int, int]]) -> float:
         self.model.eval()
         total, count = torch.zeros((), device=self.device, dtype=torch.float64), 0
-        per_rank = self._val_windows[self.dist.rank :: self.dist.world_size]
+        per_rank = windows[self.dist.rank :: self.dist.world_size]
         for i in range(0, len(per_rank), self.cfg.batch_size):
             w = torch.from_numpy(
                 window_batch(val.shards, per_rank[i : i + self.cfg.batch_size], self.cfg.seq_len)
@@ -260,10 +297,7 @@ class Trainer:
         stats = torch.tensor([total.item(), count], dtype=torch.float64, device=self.device)
         if self.dist.enabled:
             torch.distributed.all_reduce(stats)
-        loss = (stats[0] / stats[1]).item()
-        # bits per byte: nats per token x tokens per byte of the split / ln 2
-        bpb = loss * val.n_tokens / max(1, val.n_bytes) / math.log(2)
-        return {"val_loss": loss, "val_perplexity": math.exp(min(loss, 50.0)), "val_bpb": bpb}
+        return (stats[0] / stats[1]).item()
 
     # ------------------------------------------------------------------ the loop
 
@@ -388,6 +422,8 @@ class Trainer:
                 tps = tokens_per_step * steps_done / max(now - t_last, 1e-9)
                 t_last = now
                 metrics |= {"tokens_per_s": tps, "mfu": self.flops_per_token * tps / peak if peak else 0.0}
+                if isinstance(self.sampler, MixtureSampler):
+                    metrics |= self.sampler.tokens_seen()
                 if self.dist.is_main:
                     log.info(
                         "step %d/%d  loss %.4f  lr %.2e  grad norm %.3f  %.0f tokens/s  mfu %.1f%%",

@@ -112,14 +112,19 @@ def _freeze(tokens_dir: str | os.PathLike, eval_dir: Path, config: EvalConfig) -
                 f"{tokens_dir} has no validation split to freeze an evaluation set from; raise val_fraction"
             )
         tok = Tokenizer(data.tokenizer_path)
-        texts, total = [], 0
-        for shard in val.shards:
-            for seg in segments(np.asarray(shard), data.eos_id):
-                text = tok.decode(seg.tolist())
-                if total + len(text.encode()) > config.max_bytes and texts:
-                    break
-                texts.append(text)
-                total += len(text.encode())
+        texts = []
+        # a mixture: each source's validation text in proportion to its weight
+        for shards, budget in [
+            (s.data.splits["val"].shards, config.max_bytes * s.weight) for s in data.sources
+        ] or [(val.shards, config.max_bytes)]:
+            total, first = 0, len(texts)
+            for shard in shards:
+                for seg in segments(np.asarray(shard), data.eos_id):
+                    text = tok.decode(seg.tolist())
+                    if total + len(text.encode()) > budget and len(texts) > first:
+                        break
+                    texts.append(text)
+                    total += len(text.encode())
         origin = f"validation split of {tokens_dir}"
     with atomic_path(eval_dir / EVAL_FILE) as tmp:
         tmp.write_text(

@@ -39,7 +39,9 @@ The package, by concern (each step is callable on its own, as above):
     config.py     TokenizeConfig, and the stage's fixed names (splits, special pieces)
     split.py      chunking long documents at paragraphs; split_of, the hash that picks a chunk's split
     parts.py      reading the clean stage's output: list_parts and the documents of a part
-    tokenizer.py  step 1: train_tokenizer, reuse_tokenizer
+    tokenizer.py  step 1: train_tokenizer, reuse_tokenizer; train_mixture_tokenizer (one model for
+                  the sources of a weighted mixture, sampled by weight; each is then tokenized
+                  with it as a reused tokenizer)
     encode.py     step 2: encode_part
     shards.py     step 3: finalize
     stage.py      the stage declared once (tasks/stage.py runs it); run_tokenize
@@ -52,7 +54,7 @@ from tasks.tokenize.parts import list_parts
 from tasks.tokenize.shards import finalize
 from tasks.tokenize.split import chunk_text, split_of
 from tasks.tokenize.stage import run_tokenize
-from tasks.tokenize.tokenizer import reuse_tokenizer, train_tokenizer
+from tasks.tokenize.tokenizer import reuse_tokenizer, train_mixture_tokenizer, train_tokenizer
 
 __all__ = [
     "StageError",
@@ -64,5 +66,6 @@ __all__ = [
     "reuse_tokenizer",
     "run_tokenize",
     "split_of",
+    "train_mixture_tokenizer",
     "train_tokenizer",
 ]

@@ -117,6 +117,13 @@ def tokenizer_info(path: Path, trained: bool, source: Path | None = None, **samp
     }
 
 
+def _sample_of(parts: list[Path], config: TokenizeConfig, total: int) -> _Sample:
+    """The sample of `config.sample_bytes` from parts holding `total` bytes of text."""
+    train_bytes = total * (1.0 - config.val_fraction)  # an estimate: the split is by chunk
+    keep = min(1.0, config.sample_bytes / max(1.0, train_bytes))
+    return _Sample(parts, config, keep, expected=int(min(config.sample_bytes, train_bytes)))
+
+
 def train_tokenizer(
     in_dir: str | os.PathLike, out: str | os.PathLike, config: TokenizeConfig
 ) -> dict[str, Any]:
@@ -125,14 +132,41 @@ def train_tokenizer(
     The model is a pure function of the sampled text and the config: the same input and config give
     the same bytes. Returns the tokenizer record that `finalize` takes.
     """
-    in_dir, out = Path(in_dir), Path(out)
+    in_dir = Path(in_dir)
     parts = list_parts(in_dir)
     total = corpus_bytes(parts)
     if total == 0:
         raise StageError(f"{in_dir} holds no text to train a tokenizer on; check the clean stage's output")
-    train_bytes = total * (1.0 - config.val_fraction)  # an estimate: the split is by chunk
-    keep = min(1.0, config.sample_bytes / max(1.0, train_bytes))
-    sample = _Sample(parts, config, keep, expected=int(min(config.sample_bytes, train_bytes)))
+    return _train([_sample_of(parts, config, total)], str(in_dir), total, Path(out), config)
+
+
+def train_mixture_tokenizer(
+    sources: list[tuple[str, str | os.PathLike, float]], out: str | os.PathLike, config: TokenizeConfig
+) -> dict[str, Any]:
+    """One tokenizer for a weighted mixture: SentencePiece trained on a sample of each source's
+    clean output (name, folder, weight) of `weight / sum of weights * sample_bytes` bytes (all of a
+    source's train text when it has less). Writes OUT/tokenizer.model; returns its record."""
+    total_weight = sum(w for _, _, w in sources)
+    samples, total = [], 0
+    for name, folder, weight in sources:
+        parts = list_parts(Path(folder))
+        size = corpus_bytes(parts)
+        if size == 0:
+            raise StageError(f"source {name}: {folder} holds no text; check the clean stage's output")
+        budget = max(1, int(config.sample_bytes * weight / total_weight))
+        samples.append(_sample_of(parts, config.model_copy(update={"sample_bytes": budget}), size))
+        total += size
+    record = _train(
+        samples, f"the mixture of {', '.join(n for n, _, _ in sources)}", total, Path(out), config
+    )
+    return record | {
+        "sample_bytes_by_source": {n: s.bytes for (n, _, _), s in zip(sources, samples, strict=True)}
+    }
+
+
+def _train(
+    samples: list[_Sample], what: str, total: int, out: Path, config: TokenizeConfig
+) -> dict[str, Any]:
     log.info(
         "training a %s tokenizer (vocab %d) on up to %.1f MB of %.1f MB",
         config.model_type,
@@ -142,36 +176,41 @@ def train_tokenizer(
     )
     t0 = time.perf_counter()
     model = io.BytesIO()
+    lines = (line for sample in samples for line in sample)
+
+    def errors() -> BaseException | None:
+        return next((s.error for s in samples if s.error is not None), None)
+
     try:
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(sample), model_writer=model, **config.trainer_args()
-        )
+        spm.SentencePieceTrainer.train(sentence_iterator=lines, model_writer=model, **config.trainer_args())
     except RuntimeError as e:
-        if sample.error is not None:
-            raise sample.error from None
-        if sample.lines == 0:
-            raise StageError(f"{in_dir}: the train split holds no text to train a tokenizer on") from e
+        if (error := errors()) is not None:
+            raise error from None
+        if sum(s.lines for s in samples) == 0:
+            raise StageError(f"{what}: the train split holds no text to train a tokenizer on") from e
         raise _explain_training_error(e) from e
-    if sample.error is not None:
-        raise sample.error
-    if sample.long_lines:
+    if (error := errors()) is not None:
+        raise error
+    sample_bytes, sample_lines = sum(s.bytes for s in samples), sum(s.lines for s in samples)
+    long_lines = sum(s.long_lines for s in samples)
+    if long_lines:
         log.warning(
             "%d lines of the tokenizer sample were longer than max_sentence_length=%d bytes and were fed "
             "cut into pieces (SentencePiece would have skipped them); raise max_sentence_length to keep "
             "them whole",
-            sample.long_lines,
+            long_lines,
             config.max_sentence_length,
         )
     path = out / TOKENIZER
     atomic_write_bytes(path, model.getvalue())
     log.info(
         "trained the tokenizer on %s lines (%.1f MB) in %.1fs",
-        f"{sample.lines:,}",
-        sample.bytes / 1e6,
+        f"{sample_lines:,}",
+        sample_bytes / 1e6,
         time.perf_counter() - t0,
     )
     return tokenizer_info(
-        path, True, sample_bytes=sample.bytes, sample_lines=sample.lines, long_lines=sample.long_lines
+        path, True, sample_bytes=sample_bytes, sample_lines=sample_lines, long_lines=long_lines
     )
 
 

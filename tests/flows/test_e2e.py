@@ -404,3 +404,48 @@ def test_browser_compares_two_runs_and_shows_the_card_of_a_model_version(servers
     assert f"Report card: {runs[0].info.run_name}" in text  # the description is the card
     assert f"items read (ingest) {int(items):,}" in text
     assert "FLOPs per token" in text and "bits per byte" in text
+
+
+@pytest.fixture(scope="module")
+def mixed(servers, tmp_path_factory):
+    """A weighted mixture of two sources (two halves of tinyshakespeare, weights 3:1) on a dataset of
+    its own, then a retrain without --source (the champion's mixture again: nothing new)."""
+    text = shakespeare_text(160_000)
+    play = write_corpus(tmp_path_factory.mktemp("play"), text[:80_000], n_files=2)
+    other = write_corpus(tmp_path_factory.mktemp("other"), text[80_000:], n_files=2)
+    dataset = ("run.dataset=mix-e2e", "run.export_hf=false")
+    mix = ("--source", f"play={play}:3", "--source", f"other={other}:1")
+    r = servers.forja("run", *mix, *sets(*dataset))
+    result = json.loads(r.stdout[r.stdout.index("{") : r.stdout.rindex("}") + 1])
+    again = servers.forja("retrain", *sets(*dataset))
+    return {
+        "result": result,
+        "retrain": again.stdout + again.stderr,
+        "halves": (text[:80_000], text[80_000:]),
+    }
+
+
+def test_weighted_mixture_logs_per_source_figures_datasets_and_retrain_keeps_it(servers, mixed):
+    c = mlflow.MlflowClient()
+    run = c.get_run(mixed["result"]["mlflow_run_id"])
+    m = run.data.metrics
+    for name in ("val_bpb/play", "val_bpb/other", "val_bpb", "val_loss", "eval_bpb"):
+        assert name in m, name
+    assert m["val_bpb/play"] != m["val_bpb/other"]
+    assert m["tokens/play"] == 3 * m["tokens/other"] == 0.75 * 20 * 8 * 64  # steps x batch x seq_len
+    history = c.get_metric_history(run.info.run_id, "tokens/play")
+    assert [h.step for h in history] == [10, 20] and history[0].value == history[1].value / 2
+    inputs = {d.dataset.name: d.dataset for d in run.inputs.dataset_inputs}
+    for name in ("play", "other"):
+        folder = json.loads(inputs[f"tokens/{name}"].profile)  # the token folder of that source alone
+        assert folder["weight"] == (0.75 if name == "play" else 0.25) and folder["train"]["tokens"] > 0
+        tokens = servers.home.dataset("mix-e2e") / "sources" / name / "tokens"
+        digests = [json.loads((f / "manifest.json").read_text())["digest"][:36] for f in tokens.iterdir()]
+        assert inputs[f"tokens/{name}"].digest in digests
+    assert inputs["tokens"].digest == run.data.tags["data.tokens_digest"][:36]
+    assert json.loads(run.data.tags["data.mixture"]) == {"play": 0.75, "other": 0.25}
+    assert "nothing new" in mixed["retrain"]  # the champion's two sources again, not python-docs
+    # the fixed evaluation set holds validation text of both sources
+    lines = (servers.home.dataset("mix-e2e") / "eval" / "eval.jsonl").read_text().splitlines()
+    starts = [json.loads(line)["text"].strip()[:60] for line in lines]
+    assert all(any(s in half for s in starts) for half in mixed["halves"])

@@ -14,7 +14,7 @@ from forja.settings import apply_sets as apply_stage_sets
 from lm.errors import ConfigError
 from tasks.clean import CleanConfig
 
-EXTRA = {"retrain": {"continue_from_champion": False, "new_tokenizer": False}}
+EXTRA = {"retrain": {"continue_from_champion": False, "new_tokenizer": False, "keep_mixture": True}}
 
 
 def _schemas() -> list[tuple[str, str, dict]]:

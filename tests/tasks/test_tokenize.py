@@ -473,3 +473,16 @@ def test_lm_trains_on_the_token_folder(tmp_path, shakespeare_path):
     assert result.step == 3
     assert math.isfinite(result.metrics["loss"])
     assert math.isfinite(result.metrics["val_bpb"]) and result.metrics["val_bpb"] > 0
+
+
+def test_one_tokenizer_for_a_mixture_samples_each_source_by_weight(token_dir, tmp_path):
+    from tasks.tokenize import train_mixture_tokenizer
+
+    clean = token_dir.parent / f"{token_dir.name}-stages" / "clean"  # the shared fixture's clean output
+    cfg = TokenizeConfig(vocab_size=512, sample_bytes=40_000)
+    record = train_mixture_tokenizer([("a", clean, 3.0), ("b", clean, 1.0)], tmp_path, cfg)
+    got = record["sample_bytes_by_source"]
+    # each source's share of the sample is its weight's (a hash-chosen share of its chunks, capped)
+    assert got["a"] <= 30_000 + 4192 and got["b"] <= 10_000 + 4192
+    assert got["a"] / got["b"] == pytest.approx(3.0, rel=0.2), got
+    assert (tmp_path / "tokenizer.model").is_file() and record["vocab_size"] == 512
