@@ -75,7 +75,10 @@ def prepare_mixture(params: PipelineParams, ds: Path, mixture: list[SourceSpec])
     for spec in mixture:
         folder = ds / "sources" / spec.name
         ingests[spec.name] = run_ingest_stage(
-            list(spec.paths), folder / "ingest", params.ingest.model_dump(mode="json"), fresh
+            list(spec.paths),
+            folder / "ingest",
+            params.ingest.for_source(spec.name).model_dump(mode="json"),
+            fresh,
         )
         cleans[spec.name] = run_clean_stage(
             folder / "ingest", folder, params.clean.model_dump(mode="json"), fresh

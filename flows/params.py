@@ -188,6 +188,8 @@ class PipelineParams(BaseModel):
         from tasks.ingest import plan_ingest  # sources must exist (a URL is checked when read)
 
         paths = source_paths(self.sources)  # a bad NAME=PATH:WEIGHT fails here, naming it
+        if self.mixture() is not None:  # (retrain may take the champion's mixture: checked then)
+            self.check_source_encodings()
         local = [s for s in paths if not s.startswith(("http://", "https://"))]
         shards = plan_ingest(local, self.ingest) if local else []
         if self.tokenize.tokenizer is None and len(local) == len(paths):
@@ -206,6 +208,16 @@ class PipelineParams(BaseModel):
         if self.run.resume and self.run.out is None:
             raise ConfigError("'run.resume' needs 'run.out': the run folder to resume")
         return model_cfg, train_cfg
+
+    def check_source_encodings(self) -> None:
+        """Every source `ingest.encodings` names is a source of the run's mixture."""
+        names = {s.name for s in self.mixture() or []} if self.ingest.encodings else set()
+        if unknown := sorted(set(self.ingest.encodings) - names):
+            raise ConfigError(
+                f"ingest.encodings names {', '.join(unknown)}, which is not a source of this run "
+                f"(sources: {', '.join(sorted(names)) or 'none named'}); name a source with "
+                "--source NAME=PATH, or use ingest.encoding for all of them"
+            )
 
     def _check_vocab_fits(self, items: list[dict[str, Any]]) -> None:
         """A tokenizer vocabulary the sources cannot fill fails here, not minutes later in SentencePiece.

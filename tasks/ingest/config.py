@@ -53,21 +53,27 @@ class IngestConfig(BaseModel):
         "iso8859-2 or cp1251), instead of detecting it; HTML pages use it when they declare none.",
     )
 
+    encodings: dict[str, str] = Field(
+        default_factory=dict,
+        description="Per source of a mixture (--source NAME=PATH): NAME -> the encoding of its text "
+        'that is not UTF-8, e.g. {"pl": "iso8859-2", "ru": "cp1251"}; overrides `encoding` there.',
+    )
+
     @field_validator("encoding")
     @classmethod
     def _codec(cls, v: str | None) -> str | None:
-        if v is None or not v.strip():
-            return None
-        try:
-            name = codecs.lookup(v.strip()).name
-        except LookupError:
-            raise ValueError(
-                f"ingest.encoding={v!r} is not an encoding Python knows; use a codec name such as "
-                "iso8859-2, cp1251 or koi8-r"
-            ) from None
-        if name in ("utf-16", "utf-32") or name.startswith(("utf-16", "utf-32")):
-            raise ValueError(f"ingest.encoding={v!r}: UTF-16/32 files must be converted to UTF-8 first")
-        return name
+        return codec_name(v, "ingest.encoding")
+
+    @field_validator("encodings")
+    @classmethod
+    def _codecs(cls, v: dict[str, str]) -> dict[str, str]:
+        return {
+            name: codec_name(e, f"ingest.encodings.{name}") or "" for name, e in v.items() if e and e.strip()
+        }
+
+    def for_source(self, name: str) -> IngestConfig:
+        """The config one source of a mixture is read with: its own encoding, if it has one."""
+        return self.model_copy(update={"encoding": self.encodings.get(name, self.encoding), "encodings": {}})
 
     @field_validator("text_field", "text_column")
     @classmethod
@@ -77,12 +83,30 @@ class IngestConfig(BaseModel):
         return v
 
 
+def codec_name(v: str | None, setting: str) -> str | None:
+    """Python's name of the codec `v` names (None for none); a clear error for what is not one."""
+    if v is None or not v.strip():
+        return None
+    try:
+        name = codecs.lookup(v.strip()).name
+    except LookupError:
+        raise ValueError(
+            f"{setting}={v!r} is not an encoding Python knows; use a codec name such as "
+            "iso8859-2, cp1251 or koi8-r"
+        ) from None
+    if name in ("utf-16", "utf-32") or name.startswith(("utf-16", "utf-32")):
+        raise ValueError(f"{setting}={v!r}: UTF-16/32 files must be converted to UTF-8 first")
+    return name
+
+
 def identity_dict(config: IngestConfig) -> dict[str, Any]:
     """The config as the digest and the cache key see it: `encoding` unset is left out, so the
-    digests and keys of configs made before the field existed stay the same."""
+    digests and keys of configs made before the field existed stay the same; `encodings` is left
+    out too: a source is read with its own (`for_source`), and another source's does not matter."""
     data = config.model_dump(mode="json")
     if data.get("encoding") is None:
         data.pop("encoding", None)
+    data.pop("encodings", None)
     return data
 
 

@@ -11,6 +11,8 @@ from pathlib import Path
 import httpx
 import mlflow
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from helpers import shakespeare_text
 from support import FAST, ROOT, write_corpus
@@ -413,7 +415,8 @@ def mixed(servers, tmp_path_factory):
     text = shakespeare_text(160_000)
     play = write_corpus(tmp_path_factory.mktemp("play"), text[:80_000], n_files=2)
     other = write_corpus(tmp_path_factory.mktemp("other"), text[80_000:], n_files=2)
-    dataset = ("run.dataset=mix-e2e", "run.export_hf=false")
+    (other / "polish.txt").write_bytes(POLISH.encode("iso8859-2"))  # this source's own encoding
+    dataset = ("run.dataset=mix-e2e", "run.export_hf=false", 'ingest.encodings={"other": "iso8859-2"}')
     mix = ("--source", f"play={play}:3", "--source", f"other={other}:1")
     r = servers.forja("run", *mix, *sets(*dataset))
     result = json.loads(r.stdout[r.stdout.index("{") : r.stdout.rindex("}") + 1])
@@ -425,7 +428,20 @@ def mixed(servers, tmp_path_factory):
     }
 
 
+POLISH = "Zażółć gęślą jaźń. Pchnąć w tę łódź jeża lub ośm skrzyń fig. Źle śpię, gdy żuraw łka.\n"
+
+
 def test_weighted_mixture_logs_per_source_figures_datasets_and_retrain_keeps_it(servers, mixed):
+    # ingest.encodings: the other source's legacy file read as its own encoding (no detection)
+    sources = servers.home.dataset("mix-e2e") / "sources"
+    docs = pa.concat_tables(
+        [pq.read_table(p) for p in sources.glob("other/ingest/data/*.parquet")]
+    ).to_pylist()
+    (polish,) = [d for d in docs if d["path"].endswith("polish.txt")]
+    assert polish["text"].strip() == POLISH.strip() and polish["encoding"] == "iso8859-2"
+    assert polish.get("encoding_confidence") is None  # set, not detected
+    plays = pa.concat_tables([pq.read_table(p) for p in sources.glob("play/ingest/data/*.parquet")])
+    assert "iso8859-2" not in plays.column("encoding").to_pylist()
     c = mlflow.MlflowClient()
     run = c.get_run(mixed["result"]["mlflow_run_id"])
     m = run.data.metrics
