@@ -13,8 +13,6 @@ import contextvars
 import json
 import logging
 import os
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -28,9 +26,11 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
+from prefect.context import TaskRunContext
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import forja_flow
+from flows.launch import torchrun as launch_torchrun
 from flows.mlflow_run import tracked_run
 from flows.model_stages import stage_key
 from flows.params import (
@@ -55,7 +55,7 @@ from forja.home import Home
 from forja.plots import loss_curve_png
 from lm import checkpoint as ckpt
 from lm.config import ModelConfig, TrainConfig, from_dict, to_dict
-from lm.errors import ConfigError
+from lm.errors import ConfigError, ForjaError
 from lm.fileio import atomic_write_json, read_json, sha256_file
 from lm.train import train as lm_train
 from tasks.common import read_manifest
@@ -239,60 +239,38 @@ class _Progress:
         self.failing = False
 
 
-def _torchrun(
-    nproc: int,
-    tokens_dir: str,
-    run_dir: str,
-    model_cfg: ModelConfig,
-    train_cfg: TrainConfig,
-    mlflow_run_id: str | None,
-) -> None:
-    """Several GPUs: one process per GPU through torchrun; rank 0 logs to the same MLflow run."""
-    sets = [f"{part}.{k}={v}" for part, d in to_dict(model_cfg, train_cfg).items() for k, v in d.items()]
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={nproc}",
-        "-m",
-        "forja.cli",
-        "train",
-        "--data",
-        tokens_dir,
-        "--out",
-        run_dir,
-        "--resume",
-    ]
-    for s in sets:
-        cmd += ["--set", s]
-    env = {**os.environ, **({"FORJA_MLFLOW_RUN_ID": mlflow_run_id} if mlflow_run_id else {})}
-    subprocess.run(cmd, check=True, env=env)
-
-
 @task(name="train", task_run_name="train", cache_key_fn=by_key, **TASK_OPTS)
 def train_task(
     tokens_dir: str,
     run_dir: str,
     config: dict[str, Any],
     init_from: str | None,
-    nproc: int,
+    launch: dict[str, Any],
     mlflow_run_id: str | None,
     key: str,
 ) -> dict[str, Any]:
-    """Train, or resume the run folder from its last complete checkpoint (idempotent by run folder)."""
+    """Train, or resume the run folder from its last complete checkpoint (idempotent by run folder).
+
+    `launch`: the run's processes and nodes (RunParams's nproc, nnodes, node_rank, rdzv_endpoint)."""
     model_cfg, train_cfg = from_dict(config)
+    run = RunParams.model_validate(launch)
     metrics_logger = tracking.MetricsLogger(mlflow_run_id) if mlflow_run_id else None
-    progress = _Progress(train_cfg.max_steps)
+    progress = _Progress(train_cfg.max_steps) if TaskRunContext.get() else None  # only in a Prefect run
 
     def on_metrics(metrics: dict[str, float], step: int) -> None:
-        progress(metrics, step)
+        if progress:
+            progress(metrics, step)
         if metrics_logger:
             metrics_logger(metrics, step)
 
-    if nproc > 1:
-        _torchrun(nproc, tokens_dir, run_dir, model_cfg, train_cfg, mlflow_run_id)
+    if run.nproc > 1 or run.nnodes > 1:
+        launch_torchrun(run, key[:32], tokens_dir, run_dir, model_cfg, train_cfg, mlflow_run_id)
         final = ckpt.latest_checkpoint(run_dir)
+        if final is None:
+            raise ForjaError(
+                f"{run_dir} holds no checkpoint after training: global rank 0 ran on another node; "
+                "give run.out a folder on storage every node sees"
+            )
         result = {
             "step": ckpt.read_state(final)["step"],
             "metrics": ckpt.read_state(final).get("metrics", {}),
@@ -302,7 +280,8 @@ def train_task(
             model_cfg, train_cfg, tokens_dir, run_dir, resume=True, on_metrics=on_metrics, init_from=init_from
         )
         final, result = r.checkpoint, {"step": r.step, "metrics": r.metrics}
-    progress.close()
+    if progress:
+        progress.close()
     if metrics_logger:
         metrics_logger.flush()
     return {
@@ -421,7 +400,7 @@ def train_step(
         str(run_dir),
         config,
         init_from,
-        params.run.nproc,
+        params.run.model_dump(include={"nproc", "nnodes", "node_rank", "rdzv_endpoint"}),
         None if cached_train else run_id,  # a cached training logs no metrics again
         key=key,
     )
