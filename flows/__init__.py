@@ -29,8 +29,13 @@ def results_storage() -> Path:
 
 
 def _configure_on_start(flow: Any, flow_run: Any, state: Any) -> None:
-    """Prefect `on_running` hook: point MLflow (and the run's subprocesses) at the Forja home."""
-    configure()
+    """Prefect `on_running` hook: point MLflow (and the run's subprocesses) at the Forja home; in a
+    process a worker or `forja serve` started, let the run outlive its console (forja/console.py)."""
+    home = configure()
+    if os.environ.get("PREFECT__FLOW_RUN_ID"):  # set by the worker for the flow-run process
+        from forja.console import survive_closed_console
+
+        survive_closed_console(home.root / "logs" / f"console-{os.getpid()}.log")
 
 
 def forja_flow(name: str) -> Callable:
