@@ -99,13 +99,17 @@ def end_leftovers_of_ended_flow_runs() -> list[str]:
     """
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
+    from prefect.settings import get_current_settings
 
     c, ended = tracking.client(), []
     exp_ids = [e.experiment_id for e in c.search_experiments()]
     runs = c.search_runs(exp_ids, "attributes.status = 'RUNNING'", max_results=500) if exp_ids else []
+    flow_runs = {r.info.run_id: _uuid(r.data.tags.get("prefect.flow_run_id", "")) for r in runs}
+    if not any(flow_runs.values()) or not get_current_settings().api.url:
+        return []  # nothing to look up, or no Prefect server to ask (never a temporary one for this)
     with get_client(sync_client=True) as pc:
         for run in runs:
-            flow_run_id = run.data.tags.get("prefect.flow_run_id")
+            flow_run_id = flow_runs[run.info.run_id]
             if not flow_run_id:
                 continue
             try:
@@ -121,3 +125,12 @@ def end_leftovers_of_ended_flow_runs() -> list[str]:
             ended.append(run.info.run_id)
             log.warning("marked MLflow run %s KILLED: %s", run.info.run_id, why)
     return ended
+
+
+def _uuid(text: str) -> str | None:
+    import uuid
+
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        return None
