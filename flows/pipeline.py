@@ -509,7 +509,9 @@ def run_pipeline(
         _log_data(run_id, data)
         run_dir, trained = train_step(params, data, model_cfg, train_cfg, run_id)
         evaluation = evaluate_step(params, data["tokens"]["out"], trained, run_id)
-        registered = register_step(params, trained, evaluation, run_id) if params.run.register_model else {}
+        # of several nodes, node 0 registers the model they trained together
+        register = params.run.register_model and params.run.node_rank == 0
+        registered = register_step(params, trained, evaluation, run_id) if register else {}
         champion = current_champion(params.run.dataset)  # the registry's word, cached run or not
         create_markdown_artifact(
             key="evaluation",
