@@ -176,9 +176,11 @@ class _Progress:
     `close()` sends the last one (waiting a few seconds at most) and stops the thread.
     """
 
+    EVERY_S = 10.0
+
     def __init__(self, total_steps: int):
         self.total_steps = total_steps
-        self.last = -1.0
+        self.last, self.last_at = -1.0, time.monotonic()
         self.latest: float | None = 0.0  # the value waiting to be sent
         self.closing = False
         self.give_up_at = float("inf")
@@ -191,8 +193,9 @@ class _Progress:
 
     def __call__(self, metrics: dict[str, float], step: int) -> None:
         pct = min(100.0, round(100.0 * step / self.total_steps, 1))
-        if pct - self.last >= 2.0 or step == self.total_steps:
-            self.last = pct
+        now = time.monotonic()  # every 2 %, and every EVERY_S at least (a run that stops by time)
+        if pct - self.last >= 2.0 or step == self.total_steps or now - self.last_at >= self.EVERY_S:
+            self.last, self.last_at = pct, now
             with self.cond:
                 self.latest = pct  # an older value not sent yet is replaced
                 self.cond.notify()
