@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import re
 import subprocess
@@ -370,7 +371,11 @@ def test_a_prefect_api_outage_during_training_costs_progress_updates_not_the_run
     with get_client(sync_client=True) as c:
         logs = c.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[fr.id])))
     text = "\n".join(entry.message for entry in logs)
-    assert "progress updates resumed" in text, text[-3000:]
+    # Prefect's client retries a call for about half a minute: a short outage may cost no update at
+    # all; one that outlasts the retries costs one warning, and a line when updates resume.
+    assert ("progress updates paused" in text) <= ("progress updates resumed" in text), text[-3000:]
+    # Forja's own INFO lines are in the run's Prefect logs
+    assert any(e.name.startswith("forja") and e.level == logging.INFO for e in logs), {e.name for e in logs}
 
 
 def test_stack_status_and_env_of_a_folder_without_a_stack_say_how_to_start_one(tmp_path):
