@@ -14,6 +14,7 @@ CLI's runs never look. The path is therefore resolved when the flow is declared.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -29,8 +30,19 @@ def results_storage() -> Path:
 
 
 def _configure_on_start(flow: Any, flow_run: Any, state: Any) -> None:
-    """Prefect `on_running` hook: point MLflow (and the run's subprocesses) at the Forja home."""
-    configure()
+    """Prefect `on_running` hook: point MLflow (and the run's subprocesses) at the Forja home; in a
+    process a worker or `forja serve` started, let the run outlive its console (forja/console.py)."""
+    home = configure()
+    # PREFECT_LOGGING_EXTRA_LOGGERS=forja gives Forja's loggers Prefect's handlers, not a level: at
+    # the root's WARNING, their INFO lines ("promoted ...", "progress updates resumed") never reached
+    # the run logs of a worker's flow run.
+    forja_log = logging.getLogger("forja")
+    if forja_log.level == logging.NOTSET:
+        forja_log.setLevel(logging.INFO)
+    if os.environ.get("PREFECT__FLOW_RUN_ID"):  # set by the worker for the flow-run process
+        from forja.console import survive_closed_console
+
+        survive_closed_console(home.root / "logs" / f"console-{os.getpid()}.log")
 
 
 def forja_flow(name: str) -> Callable:

@@ -96,42 +96,20 @@ def _mark_crashed(deployment_ids: list) -> list[str]:
         DeploymentFilter,
         DeploymentFilterId,
         FlowRunFilter,
-        FlowRunFilterParentFlowRunId,
         FlowRunFilterState,
         FlowRunFilterStateType,
-        TaskRunFilter,
-        TaskRunFilterState,
-        TaskRunFilterStateType,
     )
     from prefect.client.schemas.objects import StateType
-    from prefect.states import Crashed
 
-    unfinished = [StateType.RUNNING, StateType.PENDING]
-    marked: list[str] = []
+    from flows.tracked_run import crash_unfinished
+
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(
             flow_run_filter=FlowRunFilter(
-                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=unfinished))
+                state=FlowRunFilterState(
+                    type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING])
+                )
             ),
             deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=deployment_ids)),
         )
-        while runs:
-            ids = [r.id for r in runs]
-            for run_id in ids:
-                client.set_flow_run_state(run_id, Crashed(message=STOPPED), force=True)
-                marked.append(str(run_id))
-            tasks = client.read_task_runs(
-                flow_run_filter=FlowRunFilter(id={"any_": ids}),
-                task_run_filter=TaskRunFilter(
-                    state=TaskRunFilterState(type=TaskRunFilterStateType(any_=unfinished))
-                ),
-            )
-            for t in tasks:
-                client.set_task_run_state(t.id, Crashed(message=STOPPED), force=True)
-            runs = client.read_flow_runs(  # their sub-flow runs (prepare-data), and theirs
-                flow_run_filter=FlowRunFilter(
-                    parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=ids),
-                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=unfinished)),
-                )
-            )
-    return marked
+        return crash_unfinished(client, [r.id for r in runs], STOPPED)

@@ -72,7 +72,16 @@ class RunParams(BaseModel):
     runner: Literal["threads", "dask"] = Field("threads", description="Task runner of the data stages.")
     dask_address: str | None = Field(None, description="Scheduler address of an existing Dask cluster.")
     workers: int = Field(2, ge=1, le=256, description="Threads, or local Dask workers, for the data stages.")
-    nproc: int = Field(1, ge=1, le=64, description="Training processes (GPUs): >1 launches torchrun.")
+    nproc: int = Field(
+        1, ge=1, le=64, description="Training processes (GPUs) per node: >1 launches torchrun."
+    )
+    nnodes: int = Field(1, ge=1, le=1024, description="Training nodes: >1 launches torchrun on each node.")
+    node_rank: int = Field(0, ge=0, description="This node's rank (0: the one hosting the rendezvous).")
+    rdzv_endpoint: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9._\[\]:-]+:[0-9]+$",
+        description="host:port of node 0's c10d rendezvous (needed when nnodes > 1).",
+    )
     register_model: bool = Field(
         True, description="Log the model to MLflow, register it, promote if it is better."
     )
@@ -185,6 +194,10 @@ class PipelineParams(BaseModel):
     def validate_all(self) -> tuple[ModelConfig, TrainConfig]:
         """Every check that can run before any work: preset, value ranges, sources, vocab vs. model."""
         model_cfg, train_cfg = self.lm_configs()
+        if self.run.nnodes > 1 and not self.run.rdzv_endpoint:
+            raise ConfigError("'run.nnodes' > 1 needs 'run.rdzv_endpoint': host:port of node 0")
+        if self.run.node_rank >= self.run.nnodes:
+            raise ConfigError(f"'run.node_rank' must be below run.nnodes={self.run.nnodes}")
         from tasks.ingest import plan_ingest  # sources must exist (a URL is checked when read)
 
         paths = source_paths(self.sources)  # a bad NAME=PATH:WEIGHT fails here, naming it

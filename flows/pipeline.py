@@ -12,8 +12,6 @@ from __future__ import annotations
 import contextvars
 import logging
 import os
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -26,6 +24,7 @@ from prefect.artifacts import (
     create_progress_artifact,
     update_progress_artifact,
 )
+from prefect.context import TaskRunContext
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import forja_flow, report_card
@@ -35,6 +34,7 @@ from flows.data_report import (
     ingest_metrics,
     report_artifacts,
 )
+from flows.launch import torchrun as launch_torchrun
 from flows.mixture import log_mixture_data, prepare_mixture
 from flows.mlflow_run import tracked_run
 from flows.model_stages import stage_key
@@ -61,6 +61,7 @@ from forja.home import Home
 from forja.plots import loss_curve_png
 from lm import checkpoint as ckpt
 from lm.config import ModelConfig, TrainConfig, from_dict, to_dict
+from lm.errors import ForjaError
 from lm.fileio import atomic_write_json, read_json, sha256_file
 from lm.train import train as lm_train
 from tasks.common import read_manifest
@@ -130,9 +131,11 @@ class _Progress:
     `close()` sends the last one (waiting a few seconds at most) and stops the thread.
     """
 
+    EVERY_S = 10.0
+
     def __init__(self, total_steps: int):
         self.total_steps = total_steps
-        self.last = -1.0
+        self.last, self.last_at = -1.0, time.monotonic()
         self.latest: float | None = 0.0  # the value waiting to be sent
         self.closing = False
         self.give_up_at = float("inf")
@@ -145,8 +148,9 @@ class _Progress:
 
     def __call__(self, metrics: dict[str, float], step: int) -> None:
         pct = min(100.0, round(100.0 * step / self.total_steps, 1))
-        if pct - self.last >= 2.0 or step == self.total_steps:
-            self.last = pct
+        now = time.monotonic()  # every 2 %, and every EVERY_S at least (a run that stops by time)
+        if pct - self.last >= 2.0 or step == self.total_steps or now - self.last_at >= self.EVERY_S:
+            self.last, self.last_at = pct, now
             with self.cond:
                 self.latest = pct  # an older value not sent yet is replaced
                 self.cond.notify()
@@ -193,60 +197,38 @@ class _Progress:
         self.failing = False
 
 
-def _torchrun(
-    nproc: int,
-    tokens_dir: str,
-    run_dir: str,
-    model_cfg: ModelConfig,
-    train_cfg: TrainConfig,
-    mlflow_run_id: str | None,
-) -> None:
-    """Several GPUs: one process per GPU through torchrun; rank 0 logs to the same MLflow run."""
-    sets = [f"{part}.{k}={v}" for part, d in to_dict(model_cfg, train_cfg).items() for k, v in d.items()]
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={nproc}",
-        "-m",
-        "forja.cli",
-        "train",
-        "--data",
-        tokens_dir,
-        "--out",
-        run_dir,
-        "--resume",
-    ]
-    for s in sets:
-        cmd += ["--set", s]
-    env = {**os.environ, **({"FORJA_MLFLOW_RUN_ID": mlflow_run_id} if mlflow_run_id else {})}
-    subprocess.run(cmd, check=True, env=env)
-
-
 @task(name="train", task_run_name="train", cache_key_fn=by_key, **TASK_OPTS)
 def train_task(
     tokens_dir: str,
     run_dir: str,
     config: dict[str, Any],
     init_from: str | None,
-    nproc: int,
+    launch: dict[str, Any],
     mlflow_run_id: str | None,
     key: str,
 ) -> dict[str, Any]:
-    """Train, or resume the run folder from its last complete checkpoint (idempotent by run folder)."""
+    """Train, or resume the run folder from its last complete checkpoint (idempotent by run folder).
+
+    `launch`: the run's processes and nodes (RunParams's nproc, nnodes, node_rank, rdzv_endpoint)."""
     model_cfg, train_cfg = from_dict(config)
+    run = RunParams.model_validate(launch)
     metrics_logger = tracking.MetricsLogger(mlflow_run_id) if mlflow_run_id else None
-    progress = _Progress(train_cfg.max_steps)
+    progress = _Progress(train_cfg.max_steps) if TaskRunContext.get() else None  # only in a Prefect run
 
     def on_metrics(metrics: dict[str, float], step: int) -> None:
-        progress(metrics, step)
+        if progress:
+            progress(metrics, step)
         if metrics_logger:
             metrics_logger(metrics, step)
 
-    if nproc > 1:
-        _torchrun(nproc, tokens_dir, run_dir, model_cfg, train_cfg, mlflow_run_id)
+    if run.nproc > 1 or run.nnodes > 1:
+        launch_torchrun(run, key[:32], tokens_dir, run_dir, model_cfg, train_cfg, mlflow_run_id)
         final = ckpt.latest_checkpoint(run_dir)
+        if final is None:
+            raise ForjaError(
+                f"{run_dir} holds no checkpoint after training: global rank 0 ran on another node; "
+                "give run.out a folder on storage every node sees"
+            )
         result = {
             "step": ckpt.read_state(final)["step"],
             "metrics": ckpt.read_state(final).get("metrics", {}),
@@ -256,7 +238,8 @@ def train_task(
             model_cfg, train_cfg, tokens_dir, run_dir, resume=True, on_metrics=on_metrics, init_from=init_from
         )
         final, result = r.checkpoint, {"step": r.step, "metrics": r.metrics}
-    progress.close()
+    if progress:
+        progress.close()
     if metrics_logger:
         metrics_logger.flush()
     return {
@@ -359,7 +342,7 @@ def train_step(
         str(run_dir),
         config,
         init_from,
-        params.run.nproc,
+        params.run.model_dump(include={"nproc", "nnodes", "node_rank", "rdzv_endpoint"}),
         None if cached_train else run_id,  # a cached training logs no metrics again
         key=key,
     )
@@ -471,7 +454,9 @@ def run_pipeline(
             _log_data(run_id, data)
         run_dir, trained = train_step(params, data, model_cfg, train_cfg, run_id)
         evaluation = evaluate_step(params, data["tokens"]["out"], trained, run_id)
-        registered = register_step(params, trained, evaluation, run_id) if params.run.register_model else {}
+        # of several nodes, node 0 registers the model they trained together
+        register = params.run.register_model and params.run.node_rank == 0
+        registered = register_step(params, trained, evaluation, run_id) if register else {}
         champion = current_champion(params.run.dataset)  # the registry's word, cached run or not
         report_card.publish_report(params, run_id, registered)  # MLflow, model version, Prefect
         create_markdown_artifact(

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from forja.stack import lifecycle
+from forja.stack.spec import CRASH_AFTER_S
 
 app = typer.Typer(
     help="The production topology (Postgres, Prefect server and worker, MLflow + S3, Dask) on this machine.",
@@ -37,10 +38,18 @@ def _print_env(env: dict[str, str], as_json: bool) -> None:
 def up(
     dir: DirOpt = None,
     json_: Annotated[bool, typer.Option("--json", help="Print the environment as one JSON object.")] = False,
+    crash_after: Annotated[
+        int | None,
+        typer.Option(
+            "--crash-after",
+            min=45,
+            help=f"Seconds without a heartbeat after which a flow run is Crashed (kept; default {CRASH_AFTER_S}).",
+        ),
+    ] = None,
 ) -> None:
     """Start the services that are not running; print the environment a client needs (eval "$(...)")."""
     folder = dir or lifecycle.default_dir()
-    _print_env(lifecycle.up(folder, _say), json_)
+    _print_env(lifecycle.up(folder, _say, crash_after), json_)
     _say(f"stack in {folder}; `forja stack deploy` adds the deployments, `forja stack down` stops it")
 
 
@@ -82,3 +91,23 @@ def down(dir: DirOpt = None) -> None:
 def deploy(dir: DirOpt = None) -> None:
     """Deploy infra/prefect.yaml's deployments to the stack's `forja` work pool (created if missing)."""
     lifecycle.deploy(dir or lifecycle.default_dir(), _say)
+
+
+@app.command()
+def guard(
+    within: Annotated[
+        int,
+        typer.Option("--within", min=45, help="Seconds without a heartbeat before a flow run is Crashed."),
+    ] = CRASH_AFTER_S,
+) -> None:
+    """Create the automation that crashes flow runs whose heartbeats stopped (idempotent), and end
+    what such runs left running (task runs, MLflow runs). For the servers of this environment
+    (PREFECT_API_URL, MLFLOW_TRACKING_URI): `forja stack up` runs it; with compose, run it once."""
+    from forja.stack.guard import guard as run_guard
+
+    done = run_guard(within)
+    ended = done["ended_mlflow_runs"]
+    typer.echo(
+        f"zombie automation {done['automation']} (within {within} s); "
+        f"{len(ended)} MLflow run(s) of ended flow runs ended KILLED"
+    )

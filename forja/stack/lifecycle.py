@@ -48,17 +48,35 @@ def _state_for_up(folder: Path) -> State:
     return state
 
 
-def up(folder: Path, say: Say) -> dict[str, str]:
-    """Start what is not running; returns the client environment."""
+def up(folder: Path, say: Say, crash_after_s: int | None = None) -> dict[str, str]:
+    """Start what is not running, then `guard` (the zombie automation); returns the client environment."""
     folder = folder.resolve()
     folder.mkdir(parents=True, exist_ok=True)
     os.chmod(folder, 0o700)
     with file_lock(folder / LOCK):  # two `up`s (or an `up` and a `down`) at once take turns
-        return _up(folder, say)
+        env = _up(folder, say, crash_after_s)
+        _guard(folder, env, say)
+        return env
 
 
-def _up(folder: Path, say: Say) -> dict[str, str]:
+def _guard(folder: Path, env: dict[str, str], say: Say) -> None:
+    """`forja stack guard` against the stack (a process of its own: the stack's client settings)."""
+    state = load(folder)
+    assert state is not None
+    child = {**os.environ, **env, "PREFECT_HOME": str(folder / "prefect-home")}
+    cmd = [sys.executable, "-m", "forja.cli", "stack", "guard", "--within", str(state.crash_after_s)]
+    t0 = time.time()
+    r = subprocess.run(cmd, env=child, cwd=project_dir(), capture_output=True, text=True, timeout=300)
+    if r.returncode != 0:
+        tail = (r.stderr.strip() or r.stdout.strip()).splitlines()[-3:]
+        raise StackError(f"`forja stack guard` failed: {' | '.join(tail)}")
+    say(f"{'guard':<15} {r.stdout.strip()} in {time.time() - t0:.1f} s")
+
+
+def _up(folder: Path, say: Say, crash_after_s: int | None = None) -> dict[str, str]:
     state = _state_for_up(folder)
+    if crash_after_s is not None:
+        state.crash_after_s = crash_after_s
     state.save(folder)
     code = project_dir()
     todo = services.services(folder, state, code)

@@ -27,6 +27,7 @@ from forja.stack import postgres
 from forja.stack.spec import (
     BUCKET,
     DASK_WORKERS,
+    HEARTBEAT_S,
     MLFLOW_ADMIN,
     WORK_POOL,
     StackError,
@@ -343,7 +344,12 @@ def services(folder: Path, state: State, project_dir: Path) -> list[Service]:
                 "--name",
                 WORKER_NAME,
             ],
-            common | {"PREFECT_LOGGING_EXTRA_LOGGERS": "forja", "PREFECT_WORKER_QUERY_SECONDS": "2"},
+            common
+            | {
+                "PREFECT_LOGGING_EXTRA_LOGGERS": "forja",
+                "PREFECT_WORKER_QUERY_SECONDS": "2",
+                "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_S),  # forja/stack/guard.py
+            },
             stop_signal=signal.SIGINT,  # it waits out SIGTERM; SIGINT stops it at once
             phase=2,
             ready=lambda alive: wait_for("prefect-worker", lambda: _worker_online(api, auth), alive, 120),

@@ -26,6 +26,11 @@ S3_USER = "forja"  # compose: MINIO_ROOT_USER
 MLFLOW_ADMIN = "admin"  # compose: MLFLOW_ADMIN_USER
 WORK_POOL = "forja"  # compose: the worker's --pool; infra/prefect.yaml's work_pool
 DASK_WORKERS = 2
+HEARTBEAT_S = 30  # compose: the workers' PREFECT_FLOWS_HEARTBEAT_FREQUENCY (Prefect's minimum)
+# A flow run without a heartbeat for this long is Crashed (forja/stack/guard.py). Above a Prefect
+# API outage of 2 minutes plus a heartbeat: heartbeats cannot reach a server that is down, and when
+# it returns it crashes the runs whose window ran out meanwhile, though they still run.
+CRASH_AFTER_S = 180
 STATE_FILE = "stack.json"
 
 # Every port the stack listens on, by name, chosen free at the first `up` and kept.
@@ -58,6 +63,7 @@ class State:
     forja_home: str
     pids: dict[str, list[float]] = field(default_factory=dict)  # name: [pid, start time]
     postgres_bin: str = ""
+    crash_after_s: int = CRASH_AFTER_S  # the zombie automation's `within` (`up --crash-after`)
 
     def save(self, folder: Path) -> None:
         path = folder / STATE_FILE

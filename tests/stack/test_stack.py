@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import re
 import subprocess
@@ -23,7 +24,9 @@ from support import ROOT, child_env
 from forja.stack import postgres, services
 from forja.stack.spec import (
     BUCKET,
+    CRASH_AFTER_S,
     DATABASES,
+    HEARTBEAT_S,
     PG_MAJOR,
     PG_USER,
     WORK_POOL,
@@ -33,6 +36,8 @@ from forja.stack.spec import (
     postgres_url,
 )
 
+ZOMBIE_WITHIN_S = 60  # the zombie test's automation: no heartbeat for 60 s (30 s beats); else 180
+OUTAGE_S = int(os.environ.get("FORJA_TEST_OUTAGE_S", "20"))  # the API outage test's (120 by hand)
 COMPOSE = yaml.safe_load((ROOT / "infra" / "compose.yaml").read_text())
 
 
@@ -67,6 +72,14 @@ def test_the_stack_and_compose_start_the_same_services(tmp_path):
     )
     worker = svc["worker"]["command"]
     assert worker[worker.index("--pool") + 1] == WORK_POOL and worker[worker.index("--type") + 1] == "process"
+    # the "MLflow run" link of a flow run opens the MLflow server's port as published to the host
+    ui = svc["worker"]["environment"]["FORJA_MLFLOW_UI_URL"]
+    assert f"{ui.removeprefix('http://')}:5000" in svc["mlflow"]["ports"], (ui, svc["mlflow"]["ports"])
+    # flow-run heartbeats, and the automation that crashes runs whose heartbeats stop
+    assert svc["worker"]["environment"]["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] == str(HEARTBEAT_S)
+    assert svc["guard"]["command"][-2:] == ["stack", "guard"]
+    worker_env = next(s for s in services.services(tmp_path, state, ROOT) if s.name == "prefect-worker").env
+    assert worker_env["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] == str(HEARTBEAT_S)
 
 
 def _binaries_or_skip():
@@ -114,12 +127,14 @@ def stack(tmp_path_factory):
     t0 = time.time()
     r = _forja("stack", "up", "--dir", str(folder), "--json", env=env)
     assert r.returncode == 0, r.stderr[-3000:]
+    assert f"zombie automation created (within {CRASH_AFTER_S} s)" in r.stderr, r.stderr[-2000:]
     up_s = time.time() - t0
     client = json.loads(r.stdout)
     try:
         again = _forja("stack", "up", "--dir", str(folder), "--json", env=env)  # idempotent
         assert again.returncode == 0 and json.loads(again.stdout) == client, again.stderr[-2000:]
         assert again.stderr.count(" running (pid ") == len(services.services(folder, load(folder), ROOT))
+        assert "zombie automation present" in again.stderr, again.stderr[-2000:]
         d = _forja("stack", "deploy", "--dir", str(folder), env=env)
         assert d.returncode == 0, d.stderr[-3000:]
         yield {"folder": folder, "env": env, "client": client, "tmp": tmp, "up_s": up_s}
@@ -158,10 +173,9 @@ async def _wait_final(flow_run_id, timeout: float):
             await asyncio.sleep(1)
 
 
-@pytest.mark.slow
-def test_a_deployment_triggered_like_the_ui_runs_on_the_worker_dask_mlflow_and_s3(
-    stack, monkeypatch, request, shakespeare_path
-):
+@pytest.fixture
+def on_stack(stack, monkeypatch, request, shakespeare_path):
+    """This test's Prefect and MLflow clients point at the stack; the corpus the runs read."""
     client = stack["client"]
     for k, v in client.items():
         monkeypatch.setenv(k, v)
@@ -169,7 +183,7 @@ def test_a_deployment_triggered_like_the_ui_runs_on_the_worker_dask_mlflow_and_s
     # MLflow's global URI: point both at the stack explicitly, for this test only.
     from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-    prefect_settings = temporary_settings(
+    settings = temporary_settings(
         updates={
             PREFECT_API_URL: client["PREFECT_API_URL"],
             PREFECT_API_AUTH_STRING: client.get("PREFECT_API_AUTH_STRING"),
@@ -180,19 +194,25 @@ def test_a_deployment_triggered_like_the_ui_runs_on_the_worker_dask_mlflow_and_s
     mlflow.set_tracking_uri(client["MLFLOW_TRACKING_URI"])
     request.addfinalizer(lambda: mlflow.set_tracking_uri(None))
     corpus = stack["tmp"] / "corpus"
-    corpus.mkdir()
-    (corpus / "shakespeare.txt").write_text(shakespeare_path.read_text(encoding="utf-8")[:120_000])
+    if not corpus.is_dir():
+        corpus.mkdir()
+        (corpus / "shakespeare.txt").write_text(shakespeare_path.read_text(encoding="utf-8")[:120_000])
+    with settings:
+        yield {**stack, "corpus": corpus}
 
+
+@pytest.mark.slow
+def test_a_deployment_triggered_like_the_ui_runs_on_the_worker_dask_mlflow_and_s3(on_stack):
+    client, corpus = on_stack["client"], on_stack["corpus"]
     from distributed import Client
     from prefect.deployments import run_deployment
 
     # the UI's Run button: a flow run created from the deployment with custom parameters
     t0 = time.time()
-    with prefect_settings:
-        created = run_deployment(
-            "pipeline/forja-pipeline", parameters=_params(corpus, client["DASK_SCHEDULER_ADDRESS"]), timeout=0
-        )
-        fr = asyncio.run(_wait_final(created.id, timeout=600))
+    created = run_deployment(
+        "pipeline/forja-pipeline", parameters=_params(corpus, client["DASK_SCHEDULER_ADDRESS"]), timeout=0
+    )
+    fr = asyncio.run(_wait_final(created.id, timeout=600))
     print(
         f"\ntrigger to start {(fr.start_time - fr.created).total_seconds():.1f} s; run {time.time() - t0:.1f} s"
     )
@@ -230,7 +250,7 @@ def test_a_deployment_triggered_like_the_ui_runs_on_the_worker_dask_mlflow_and_s
     assert ml.list_artifacts(run.info.run_id)
 
     # ... and its artifacts are objects in the bucket
-    state = load(stack["folder"])
+    state = load(on_stack["folder"])
     s3 = boto3.client(
         "s3",
         endpoint_url=f"http://127.0.0.1:{state.ports['s3']}",
@@ -253,6 +273,109 @@ def test_a_deployment_triggered_like_the_ui_runs_on_the_worker_dask_mlflow_and_s
 
     out = model.predict(pd.DataFrame({"prompt": ["To be"]}), params={"max_new_tokens": 4, "seed": 1})
     assert len(out) == 1 and out[0].startswith("To be")
+
+
+def _train_running(flow_run_id) -> bool:
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter
+
+    with get_client(sync_client=True) as c:
+        tasks = c.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [flow_run_id]}))
+    return any(t.name == "train" and t.state_type.value == "RUNNING" for t in tasks)
+
+
+@pytest.mark.slow
+def test_a_flow_run_whose_worker_and_process_die_is_crashed_by_its_missing_heartbeats(on_stack):
+    """A lost host: SIGKILL of the worker and the flow-run process mid-training. The heartbeat
+    automation marks the flow run Crashed; `forja stack up` restarts the worker and its guard ends
+    the train task run (Crashed) and the MLflow run (KILLED)."""
+    import signal
+
+    from mlflow import MlflowClient
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter
+    from prefect.deployments import run_deployment
+
+    from forja.stack.guard import ensure_automation
+
+    client, folder = on_stack["client"], on_stack["folder"]
+    assert ensure_automation(ZOMBIE_WITHIN_S) == "replaced"  # shorter, for this test (`up` restores it)
+    params = _params(on_stack["corpus"], client["DASK_SCHEDULER_ADDRESS"])
+    params["train"] |= {"max_steps": 100_000, "eval_every": 0, "checkpoint_every": 100}
+    created = run_deployment("pipeline/forja-pipeline", parameters=params, timeout=0)
+    deadline = time.time() + 300
+    while not _train_running(created.id):
+        assert time.time() < deadline, "training did not start on the stack's worker"
+        time.sleep(1)
+    with get_client(sync_client=True) as c:
+        fr = c.read_flow_run(created.id)
+    flow_run_pid = int(str(fr.infrastructure_pid).rsplit(":", 1)[-1])
+    worker_pid = int(load(folder).pids["prefect-worker"][0])
+    for pid in (worker_pid, flow_run_pid):
+        os.kill(pid, signal.SIGKILL)
+    killed = time.time()
+
+    fr = asyncio.run(_wait_final(created.id, timeout=ZOMBIE_WITHIN_S + 90))
+    crashed_s = time.time() - killed
+    print(f"\ncrashed {crashed_s:.0f} s after the kill (automation within {ZOMBIE_WITHIN_S} s)")
+    assert fr.state.is_crashed(), fr.state
+    assert "no heartbeat" in fr.state.message
+    ml = MlflowClient(client["MLFLOW_TRACKING_URI"])
+    exps = [e.experiment_id for e in ml.search_experiments()]
+    [run] = ml.search_runs(exps, f"tags.`prefect.flow_run_id` = '{fr.id}'")
+    assert run.info.status == "RUNNING"  # nothing has ended it yet: its process died
+
+    r = _forja("stack", "up", "--dir", str(folder), "--json", env=on_stack["env"])  # the worker back
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (
+        "prefect-worker  ready" in r.stderr and "1 MLflow run(s) of ended flow runs ended KILLED" in r.stderr
+    )
+    run = ml.get_run(run.info.run_id)
+    assert run.info.status == "KILLED" and "ended Crashed" in run.data.tags["forja.ended_by"]
+    with get_client(sync_client=True) as c:
+        tasks = c.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [fr.id]}))
+    assert {t.name: t.state_type.value for t in tasks}["train"] == "CRASHED"
+    assert not [t.name for t in tasks if t.state_type.value in ("RUNNING", "PENDING")]
+
+
+@pytest.mark.slow
+def test_a_prefect_api_outage_during_training_costs_progress_updates_not_the_run(on_stack):
+    """The Prefect server stops mid-training and comes back OUTAGE_S seconds later (plus its
+    restart); training goes on without it and the run completes. FORJA_TEST_OUTAGE_S=120 runs the
+    2-minute outage of the issue by hand."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.deployments import run_deployment
+
+    client, folder = on_stack["client"], on_stack["folder"]
+    params = _params(on_stack["corpus"], client["DASK_SCHEDULER_ADDRESS"])
+    # training that outlasts the outage and the server's restart (about 45 s), then stops by itself;
+    # progress updates every 10 s meanwhile; no registration (the end-to-end test has one)
+    params["train"] |= {"max_steps": 1_000_000, "eval_every": 0, "checkpoint_every": 0}
+    params["train"]["max_time_s"] = OUTAGE_S + 75
+    params["run"]["register_model"] = False
+    created = run_deployment("pipeline/forja-pipeline", parameters=params, timeout=0)
+    deadline = time.time() + 300
+    while not _train_running(created.id):
+        assert time.time() < deadline, "training did not start on the stack's worker"
+        time.sleep(1)
+    server = load(folder).pids["prefect-server"]
+    t0 = time.time()
+    services.stop(server)
+    time.sleep(OUTAGE_S)
+    r = _forja("stack", "up", "--dir", str(folder), "--json", env=on_stack["env"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    print(f"\nPrefect API down for {time.time() - t0:.0f} s ({OUTAGE_S} s + restart)")
+    fr = asyncio.run(_wait_final(created.id, timeout=600))
+    assert fr.state.is_completed(), fr.state
+    with get_client(sync_client=True) as c:
+        logs = c.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[fr.id])))
+    text = "\n".join(entry.message for entry in logs)
+    # Prefect's client retries a call for about half a minute: a short outage may cost no update at
+    # all; one that outlasts the retries costs one warning, and a line when updates resume.
+    assert ("progress updates paused" in text) <= ("progress updates resumed" in text), text[-3000:]
+    # Forja's own INFO lines are in the run's Prefect logs
+    assert any(e.name.startswith("forja") and e.level == logging.INFO for e in logs), {e.name for e in logs}
 
 
 def test_stack_status_and_env_of_a_folder_without_a_stack_say_how_to_start_one(tmp_path):
