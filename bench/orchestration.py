@@ -30,22 +30,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT.parent / "shared" / "corpora" / "tinyshakespeare.txt"
-SETS = [
-    "ingest.split=blank_line",
-    "tokenize.vocab_size=512",
-    "max_steps=20",
-    "eval_every=10",
-    "checkpoint_every=10",
-    "n_layer=2",
-    "n_head=2",
-    "d_model=64",
-    "max_seq_len=64",
-    "batch_size=8",
-    "evaluate.max_new_tokens=8",
-    "evaluate.max_bytes=20000",
-    "evaluate.downstream_items=50",
-    "run.export_hf=false",
-]
+sys.path.insert(0, str(ROOT / "tests"))
+from support import FAST  # noqa: E402  (the small run the test suite uses: the same sizes)
+
+SETS = [*(kv for kv in FAST if kv != "run.workers=2"), "run.export_hf=false"]
 
 
 def _ts(value: str) -> float:
