@@ -40,9 +40,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from lm.bench import train_steps  # noqa: E402
 from lm.config import ModelConfig, TrainConfig, get_preset  # noqa: E402
 from lm.models import build_model  # noqa: E402
-from lm.runtime import autocast, matmul_peak_flops  # noqa: E402
+from lm.runtime import matmul_peak_flops  # noqa: E402
 from lm.train import make_optimizer  # noqa: E402
 
 CORPUS = ROOT.parent / "shared" / "corpora" / "tinyshakespeare.txt"
@@ -54,11 +55,6 @@ NO_CUDA = (
 )
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def batches(vocab: int, batch: int, ctx: int, n: int, seed: int = 0) -> list[torch.Tensor]:
     """`n` batches of (batch, ctx + 1) tokens: bytes of tinyshakespeare (vocab >= 256), else random."""
     g = torch.Generator().manual_seed(seed)
@@ -67,26 +63,6 @@ def batches(vocab: int, batch: int, ctx: int, n: int, seed: int = 0) -> list[tor
         starts = torch.randint(0, len(data) - ctx - 1, (n, batch), generator=g)
         return [torch.stack([data[s : s + ctx + 1] for s in row.tolist()]) for row in starts]
     return [torch.randint(0, vocab, (batch, ctx + 1), generator=g) for _ in range(n)]
-
-
-def train_steps(
-    model, opt, xs: list[torch.Tensor], device: torch.device, dtype
-) -> tuple[list[float], list[float]]:
-    """One optimiser step per batch; (losses, seconds per step)."""
-    losses, times = [], []
-    for x in xs:
-        x = x.to(device, non_blocking=True)
-        t0 = time.perf_counter()
-        with autocast(device, dtype):
-            _, loss = model(x[:, :-1], x[:, 1:])
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        sync(device)
-        times.append(time.perf_counter() - t0)
-        losses.append(loss.item())
-    return losses, times
 
 
 def speed(

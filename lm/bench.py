@@ -64,13 +64,14 @@ class ReferenceGPT(nn.Module):
         return logits, F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
 
 
-def _time_steps(model, opt, batch: int, ctx: int, vocab: int, steps: int, warmup: int, dtype) -> float:
-    """Seconds per optimiser step (median of `steps`), after `warmup` steps."""
-    g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, vocab, (batch, ctx + 1), generator=g)
-    device = torch.device("cpu")
-    times = []
-    for i in range(warmup + steps):
+def train_steps(
+    model, opt, xs: list[torch.Tensor], device: torch.device, dtype
+) -> tuple[list[float], list[float]]:
+    """One optimiser step per batch of (batch, ctx + 1) tokens; (losses, seconds per step), each
+    step's time taken after the device finished it."""
+    losses, times = [], []
+    for x in xs:
+        x = x.to(device, non_blocking=True)
         t0 = time.perf_counter()
         with autocast(device, dtype):
             _, loss = model(x[:, :-1], x[:, 1:])
@@ -78,9 +79,19 @@ def _time_steps(model, opt, batch: int, ctx: int, vocab: int, steps: int, warmup
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t0)
+        losses.append(loss.item())
+    return losses, times
+
+
+def _time_steps(model, opt, batch: int, ctx: int, vocab: int, steps: int, warmup: int, dtype) -> float:
+    """Seconds per optimiser step (median of `steps`), after `warmup` steps."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, vocab, (batch, ctx + 1), generator=g)
+    _, times = train_steps(model, opt, [x] * (warmup + steps), torch.device("cpu"), dtype)
+    return sorted(times[warmup:])[steps // 2]
 
 
 def _forja_case(model_cfg: ModelConfig, batch: int, dtype, compile_: bool, steps: int, warmup: int) -> dict:
