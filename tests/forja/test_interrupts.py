@@ -127,9 +127,9 @@ def test_ctrl_c_in_forja_train_says_how_to_resume_and_the_command_finishes_the_r
     tokens = make_token_dir(shakespeare_text(60_000), tmp_path / "tokens", vocab_size=512)
     log = tmp_path / "train.log"
     args = ["train", "--data", str(tokens), "--out", str(tmp_path / "run")]
-    args += ["--set", "max_steps=400", "--set", "log_every=10", "--set", "checkpoint_every=10"]
+    args += ["--set", "max_steps=60", "--set", "log_every=10", "--set", "checkpoint_every=10"]
     proc = start(args, tmp_path / "home", log)
-    wait_for(log, "step 20/400", proc)
+    wait_for(log, "step 20/60", proc)
     t0 = time.monotonic()
     os.killpg(proc.pid, signal.SIGINT)
     assert proc.wait(timeout=60) == 130 and time.monotonic() - t0 < 10
@@ -138,7 +138,7 @@ def test_ctrl_c_in_forja_train_says_how_to_resume_and_the_command_finishes_the_r
     last = out.strip().splitlines()[-1]
     assert last.startswith("to resume: forja train ") and " --resume" in last, last
     resumed = forja_run(shlex.split(last.removeprefix("to resume: forja ")), tmp_path / "home", timeout=900)
-    assert "resumed from" in resumed.stderr and '"step": 400' in resumed.stdout
+    assert "resumed from" in resumed.stderr and '"step": 60' in resumed.stdout
 
 
 def free_port() -> int:
