@@ -78,10 +78,10 @@ def prepare_mixture(params: PipelineParams, ds: Path, mixture: list[SourceSpec])
         ingests[spec.name] = run_ingest_stage(
             list(spec.paths),
             folder / "ingest",
-            params.ingest.for_source(spec.name).model_dump(mode="json"),
+            params.ingest_for(spec.name).model_dump(mode="json"),
             fresh,
         )
-        clean_cfg = clean_config(params.clean, ds, ingests[spec.name])  # with the frozen set
+        clean_cfg = clean_config(params.clean_for(spec.name), ds, ingests[spec.name])  # + the frozen set
         cleans[spec.name] = run_clean_stage(folder / "ingest", folder, clean_cfg, fresh)
         check_usable_text(list(spec.paths), ingests[spec.name], cleans[spec.name])
         report_artifacts(folder, ingests[spec.name], cleans[spec.name], suffix="-" + _slug(spec.name))

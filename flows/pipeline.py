@@ -105,7 +105,7 @@ def prepare_data(params: PipelineParams) -> dict[str, Any]:
     mixture runs them per source (flows/mixture.py); check_validation_split checks the whole."""
     home = Home.from_env()
     ds = home.dataset(params.run.dataset)
-    params.check_source_encodings()  # the sources are final here (retrain: the champion's)
+    params.check_source_settings()  # the sources are final here (retrain: the champion's)
     if (mixture := params.mixture()) is not None:  # named sources: kept apart, mixed by weight
         data = prepare_mixture(params, ds, mixture)
         check_validation_split(params, data["tokens"])
