@@ -187,7 +187,7 @@ class PipelineParams(BaseModel):
     @model_validator(mode="after")
     def _decontaminate_against_eval_text(self) -> PipelineParams:
         """The run's evaluation text (evaluate.eval_text) is one of the texts clean decontaminates
-        against (tasks/clean/decontam.py says what else, and why not the frozen set on its own)."""
+        against; the dataset's frozen evaluation set is added per ingest output (flows/eval_set.py)."""
         eval_text = self.evaluate.eval_text
         path = Path(eval_text).resolve() if eval_text is not None else None
         if path is not None and path.is_file() and path not in self.clean.eval_texts:
