@@ -89,3 +89,15 @@ def ingest_metrics(ingest: dict[str, Any]) -> dict[str, float]:
     metrics |= {f"data.ingest.quarantine.{r}": n for r, n in (run.get("quarantine_by_reason") or {}).items()}
     metrics |= {f"data.ingest.total_{k}": total[k] for k in ("documents", "quarantined") if k in total}
     return {k: float(v) for k, v in metrics.items()}
+
+
+def decontam_metrics(clean: dict[str, Any]) -> dict[str, float]:
+    """The decontaminate rule's counts as MLflow metrics: `data.decontaminated` (training documents
+    dropped for sharing an n-gram with an evaluation text: the frozen set, flows/eval_set.py, and
+    clean.eval_texts), `data.eval_overlap` (documents sharing one, dropped or not) and
+    `data.eval_sources` (kept as the documents the frozen set came from)."""
+    c = clean.get("counts") or {}
+    metrics = {f"data.{k}": c[k] for k in ("eval_overlap", "eval_sources") if k in c}
+    if "decontaminate" in (c.get("dropped") or {}):
+        metrics["data.decontaminated"] = c["dropped"]["decontaminate"]
+    return {k: float(v) for k, v in metrics.items()}

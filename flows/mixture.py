@@ -25,7 +25,8 @@ from typing import Any
 
 from prefect import task
 
-from flows.data_report import check_usable_text, ingest_metrics, report_artifacts
+from flows.data_report import check_usable_text, decontam_metrics, ingest_metrics, report_artifacts
+from flows.eval_set import clean_config
 from flows.params import PipelineParams, recorded
 from flows.sources import SourceSpec
 from flows.stages import duplicate_metrics, run_clean_stage, run_ingest_stage, run_tokenize_stage
@@ -77,12 +78,11 @@ def prepare_mixture(params: PipelineParams, ds: Path, mixture: list[SourceSpec])
         ingests[spec.name] = run_ingest_stage(
             list(spec.paths),
             folder / "ingest",
-            params.ingest.for_source(spec.name).model_dump(mode="json"),
+            params.ingest_for(spec.name).model_dump(mode="json"),
             fresh,
         )
-        cleans[spec.name] = run_clean_stage(
-            folder / "ingest", folder, params.clean.model_dump(mode="json"), fresh
-        )
+        clean_cfg = clean_config(params.clean_for(spec.name), ds, ingests[spec.name])  # + the frozen set
+        cleans[spec.name] = run_clean_stage(folder / "ingest", folder, clean_cfg, fresh)
         check_usable_text(list(spec.paths), ingests[spec.name], cleans[spec.name])
         report_artifacts(folder, ingests[spec.name], cleans[spec.name], suffix="-" + _slug(spec.name))
     tok_cfg = _tokenizer_for(params, cleans, weights, ds).model_dump(mode="json")
@@ -149,6 +149,9 @@ def log_mixture_data(run_id: str, params: PipelineParams, data: dict[str, Any]) 
         metrics |= {f"data.{name}.{s}_tokens": float(v["tokens"]) for s, v in splits.items()}
         per_source = ingest_metrics(src["ingest"]) | duplicate_metrics(src["clean"])
         metrics |= {k.replace("data.", f"data.{name}.", 1): v for k, v in per_source.items()}
+        for k, v in decontam_metrics(src["clean"]).items():  # per source, and in all
+            metrics[k.replace("data.", f"data.{name}.", 1)] = v
+            metrics[k] = metrics.get(k, 0.0) + v
     tracking.log_metrics(run_id, metrics)
     tracking.log_artifact(run_id, Path(tokens["out"]) / "tokenizer.model", "tokenizer")
     tracking.set_tags(

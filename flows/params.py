@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
 import typing
 import warnings
 from collections.abc import Callable
@@ -21,7 +22,14 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 from pydantic.fields import FieldInfo
 
-from flows.sources import SourceSpec, parse_sources, redact_source, source_paths
+from flows.sources import (
+    SourceSpec,
+    check_source_settings,
+    parse_sources,
+    redact_source,
+    source_config,
+    source_paths,
+)
 from forja.report import ReportConfig
 from forja.settings import build, model_settings
 from lm.config import ModelConfig, TrainConfig, apply_overrides, get_preset
@@ -146,6 +154,12 @@ class PipelineParams(BaseModel):
         "NAME=PATH[:WEIGHT] names a source of a weighted mixture (kept apart, drawn by weight).",
     )
     preset: str = Field("tiny", description="Named preset of model and training: tiny, small, gpt2-124m.")
+    source_settings: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description='Per source of a mixture: NAME -> {"ingest.<field>" or "clean.<field>": value}, the '
+        'run\'s ingest and clean settings changed for that source, e.g. {"pl": {"ingest.encoding": '
+        '"iso8859-2", "clean.languages": ["pl"]}} (flows/sources.py).',
+    )
     ingest: IngestConfig = Field(default_factory=IngestConfig, description="Ingest: reading the sources.")
     clean: CleanConfig = Field(default_factory=CleanConfig, description="Clean: rules and thresholds.")
     tokenize: TokenizeConfig = Field(
@@ -173,7 +187,7 @@ class PipelineParams(BaseModel):
     @model_validator(mode="after")
     def _decontaminate_against_eval_text(self) -> PipelineParams:
         """The run's evaluation text (evaluate.eval_text) is one of the texts clean decontaminates
-        against (tasks/clean/decontam.py says what else, and why not the frozen set on its own)."""
+        against; the dataset's frozen evaluation set is added per ingest output (flows/eval_set.py)."""
         eval_text = self.evaluate.eval_text
         path = Path(eval_text).resolve() if eval_text is not None else None
         if path is not None and path.is_file() and path not in self.clean.eval_texts:
@@ -202,7 +216,7 @@ class PipelineParams(BaseModel):
 
         paths = source_paths(self.sources)  # a bad NAME=PATH:WEIGHT fails here, naming it
         if self.mixture() is not None:  # (retrain may take the champion's mixture: checked then)
-            self.check_source_encodings()
+            self.check_source_settings()
         local = [s for s in paths if not s.startswith(("http://", "https://"))]
         shards = plan_ingest(local, self.ingest) if local else []
         if self.tokenize.tokenizer is None and len(local) == len(paths):
@@ -222,15 +236,29 @@ class PipelineParams(BaseModel):
             raise ConfigError("'run.resume' needs 'run.out': the run folder to resume")
         return model_cfg, train_cfg
 
-    def check_source_encodings(self) -> None:
-        """Every source `ingest.encodings` names is a source of the run's mixture."""
-        names = {s.name for s in self.mixture() or []} if self.ingest.encodings else set()
-        if unknown := sorted(set(self.ingest.encodings) - names):
-            raise ConfigError(
-                f"ingest.encodings names {', '.join(unknown)}, which is not a source of this run "
-                f"(sources: {', '.join(sorted(names)) or 'none named'}); name a source with "
-                "--source NAME=PATH, or use ingest.encoding for all of them"
-            )
+    def check_source_settings(self) -> None:
+        """Every source `ingest.encodings` and `source_settings` name is a source of the run's
+        mixture, and every per-source setting is one a source can have, with a valid value."""
+        named = {"ingest.encodings": set(self.ingest.encodings), "source_settings": set(self.source_settings)}
+        names = {s.name for s in self.mixture() or []} if any(named.values()) else set()
+        for setting, given in named.items():
+            if unknown := sorted(given - names):
+                raise ConfigError(
+                    f"{setting} names {', '.join(unknown)}, which is not a source of this run "
+                    f"(sources: {', '.join(sorted(names)) or 'none named'}); name a source with "
+                    f"--source NAME=PATH, or set ingest.* / clean.* for all of them"
+                )
+        check_source_settings(self.source_settings, STAGES)
+        for name in self.source_settings:
+            self.ingest_for(name), self.clean_for(name)  # the values, validated
+
+    def ingest_for(self, name: str) -> IngestConfig:
+        """The ingest settings source `name` of the mixture is read with."""
+        return source_config(self.ingest.for_source(name), "ingest", name, self.source_settings)
+
+    def clean_for(self, name: str) -> CleanConfig:
+        """The clean settings of source `name` of the mixture."""
+        return source_config(self.clean, "clean", name, self.source_settings)
 
     def _check_vocab_fits(self, items: list[dict[str, Any]]) -> None:
         """A tokenizer vocabulary the sources cannot fill fails here, not minutes later in SentencePiece.
@@ -290,7 +318,7 @@ def takes_pipeline_parameters(*extra: type[BaseModel]) -> Callable[[F], F]:
 def pipeline_settings() -> dict[str, dict[str, Setting]]:
     """What `--set` reaches in a pipeline run: `sources` and `preset`, then each stage's fields."""
     top = model_settings(PipelineParams)
-    return {TOP: {k: top[k] for k in ("sources", "preset")}} | {
+    return {TOP: {k: top[k] for k in ("sources", "preset", "source_settings")}} | {
         s: model_settings(c) for s, c in STAGES.items()
     }
 
@@ -322,6 +350,7 @@ def flatten(params: PipelineParams, model_cfg: ModelConfig, train_cfg: TrainConf
     flat: dict[str, Any] = {
         "sources": ",".join(redact_source(s) for s in params.sources),
         "preset": params.preset,
+        **({"source_settings": json.dumps(params.source_settings)} if params.source_settings else {}),
     }
     for stage in ("ingest", "clean", "tokenize", "evaluate", "register", "report", "run"):
         flat |= {f"{stage}.{k}": v for k, v in getattr(params, stage).model_dump(mode="json").items()}

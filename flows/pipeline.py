@@ -27,10 +27,11 @@ from prefect.artifacts import (
 from prefect.context import TaskRunContext
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows import forja_flow, report_card
+from flows import eval_set, forja_flow, report_card
 from flows.data_report import (
     check_usable_text,
     check_validation_split,
+    decontam_metrics,
     ingest_metrics,
     report_artifacts,
 )
@@ -69,7 +70,6 @@ from tasks.evaluate import (
     downstream_markdown_rows,
     evaluate_checkpoint,
     evaluate_downstream,
-    freeze_eval_set,
     sample_texts,
 )
 
@@ -105,14 +105,14 @@ def prepare_data(params: PipelineParams) -> dict[str, Any]:
     mixture runs them per source (flows/mixture.py); check_validation_split checks the whole."""
     home = Home.from_env()
     ds = home.dataset(params.run.dataset)
-    params.check_source_encodings()  # the sources are final here (retrain: the champion's)
+    params.check_source_settings()  # the sources are final here (retrain: the champion's)
     if (mixture := params.mixture()) is not None:  # named sources: kept apart, mixed by weight
         data = prepare_mixture(params, ds, mixture)
         check_validation_split(params, data["tokens"])
         return data
     fresh = params.run.fresh
     ingest = run_ingest_stage(params.sources, ds / "ingest", params.ingest.model_dump(mode="json"), fresh)
-    clean = run_clean_stage(ds / "ingest", ds, params.clean.model_dump(mode="json"), fresh)
+    clean = run_clean_stage(ds / "ingest", ds, eval_set.clean_config(params.clean, ds, ingest), fresh)
     check_usable_text(params.sources, ingest, clean)
     tokens = run_tokenize_stage(Path(clean["out"]), ds, params.tokenize.model_dump(mode="json"), fresh)
     check_validation_split(params, tokens)
@@ -300,7 +300,10 @@ def _log_data(run_id: str, data: dict[str, Any]) -> None:
         tracking.log_artifact(run_id, report, "data/clean")
     tracking.log_artifact(run_id, Path(tokens["out"]) / "tokenizer.model", "tokenizer")
     tracking.log_metrics(run_id, {f"data.{s}_tokens": float(v["tokens"]) for s, v in splits.items()})
-    tracking.log_metrics(run_id, ingest_metrics(data["ingest"]) | duplicate_metrics(data["clean"]))
+    tracking.log_metrics(
+        run_id,
+        ingest_metrics(data["ingest"]) | duplicate_metrics(data["clean"]) | decontam_metrics(data["clean"]),
+    )
 
 
 def _init_weights(init_from: str | None) -> tuple[str | None, str | None]:
@@ -375,12 +378,11 @@ class Evaluation:
 
 
 def evaluate_step(
-    params: PipelineParams, tokens_dir: str, trained: dict[str, Any], run_id: str
+    params: PipelineParams, data: dict[str, Any], trained: dict[str, Any], run_id: str
 ) -> Evaluation:
-    """Evaluate the trained model on the dataset's fixed evaluation set (frozen on first use) and
-    record the metrics and samples."""
-    eval_dir = Home.from_env().dataset(params.run.dataset) / "eval"
-    freeze_eval_set(tokens_dir, eval_dir, params.evaluate)
+    """Evaluate the trained model on the dataset's fixed evaluation set (frozen on first use,
+    flows/eval_set.py) and record the metrics and samples."""
+    eval_dir = eval_set.freeze(params, data, Home.from_env().dataset(params.run.dataset))
     eval_digest = read_manifest(eval_dir, "eval-set")["digest"]
     ekey = stage_key(
         "evaluate",
@@ -453,7 +455,7 @@ def run_pipeline(
         else:
             _log_data(run_id, data)
         run_dir, trained = train_step(params, data, model_cfg, train_cfg, run_id)
-        evaluation = evaluate_step(params, data["tokens"]["out"], trained, run_id)
+        evaluation = evaluate_step(params, data, trained, run_id)
         # of several nodes, node 0 registers the model they trained together
         register = params.run.register_model and params.run.node_rank == 0
         registered = register_step(params, trained, evaluation, run_id) if register else {}

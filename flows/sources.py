@@ -10,6 +10,15 @@ weights are shares of the whole, so `web=a:3 books=b:1` draws 75 % of the window
     PATH     what a bare source may be: a file, folder, glob or http(s) URL
     :WEIGHT  a trailing ':' and a number; `web=http://host:8080` is a URL with a port, not a
              weight, and an existing file whose name ends in ':word' is a path
+
+Each source of a mixture is ingested and cleaned with the run's `ingest` and `clean` settings,
+changed for that source by `source_settings` (NAME -> {"stage.field": value}, the keys `--set`
+takes, for the ingest and clean stages), e.g.
+
+    --set 'source_settings={"pl": {"ingest.encoding": "iso8859-2", "clean.languages": ["pl"]},
+                            "web": {"ingest.split": "blank_line"}}'
+
+(`ingest.encodings`, NAME -> codec, is the older spelling of a per-source `ingest.encoding`.)
 """
 
 from __future__ import annotations
@@ -18,9 +27,17 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
+from pydantic import BaseModel
+
+from forja.settings import build
 from lm.errors import ConfigError
 from tasks.ingest import redact
+
+M = TypeVar("M", bound=BaseModel)
+SOURCE_STAGES = ("ingest", "clean")  # the stages a source runs on its own (tokenize shares a tokenizer)
+NOT_PER_SOURCE = {"ingest.encodings"}  # a per-source setting itself
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _HOST_PORT = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/]*$")  # scheme://host: before a port
@@ -107,4 +124,40 @@ def redact_source(spec: str) -> str:
     return f"{name}={redact(path)}{spec[len(name) + 1 + len(path) :]}"  # the weight as written
 
 
-__all__ = ["SourceSpec", "parse_sources", "redact_source", "source_paths", "split_spec"]
+def check_source_settings(
+    settings: dict[str, dict[str, Any]], stage_models: dict[str, type[BaseModel]]
+) -> None:
+    """Every key of `source_settings` is `ingest.<field>` or `clean.<field>` (a ConfigError names
+    the source and the key otherwise); the values are checked when applied (`source_config`)."""
+    for name, changes in settings.items():
+        for key in changes:
+            stage, _, field = key.partition(".")
+            if (
+                stage not in SOURCE_STAGES
+                or field not in stage_models[stage].model_fields
+                or key in NOT_PER_SOURCE
+            ):
+                raise ConfigError(
+                    f"source_settings.{name}: {key!r} is not a setting a source can have; use "
+                    "ingest.<field> or clean.<field> (e.g. ingest.split, ingest.encoding, clean.languages)"
+                )
+
+
+def source_config(config: M, stage: str, name: str, settings: dict[str, dict[str, Any]]) -> M:
+    """`config` (the run's settings of `stage`) with what `source_settings` gives source `name`."""
+    prefix = f"{stage}."
+    changes = {k[len(prefix) :]: v for k, v in settings.get(name, {}).items() if k.startswith(prefix)}
+    if not changes:
+        return config
+    return build(type(config), config.model_dump() | changes, prefix=f"source_settings.{name}.{prefix}")
+
+
+__all__ = [
+    "SourceSpec",
+    "check_source_settings",
+    "parse_sources",
+    "redact_source",
+    "source_config",
+    "source_paths",
+    "split_spec",
+]

@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -86,24 +87,30 @@ def segments(tokens: np.ndarray, eos_id: int) -> list[np.ndarray]:
 
 
 def freeze_eval_set(
-    tokens_dir: str | os.PathLike, eval_dir: str | os.PathLike, config: EvalConfig
+    tokens_dir: str | os.PathLike,
+    eval_dir: str | os.PathLike,
+    config: EvalConfig,
+    origin: Callable[[list[str]], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Write the fixed evaluation set once; later calls return the existing one untouched."""
+    """Write the fixed evaluation set once; later calls return the existing one untouched.
+    `origin(texts)`: what the manifest records as `frozen_from` (flows/eval_set.py)."""
     eval_dir = Path(eval_dir)
     with file_lock(eval_dir / ".lock"):  # two runs freezing at once: the first one wins
         if (eval_dir / "manifest.json").is_file():
             return read_manifest(eval_dir, STAGE)
-        return _freeze(tokens_dir, eval_dir, config)
+        return _freeze(tokens_dir, eval_dir, config, origin)
 
 
-def _freeze(tokens_dir: str | os.PathLike, eval_dir: Path, config: EvalConfig) -> dict[str, Any]:
+def _freeze(
+    tokens_dir: str | os.PathLike, eval_dir: Path, config: EvalConfig, origin: Callable | None = None
+) -> dict[str, Any]:
     if config.eval_text is not None:
         if not Path(config.eval_text).is_file():
             raise StageError(
                 f"eval_text {config.eval_text} is not a file; give a UTF-8 text file or leave it empty"
             )
         texts = [Path(config.eval_text).read_text(encoding="utf-8")]
-        origin = str(config.eval_text)
+        source = str(config.eval_text)
     else:
         data = TokenData.open(tokens_dir)
         val = data.splits.get("val")
@@ -125,7 +132,7 @@ def _freeze(tokens_dir: str | os.PathLike, eval_dir: Path, config: EvalConfig) -
                         break
                     texts.append(text)
                     total += len(text.encode())
-        origin = f"validation split of {tokens_dir}"
+        source = f"validation split of {tokens_dir}"
     with atomic_path(eval_dir / EVAL_FILE) as tmp:
         tmp.write_text(
             "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts), encoding="utf-8"
@@ -138,9 +145,10 @@ def _freeze(tokens_dir: str | os.PathLike, eval_dir: Path, config: EvalConfig) -
         "bytes": (eval_dir / EVAL_FILE).stat().st_size,
     }
     counts = {"documents": len(texts), "text_bytes": sum(len(t.encode()) for t in texts)}
-    manifest = make_manifest(STAGE, {"max_bytes": config.max_bytes, "origin": origin}, [out], counts)
+    extra = {"frozen_from": origin(texts)} if origin else {}  # not in the digest: the texts are
+    manifest = make_manifest(STAGE, {"max_bytes": config.max_bytes, "origin": source}, [out], counts, **extra)
     log.info(
-        "froze the evaluation set: %d documents, %d bytes, from %s", len(texts), counts["text_bytes"], origin
+        "froze the evaluation set: %d documents, %d bytes, from %s", len(texts), counts["text_bytes"], source
     )
     return write_manifest(eval_dir, manifest)
 

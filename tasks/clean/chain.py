@@ -64,7 +64,7 @@ def register_udfs(
     con.create_function(
         "eval_overlap",
         overlap_udf(*decontam),
-        ["VARCHAR"],
+        ["VARCHAR", "VARCHAR"],  # (text, doc_id)
         con.type(OVERLAP_TYPE),
         type="arrow",
         null_handling="special",  # NULL: no n-gram shared

@@ -1,28 +1,31 @@
 """Decontamination for the `decontaminate` rule (075_decontaminate.sql): n-gram overlap between
 the evaluation texts and the training documents.
 
-    EvalIndex.load(files, n)      -> the n-grams of the evaluation texts (hashed, sorted)
-    EvalIndex.overlap(texts)      -> per document STRUCT(ngram, hits, eval, source), NULL: none
-    overlap_udf(files, n)         -> that as the Arrow UDF `eval_overlap` (index built on first use)
+    EvalIndex.load(files, n)           -> the n-grams of the evaluation texts (hashed, sorted)
+    EvalIndex.overlap(texts, doc_ids)  -> per document STRUCT(ngram, hits, eval, source), NULL: none
+    overlap_udf(files, n)              -> that as the Arrow UDF `eval_overlap` (index built on first use)
+    frozen_sources(texts, docs, n)     -> the documents a frozen set was made from (their doc ids)
 
 What it checks against: the files of `CleanConfig.eval_texts`: a text file is one evaluation
 text (the pipeline adds `evaluate.eval_text`, the `--set evaluate.eval_text=FILE` of a run), an
-`eval.jsonl` is one text per line ({"text": ...}), such as the frozen evaluation set of an
-earlier run of the dataset (FORJA_HOME/data/<dataset>/eval/eval.jsonl). The frozen set is not
-added on its own: it is made from this dataset's validation split at its first tokenization,
-after clean, so adding it when it appears would change the clean stage's key and retrain an
-unchanged dataset. Name it in eval_texts to check new data against it (what `retrain` wants).
+`eval.jsonl` is one text per line ({"text": ...}), such as the frozen evaluation set of a dataset
+(FORJA_HOME/data/<dataset>/eval/eval.jsonl), which `forja run` adds by itself (flows/eval_set.py
+says when, and why not to the data the set was frozen from).
 
 Why a frozen set needs an exception: its texts are (decoded) validation chunks of this dataset's
 own documents. Dropping the document a frozen text came from would empty the validation split
 the set was frozen from (and change what `val_bpb` measures), while the frozen set itself never
-changes (tasks/evaluate.py freezes it once). So a document that holds EVERY n-gram of a frozen
-text is taken to be that text's source: it is kept and reported as `source`, not dropped. Other
-documents sharing any n-gram with it (copies in training, quotes) are dropped. Texts from plain
-eval files get no such exception: a training document containing one is contamination. What
-this cannot tell apart: another document that holds a whole frozen text (the source with more
-around it) is kept as a source too; an identical copy is left to exact dedup. The frozen texts
-decode exactly to what clean wrote (the tokenizer normalises nothing: `identity`).
+changes (tasks/evaluate.py freezes it once). So the documents a frozen text came from are kept
+and reported as `source`, not dropped; every other document sharing an n-gram with it (a copy
+planted in new data, a quote) is dropped. Which documents those are is decided once, when the set
+is frozen, on the data it is frozen from: the documents that hold every n-gram of a frozen text
+(`frozen_sources`); their doc ids (sha256 of the text) go into the set's manifest
+(`frozen_from.sources`), so a document that arrives later is never taken for a source, however
+much of a frozen text it holds. A frozen set from before that record (no `frozen_from`) falls back
+to deciding it per document: one holding every n-gram of a frozen text is kept as its source.
+Texts from plain eval files get no exception: a training document containing one is
+contamination. The frozen texts decode exactly to what clean wrote (the tokenizer normalises
+nothing: `identity`).
 
 Normalised words: NFC, lower-cased, runs of letters, combining marks and digits (everything
 else separates words). An n-gram is `n` consecutive words (13 by default, as in the GPT-3 paper's
@@ -55,15 +58,31 @@ _MULT = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit constants of the hash
 _BASE = np.uint64(0xD6E8FEB86659FD93)
 
 
-def is_frozen_set(path: Path) -> bool:
-    """An evaluation set frozen by tasks/evaluate.py: eval.jsonl beside an eval-set manifest."""
+def _frozen_manifest(path: Path) -> dict | None:
+    """The manifest of an evaluation set frozen by tasks/evaluate.py (eval.jsonl beside an
+    eval-set manifest), or None when `path` is not one."""
     manifest = path.parent / "manifest.json"
     if path.name != FROZEN_FILE or not manifest.is_file():
-        return False
+        return None
     try:
-        return json.loads(manifest.read_text(encoding="utf-8")).get("stage") == "eval-set"
+        m = json.loads(manifest.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return False
+        return None
+    return m if isinstance(m, dict) and m.get("stage") == "eval-set" else None
+
+
+def is_frozen_set(path: Path) -> bool:
+    """An evaluation set frozen by tasks/evaluate.py: eval.jsonl beside an eval-set manifest."""
+    return _frozen_manifest(path) is not None
+
+
+def frozen_from(path: Path) -> dict | None:
+    """What a frozen set records of the data it was frozen from: {"ingest": [the ingest digests],
+    "sources": [doc ids of the documents its texts came from]}; None for a set frozen before the
+    record existed, or a file that is no frozen set."""
+    m = _frozen_manifest(path)
+    record = (m or {}).get("frozen_from")
+    return record if isinstance(record, dict) else None
 
 
 def read_eval_file(path: Path) -> list[str]:
@@ -135,7 +154,9 @@ class EvalIndex:
     n: int
     vocab: pa.Array  # every normalised word of the evaluation texts
     labels: tuple[str, ...]  # per evaluation text: "<file name>#<line>" (or the file name)
-    frozen: np.ndarray  # per evaluation text: from a frozen set (see the module docstring)
+    frozen: np.ndarray  # per evaluation text: from a frozen set with no record of its sources
+    by_id: np.ndarray  # per evaluation text: from a frozen set whose sources are `source_ids`
+    source_ids: frozenset[str]  # the doc ids frozen sets recorded as their sources
     sizes: np.ndarray  # per evaluation text: its number of distinct n-grams
     hashes: np.ndarray  # sorted unique n-gram hashes of all texts
     pair_hash: np.ndarray  # (hash, text) pairs, sorted by hash: which texts hold an n-gram
@@ -143,17 +164,27 @@ class EvalIndex:
 
     @staticmethod
     def load(files: tuple[Path, ...], n: int) -> EvalIndex:
-        texts, labels, frozen = [], [], []
+        texts, labels, frozen, by_id, ids = [], [], [], [], set()
         for f in files:
             got = read_eval_file(f)
             many = len(got) > 1 or f.suffix == ".jsonl"
             texts += got
             labels += [f"{f.name}#{i + 1}" if many else f.name for i in range(len(got))]
-            frozen += [is_frozen_set(f)] * len(got)
-        return EvalIndex.build(texts, labels, frozen, n)
+            record = frozen_from(f)
+            frozen += [is_frozen_set(f) and record is None] * len(got)
+            by_id += [record is not None] * len(got)
+            ids |= set((record or {}).get("sources") or [])
+        return EvalIndex.build(texts, labels, frozen, n, by_id, ids)
 
     @staticmethod
-    def build(texts: list[str], labels: list[str], frozen: list[bool], n: int) -> EvalIndex:
+    def build(
+        texts: list[str],
+        labels: list[str],
+        frozen: list[bool],
+        n: int,
+        by_id: list[bool] | None = None,
+        source_ids: set[str] | frozenset[str] = frozenset(),
+    ) -> EvalIndex:
         nfc = [unicodedata.normalize("NFC", t) for t in texts]
         words = words_of(pa.array(nfc, pa.large_string()))
         flat = words.flatten()
@@ -169,18 +200,26 @@ class EvalIndex:
             vocab=vocab,
             labels=tuple(labels),
             frozen=np.asarray(frozen, bool),
+            by_id=np.asarray(by_id if by_id is not None else [False] * len(texts), bool),
+            source_ids=frozenset(source_ids),
             sizes=np.bincount(pt, minlength=len(texts)),
             hashes=np.unique(ph),
             pair_hash=ph,
             pair_text=pt,
         )
 
-    def overlap(self, texts: pa.Array | pa.ChunkedArray) -> pa.StructArray:
+    def overlap(
+        self, texts: pa.Array | pa.ChunkedArray, doc_ids: pa.Array | pa.ChunkedArray | None = None
+    ) -> pa.StructArray:
         """Per document: the first shared n-gram (its words), how many of its n-grams are
         evaluation n-grams, which evaluation text holds the first one, and whether the document
-        is the source of a frozen text (holds all its n-grams). NULL: nothing shared."""
+        is the source of the frozen texts it shares n-grams with (the module docstring says how
+        that is decided). NULL: nothing shared."""
         if isinstance(texts, pa.ChunkedArray):
             texts = texts.combine_chunks()
+        if isinstance(doc_ids, pa.ChunkedArray):
+            doc_ids = doc_ids.combine_chunks()
+        ids = doc_ids.to_pylist() if doc_ids is not None and self.source_ids else None
         n_docs = len(texts)
         ngram: list[str | None] = [None] * n_docs
         hits = np.zeros(n_docs, np.int64)
@@ -194,14 +233,18 @@ class EvalIndex:
             hits = np.bincount(doc[where], minlength=n_docs).astype(np.int64)
             # `where` is in position order, so each document's matches are one run of it
             docs_hit, starts = np.unique(doc[where], return_index=True)
-            for d, lo, hi in zip(docs_hit, starts, [*starts[1:], len(where)], strict=True):
+            ends = [*starts[1:], len(where)] if len(where) else []  # (no match in the batch: none)
+            for d, lo, hi in zip(docs_hit, starts, ends, strict=True):
                 mine = where[lo:hi]
                 first = int(mine[0])
                 ngram[d] = " ".join(flat.slice(first, self.n).to_pylist())
                 texts_of = self._texts_holding(np.unique(hashes[mine]))
                 which[d] = self.labels[int(self._texts_holding(hashes[first : first + 1])[0])]
                 counts = np.bincount(texts_of, minlength=len(self.labels))
-                source[d] = bool(np.any(self.frozen & (self.sizes > 0) & (counts == self.sizes)))
+                whole = bool(np.any(self.frozen & (self.sizes > 0) & (counts == self.sizes)))
+                # a recorded source: every text it shares n-grams with is of a set that names it
+                named = ids is not None and ids[d] in self.source_ids and bool(np.all(self.by_id[counts > 0]))
+                source[d] = whole or named
         mask = pa.array(hits == 0)
         return pa.StructArray.from_arrays(
             [
@@ -224,13 +267,17 @@ class EvalIndex:
 
 
 def eval_digests(files: list[Path]) -> dict[str, str]:
-    """{file name: sha256} of the evaluation files (what the clean key records, not their paths)."""
+    """{file name: sha256} of the evaluation files (what the clean key records, not their paths);
+    a frozen set's record of its source documents is part of its digest (it decides what is kept)."""
     out = {}
     for f in files:
         try:
-            out[f.name if f.name not in out else str(f)] = hashlib.sha256(f.read_bytes()).hexdigest()
+            digest = hashlib.sha256(f.read_bytes())
         except OSError as e:
             raise StageError(f"eval_texts: cannot read {f} ({e})") from e
+        if (record := frozen_from(f)) is not None:
+            digest.update(json.dumps(sorted(record.get("sources") or [])).encode())
+        out[f.name if f.name not in out else str(f)] = digest.hexdigest()
     return out
 
 
@@ -244,9 +291,20 @@ def overlap_udf(files: tuple[Path, ...], n: int):
     process and content (a shard worker builds it once for all its shards)."""
     digest = json.dumps(eval_digests(list(files)), sort_keys=True) if files else ""
 
-    def udf(texts: pa.Array) -> pa.StructArray:
+    def udf(texts: pa.Array, doc_ids: pa.Array) -> pa.StructArray:
         if not files:
             return pa.nulls(len(texts), pa.struct(OVERLAP_FIELDS))
-        return _index(files, n, digest).overlap(texts)
+        return _index(files, n, digest).overlap(texts, doc_ids)
 
     return udf
+
+
+def frozen_sources(texts: list[str], docs: list[tuple[str, str]], n: int) -> list[str]:
+    """The doc ids of the documents among `docs` ((doc_id, text) pairs: the data a set is frozen
+    from) that hold every n-gram of one of the frozen `texts`: where the texts came from."""
+    if not texts or not docs:
+        return []
+    index = EvalIndex.build(texts, [str(i) for i in range(len(texts))], [True] * len(texts), n)
+    hit = index.overlap(pa.array([t for _, t in docs], pa.large_string()))
+    source = hit.field("source").fill_null(False).to_pylist()
+    return sorted({doc_id for (doc_id, _), s in zip(docs, source, strict=True) if s})

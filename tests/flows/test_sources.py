@@ -1,8 +1,10 @@
 """`--source NAME=PATH[:WEIGHT]`: parsing, the errors that name the bad source, redaction."""
 
+import json
+
 import pytest
 
-from flows.params import PipelineParams, recorded
+from flows.params import PipelineParams, apply_sets, flatten, recorded
 from flows.sources import SourceSpec, parse_sources, split_spec
 from lm.errors import ConfigError
 
@@ -55,3 +57,66 @@ def test_bad_sources_fail_at_the_edge_naming_the_source_and_the_fix(sources, mes
 def test_recorded_sources_keep_names_and_weights_and_lose_credentials():
     params = PipelineParams(sources=["web=https://user:secret@example.org/w.txt:3", "books=b.txt"])
     assert recorded(params)["sources"] == ["web=https://***@example.org/w.txt:3", "books=b.txt"]
+
+
+MIX = ["web=data/web:3", "pl=data/pl:1"]
+
+
+def test_source_settings_change_ingest_and_clean_for_that_source_alone():
+    params = apply_sets(
+        PipelineParams(sources=MIX),
+        [
+            'source_settings={"pl": {"ingest.encoding": "iso8859-2", "clean.languages": ["pl"]},'
+            ' "web": {"ingest.split": "blank_line", "clean.min_chars": 50}}',
+            "ingest.split=percent_line",
+            "clean.min_chars=5",
+        ],
+    )
+    params.check_source_settings()
+    assert params.ingest_for("pl").encoding == "iso8859-2" and params.ingest_for("pl").split == "percent_line"
+    assert params.ingest_for("web").encoding is None and params.ingest_for("web").split == "blank_line"
+    assert params.clean_for("pl").languages == ["pl"] and params.clean_for("pl").min_chars == 5
+    assert params.clean_for("web").languages == [] and params.clean_for("web").min_chars == 50
+    assert params.ingest.split == "percent_line" and params.clean.languages == []  # the run's own
+    assert json.loads(flatten(params, *params.lm_configs())["source_settings"])["pl"]["clean.languages"] == [
+        "pl"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (
+            {"books": {"ingest.split": "blank_line"}},
+            r"source_settings names books, which is not a source of this run \(sources: pl, web\)",
+        ),
+        (
+            {"pl": {"tokenize.vocab_size": 100}},
+            r"source_settings\.pl: 'tokenize\.vocab_size' is not a setting a source",
+        ),
+        (
+            {"pl": {"ingest.nope": 1}},
+            r"source_settings\.pl: 'ingest\.nope' is not a setting a source can have",
+        ),
+        ({"pl": {"ingest.encodings": {}}}, r"'ingest\.encodings' is not a setting a source can have"),
+        ({"pl": {"split": "file"}}, r"'split' is not a setting a source can have; use ingest\.<field>"),
+        (
+            {"pl": {"ingest.encoding": "klingon"}},
+            r"source_settings\.pl\.ingest\.encoding.*not an encoding Python knows",
+        ),
+        (
+            {"pl": {"clean.languages": ["Polish!"]}},
+            r"source_settings\.pl\.clean\.languages.*not language codes",
+        ),
+    ],
+)
+def test_bad_source_settings_fail_before_any_work_naming_the_source_and_the_key(settings, message):
+    with pytest.raises(ConfigError, match=message):
+        PipelineParams(sources=MIX, source_settings=settings).validate_all()
+
+
+def test_source_settings_and_encodings_name_only_sources_of_a_mixture():
+    with pytest.raises(ConfigError, match=r"source_settings names pl, .*\(sources: none named\)"):
+        PipelineParams(sources=["a.txt"], source_settings={"pl": {}}).check_source_settings()
+    with pytest.raises(ConfigError, match=r"ingest.encodings names ru, which is not a source"):
+        PipelineParams(sources=MIX, ingest={"encodings": {"ru": "cp1251"}}).check_source_settings()
