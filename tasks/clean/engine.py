@@ -34,7 +34,14 @@ from tasks.clean.decontam import OVERLAP_TYPE
 from tasks.clean.minhash import MINHASH_TYPE
 from tasks.clean.report import diff_snippets, doc_key, snippet
 from tasks.clean.rules import Rule, check_variables
-from tasks.common import MANIFEST, ROW_GROUP_ROWS, StageError, read_manifest, verify_outputs
+from tasks.common import (
+    MANIFEST,
+    ROW_GROUP_ROWS,
+    StageError,
+    configure_duckdb,
+    read_manifest,
+    verify_outputs,
+)
 
 log = logging.getLogger("forja.clean")
 
@@ -46,13 +53,15 @@ NORM_KEY_SQL = "md5_number(lower(text))"
 
 @contextlib.contextmanager
 def connect(
-    config: CleanConfig, work_dir: str | os.PathLike, ordered: bool = True
+    config: CleanConfig, work_dir: str | os.PathLike, ordered: bool = True, processes: int = 1
 ) -> Iterator[duckdb.DuckDBPyConnection]:
     """A DuckDB connection with the engine limits, the rules' variables and the Python UDFs.
 
     It spills to a folder of its own under `work_dir` (shards cleaned at once by threads of one
     process never share one), removed with the connection. `ordered=False` lets DuckDB write
-    unordered results in parallel (the per-shard work files). Results that must keep their ORDER
+    unordered results in parallel (the per-shard work files). `processes`: how many connections
+    run at once in processes of their own (clean_shard under `workers`), each getting its share of
+    memory_limit and of the cores. Results that must keep their ORDER
     BY are fetched with `con.sql(...)`: with insertion order off, DuckDB 2.0's DB-API path
     (`con.execute(...).to_arrow_table()`) loses the order.
     """
@@ -60,21 +69,20 @@ def connect(
     spill = Path(tempfile.mkdtemp(prefix="duckdb-spill-", dir=work_dir))
     con = duckdb.connect()
     try:
-        _configure(con, config, spill, ordered)
+        _configure(con, config, spill, ordered, processes)
         yield con
     finally:
         con.close()
         shutil.rmtree(spill, ignore_errors=True)
 
 
-def _configure(con: duckdb.DuckDBPyConnection, config: CleanConfig, spill: Path, ordered: bool) -> None:
-    con.execute(f"SET memory_limit = {sql_string(config.memory_limit)}")
-    con.execute(f"SET temp_directory = {sql_string(spill)}")
-    if not ordered:
-        con.execute("SET preserve_insertion_order = false")
+def _configure(
+    con: duckdb.DuckDBPyConnection, config: CleanConfig, spill: Path, ordered: bool, processes: int
+) -> None:
+    configure_duckdb(
+        con, config.memory_limit, spill, processes=processes, threads=config.threads, ordered=ordered
+    )
     con.execute("SET enable_progress_bar = false")
-    if config.threads:
-        con.execute(f"SET threads = {int(config.threads)}")
     for name, value in config.sql_variables().items():
         con.execute(f"SET VARIABLE {name} = ?", [value])
     register_udfs(con, config.minhash_params(), config.decontam_params())
@@ -146,7 +154,7 @@ def clean_shard(
     shard_dir.mkdir(parents=True, exist_ok=True)
     work_file = shard_dir / f"{part.parent.name}-{part.stem}.parquet"
     t0 = time.perf_counter()
-    with connect(config, work_dir, ordered=False) as con:
+    with connect(config, work_dir, ordered=False, processes=config.workers) as con:
         validate_chain(con, rules)
         ctes, last = chain_sql(rules, source_sql(part))
         changed = [f'"_changed_{r.name}"' for r in rules if r.kind == "map"]
