@@ -201,7 +201,8 @@ def planted_step(name: str, work: Path, memory: str, workers: int) -> dict:
     elif name == "clean":
         from tasks.clean import CleanConfig, run_clean
 
-        m = run_clean(work / "ingest", work / "clean", CleanConfig(memory_limit=memory, workers=workers))
+        out_dir = work / "clean" if workers == 1 else work / f"clean-w{workers}"
+        m = run_clean(work / "ingest", out_dir, CleanConfig(memory_limit=memory, workers=workers))
         out = {
             "rows_in": m["counts"]["rows_in"],
             "rows_out": m["counts"]["rows_out"],
@@ -220,13 +221,24 @@ def run_sizes(a: argparse.Namespace) -> None:
     for size in [s for s in a.sizes.split(",") if s]:
         work = (a.keep / size) if a.keep else Path(tempfile.mkdtemp(prefix=f"forja-data-{size}-"))
         try:
-            if work.exists():
-                shutil.rmtree(work)
             t0 = time.perf_counter()
-            corpus = make_jsonl(work / "corpus", parse_size(size))
+            reuse = work / "corpus" / "corpus.json"
+            if a.keep and reuse.is_file():  # the same size gives the same corpus: kept from a run before
+                corpus = json.loads(reuse.read_text())
+                for sub in ("ingest", "clean", f"clean-w{a.compare_workers}"):
+                    shutil.rmtree(work / sub, ignore_errors=True)
+            else:
+                shutil.rmtree(work, ignore_errors=True)
+                corpus = make_jsonl(work / "corpus", parse_size(size))
+                reuse.write_text(json.dumps(corpus))
             gen_s = time.perf_counter() - t0
             args = ["--work", str(work), "--memory", a.memory, "--workers", str(a.workers)]
             steps = {s: run_step_tree(__file__, ["--planted-step", s, *args]) for s in ("ingest", "clean")}
+            if a.compare_workers and a.compare_workers != a.workers:  # the same clean, other workers
+                other = ["--work", str(work), "--memory", a.memory, "--workers", str(a.compare_workers)]
+                steps[f"clean_w{a.compare_workers}"] = run_step_tree(
+                    __file__, ["--planted-step", "clean", *other]
+                )
             scored = run_step(__file__, ["--planted-step", "score", *args])
         finally:
             if a.keep is None:
@@ -263,6 +275,15 @@ def run_sizes(a: argparse.Namespace) -> None:
             f"{r['peak_tree_rss_mb']:>8.0f} {d['recall']:>7} {d['recall_at_threshold']:>6} "
             f"{d['false_removals']:>6} {d['false_below_threshold']:>5}"
         )
+    for r in results:
+        other = next((k for k in r["steps"] if k.startswith("clean_w")), None)
+        if other:
+            c1, c2 = r["steps"]["clean"], r["steps"][other]
+            print(
+                f"{r['size']}: clean with {other[7:]} workers vs {r['workers']}: {c1['seconds'] / c2['seconds']:.2f}x "
+                f"as fast (cpu {c2['cpu_s']:.0f} s vs {c1['cpu_s']:.0f} s, peak tree RSS "
+                f"{c2['peak_tree_rss_mb']:.0f} vs {c1['peak_tree_rss_mb']:.0f} MB), load {r['loadavg']:.1f}"
+            )
     if len(results) > 1:
         a0, b0 = results[0], results[-1]
         print(
@@ -348,6 +369,7 @@ def main() -> None:
     ap.add_argument("--sizes", help="ingest + clean a planted JSONL corpus of each size, e.g. 200MB,1GB")
     ap.add_argument("--memory", default="2GB", help="--sizes: the stages' memory setting")
     ap.add_argument("--workers", type=int, default=1, help="--sizes: clean's worker processes")
+    ap.add_argument("--compare-workers", type=int, help="--sizes: clean again with this many workers")
     ap.add_argument("--step", help=argparse.SUPPRESS)
     ap.add_argument("--planted-step", help=argparse.SUPPRESS)
     ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)

@@ -4,8 +4,11 @@
 
 080_exact_dedup.sql groups the shards' `norm_key`s; 090_near_dedup.sql forms LSH buckets from the
 shards' MinHash band keys (minhash.py), whose candidate pairs are screened with the signatures and
-decided by their true shingle Jaccard here. The only table held for the whole corpus is `keys`;
-everything else streams from the shard work files or spills inside DuckDB.
+decided by their true shingle Jaccard here. The corpus-wide tables (`keys`, the band keys, the
+candidate pairs) live in DuckDB, which spills to disk past its share of `memory_limit`; the
+buckets are formed a few bands at a time; Python sees batches of pairs sized from the memory
+setting, and the pairs it keeps stream to Parquet files in the work folder. What grows with the
+corpus in Python is the set of near-duplicates dropped (one int each).
 """
 
 from __future__ import annotations

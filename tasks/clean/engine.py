@@ -6,8 +6,19 @@ which runs every per-document rule over one part as ONE streaming query into the
     clean_shard(part_path, work_dir, config) -> per-document rules on one part (map this)
 
 Nothing is materialised between rules: each rule is a CTE over the previous one (chain.py).
-DuckDB runs Python UDFs one call at a time, so a shard uses about one core; shards run in
-parallel (an orchestrator mapping clean_shard, or `workers` in run_clean).
+
+What bounds each phase, and how the cores are shared:
+
+- clean_shard: CPU, in the Python UDFs (text_stats, minhash, language_of, eval_overlap), which
+  DuckDB calls one at a time under the GIL; DuckDB's own threads read Parquet, run the SQL rules
+  and write the work file around them, so one process uses a little more than one core. Shards
+  run in parallel in processes (`workers` in run_clean, or an orchestrator mapping clean_shard):
+  each process gets cores // workers DuckDB threads and memory_limit / 2 / workers of DuckDB
+  memory (`connect(processes=...)`), so processes neither fight for cores nor add up past the
+  memory setting.
+- dedup and output (one process): DuckDB's sorts, joins and aggregates over the whole corpus,
+  bound by disk and DuckDB threads (all the cores), spilling past half of memory_limit; what
+  Python holds there comes in batches sized from the other half (dedup.pair_batch).
 """
 
 from __future__ import annotations
