@@ -2,6 +2,11 @@
 
     python bench/data_bench.py [--mb 100] [--files 8] [--vocab 4096] [--keep DIR]
     forja bench data [--mb 100]
+    forja bench data --sizes 200MB,1GB [--memory 2GB] [--workers 1] [--compare-workers 2] [--keep DIR]
+
+With --sizes (issue #18): a planted JSONL corpus per size (make_jsonl), ingest + clean, each step's
+peak tree RSS, throughput, and near-dedup recall and false removals scored against the planted
+pairs (score); see bench/README.md "Data path at scale". Without it:
 
 Builds a corpus of text files from ../shared/corpora/tinyshakespeare.txt with generated exact and
 near duplicates, junk, mojibake, PII and stray whitespace (bench/clean_bench.py's generator), one
