@@ -152,8 +152,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mb", type=float, default=100.0, help="corpus size in MB of text")
     ap.add_argument("--parts", type=int, default=2, help="ingest parts (the unit clean_shard maps over)")
-    ap.add_argument("--threads", type=int, default=0, help="DuckDB threads (0: one per core)")
-    ap.add_argument("--memory-limit", default="2GB", help="DuckDB memory limit")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="DuckDB threads per process (0: the cores divided between the workers)",
+    )
+    ap.add_argument("--memory-limit", default="2GB", help="the stage's memory_limit (DuckDB gets half)")
     ap.add_argument("--workers", type=int, default=1, help="run_clean worker processes (1: in process)")
     ap.add_argument("--steps", default=",".join(STEPS), help="comma-separated subset of " + ",".join(STEPS))
     ap.add_argument("--step", choices=sorted(STEPS), help=argparse.SUPPRESS)

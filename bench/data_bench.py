@@ -2,6 +2,11 @@
 
     python bench/data_bench.py [--mb 100] [--files 8] [--vocab 4096] [--keep DIR]
     forja bench data [--mb 100]
+    forja bench data --sizes 200MB,1GB [--memory 2GB] [--workers 1] [--compare-workers 2] [--keep DIR]
+
+With --sizes (issue #18): a planted JSONL corpus per size (make_jsonl), ingest + clean, each step's
+peak tree RSS, throughput, and near-dedup recall and false removals scored against the planted
+pairs (score); see bench/README.md "Data path at scale". Without it:
 
 Builds a corpus of text files from ../shared/corpora/tinyshakespeare.txt with generated exact and
 near duplicates, junk, mojibake, PII and stray whitespace (bench/clean_bench.py's generator), one
@@ -34,7 +39,262 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from measure import cpu_seconds, peak_rss_mb, run_step  # noqa: E402
+from measure import cpu_seconds, peak_rss_mb, run_step, run_step_tree  # noqa: E402
+
+# ---------------------------------------------------------------- planted corpus, two sizes
+SIZE_UNITS = {"KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12}
+PLANT = {"exact": 0.03, "recased": 0.01, "near": 0.05}  # shares of documents that are copies
+
+
+def parse_size(s: str) -> int:
+    """'200MB', '1GB', '1.5GB' -> bytes (decimal units, as the figures are printed)."""
+    s = s.strip().upper()
+    for unit, mult in SIZE_UNITS.items():
+        if s.endswith(unit):
+            return int(float(s[: -len(unit)]) * mult)
+    return int(float(s))
+
+
+def make_jsonl(folder: Path, size: int, seed: int = 0, threshold: float = 0.8) -> dict:
+    """A deterministic JSONL corpus of about `size` bytes of text, streamed to disk (bounded memory).
+
+    Base documents are 3-16 speeches of tinyshakespeare drawn at random (1% symbol soup for the
+    quality rule); planted among them, copies of a recent base document: verbatim (ingest drops
+    them), re-cased (clean's exact dedup) and near copies with one to three word edits (deleted,
+    doubled or swapped words). `planted.jsonl` lists every copy: its doc_id (the sha256 of its
+    text, as ingest computes it), its original's, the kind and, for near copies, the true shingle
+    Jaccard of the pair (tasks/clean/minhash.exact_jaccard: what clean's verification measures).
+    """
+    import hashlib
+    import random
+
+    import pyarrow as pa
+    from clean_bench import SHAKESPEARE
+
+    from tasks.clean.minhash import exact_jaccard
+
+    rng = random.Random(seed)
+    paras = [p for p in SHAKESPEARE.read_text(encoding="utf-8").split("\n\n") if p.strip()]
+    folder.mkdir(parents=True, exist_ok=True)
+    recent: list[str] = []
+    counts = dict.fromkeys(("base", "junk", *PLANT), 0)
+    near: list[tuple[str, str, str, str]] = []  # (copy id, original id, copy, original)
+    total = 0
+
+    def sha(t: str) -> str:
+        return hashlib.sha256(t.encode()).hexdigest()
+
+    def flush_near(planted) -> None:
+        if not near:
+            return
+        sims = exact_jaccard(pa.array([n[2] for n in near]), pa.array([n[3] for n in near]), 5)
+        for (c, o, _, _), s in zip(near, sims, strict=True):
+            planted.write(
+                json.dumps({"doc_id": c, "orig": o, "kind": "near", "jaccard": round(float(s), 4)}) + "\n"
+            )
+        near.clear()
+
+    with (
+        open(folder / "corpus.jsonl", "w", encoding="utf-8") as f,
+        open(folder / "planted.jsonl", "w") as planted,
+    ):
+        while total < size:
+            r = rng.random()
+            kind = "base"
+            if r < PLANT["exact"] and recent:
+                kind, orig = "exact", rng.choice(recent)
+                doc = orig
+            elif r < PLANT["exact"] + PLANT["recased"] and recent:
+                kind, orig = "recased", rng.choice(recent)
+                doc = orig.upper()
+            elif r < PLANT["exact"] + PLANT["recased"] + PLANT["near"] and recent:
+                kind, orig = "near", rng.choice(recent)
+                words = orig.split(" ")
+                for _ in range(rng.randint(1, 3)):
+                    j = rng.randrange(len(words))
+                    op = rng.randrange(3)
+                    if op == 0 and len(words) > 1:
+                        del words[j]
+                    elif op == 1:
+                        words.insert(j, words[j])
+                    else:
+                        k = rng.randrange(len(words))
+                        words[j], words[k] = words[k], words[j]
+                doc = " ".join(words)
+                if doc == orig:
+                    doc += " Amen."
+            elif r < 0.10:
+                kind = "junk"
+                doc = "".join(rng.choice("#$%^&*(){}[]<>~|=+-_/\\") for _ in range(rng.randrange(50, 2000)))
+            else:
+                doc = "\n\n".join(rng.sample(paras, rng.choice([3, 4, 6, 8, 12, 16])))
+                recent.append(doc)
+                if len(recent) > 2000:
+                    recent.pop(rng.randrange(len(recent)))
+            counts[kind] += 1
+            f.write(json.dumps({"text": doc}) + "\n")
+            total += len(doc.encode())
+            if kind in ("exact", "recased"):
+                planted.write(json.dumps({"doc_id": sha(doc), "orig": sha(orig), "kind": kind}) + "\n")
+            elif kind == "near":
+                near.append((sha(doc), sha(orig), doc, orig))
+                if len(near) >= 4096:
+                    flush_near(planted)
+        flush_near(planted)
+    return {"bytes": total, "docs": sum(counts.values()), "counts": counts}
+
+
+def score(work: Path, threshold: float) -> dict:
+    """Recall on the planted near copies and the removals that were not planted (with their measured
+    similarity), from clean's dropped.parquet; in DuckDB, so memory stays flat at any size."""
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute("SET memory_limit = '1GB'")
+    con.execute(f"SET temp_directory = '{work / 'score-spill'}'")
+    planted = f"read_json('{work / 'corpus' / 'planted.jsonl'}', columns = {{doc_id: 'VARCHAR', orig: 'VARCHAR', kind: 'VARCHAR', jaccard: 'DOUBLE'}})"
+    dropped = f"read_parquet('{work / 'clean' / 'dropped.parquet'}')"
+    con.execute(f"CREATE TABLE p AS SELECT DISTINCT ON (doc_id) * FROM {planted}")
+    con.execute(f"CREATE TABLE d AS SELECT doc_id, rule, dup_of, similarity FROM {dropped}")
+    near = con.execute(
+        "SELECT count(*), count(*) FILTER (WHERE jaccard >= ?), "
+        "count(*) FILTER (WHERE d.doc_id IS NOT NULL OR o.doc_id IS NOT NULL), "
+        "count(*) FILTER (WHERE jaccard >= ? AND (d.doc_id IS NOT NULL OR o.doc_id IS NOT NULL)) "
+        "FROM p LEFT JOIN d ON d.doc_id = p.doc_id AND d.rule = 'near_dedup' "
+        "LEFT JOIN d o ON o.doc_id = p.orig AND o.rule = 'near_dedup' AND o.dup_of = p.doc_id "
+        "WHERE p.kind = 'near' AND p.doc_id NOT IN (SELECT doc_id FROM d WHERE rule <> 'near_dedup') "
+        "AND p.orig NOT IN (SELECT doc_id FROM d WHERE rule <> 'near_dedup')",
+        [threshold, threshold],
+    ).fetchone()
+    false = con.execute(
+        "SELECT count(*), count(*) FILTER (WHERE similarity < ?), min(similarity), median(similarity) "
+        "FROM d WHERE rule = 'near_dedup' AND NOT EXISTS (SELECT 1 FROM p WHERE "
+        "(p.doc_id = d.doc_id AND p.orig = d.dup_of) OR (p.doc_id = d.dup_of AND p.orig = d.doc_id) "
+        "OR (p.doc_id = d.doc_id AND p.kind = 'near'))",
+        [threshold],
+    ).fetchone()
+    exact = con.execute("SELECT count(*) FROM d WHERE rule = 'exact_dedup'").fetchone()[0]
+    con.close()
+    return {
+        "planted_near": near[0],
+        "planted_near_at_threshold": near[1],
+        "recall": round(near[2] / near[0], 4) if near[0] else None,
+        "recall_at_threshold": round(near[3] / near[1], 4) if near[1] else None,
+        "false_removals": false[0],
+        "false_below_threshold": false[1],
+        "false_min_similarity": false[2],
+        "false_median_similarity": false[3],
+        "clean_exact_dedup": exact,
+    }
+
+
+def planted_step(name: str, work: Path, memory: str, workers: int) -> dict:
+    t0, c0 = time.perf_counter(), cpu_seconds()
+    out: dict = {}
+    if name == "ingest":
+        from tasks.ingest import IngestConfig, run_ingest
+
+        m = run_ingest(
+            [str(work / "corpus" / "corpus.jsonl")],
+            work / "ingest",
+            IngestConfig(memory_limit=memory),
+        )
+        out = {
+            "docs": m["counts"]["total"]["documents"],
+            "ingest_exact": m["counts"]["run"].get("duplicates"),
+        }
+    elif name == "clean":
+        from tasks.clean import CleanConfig, run_clean
+
+        out_dir = work / "clean" if workers == 1 else work / f"clean-w{workers}"
+        m = run_clean(work / "ingest", out_dir, CleanConfig(memory_limit=memory, workers=workers))
+        out = {
+            "rows_in": m["counts"]["rows_in"],
+            "rows_out": m["counts"]["rows_out"],
+            "dropped": m["counts"]["dropped"],
+        }
+    elif name == "score":
+        from tasks.clean import CleanConfig
+
+        out = score(work, CleanConfig().near_dedup_threshold)
+    return {"seconds": time.perf_counter() - t0, "cpu_s": cpu_seconds() - c0, **out}
+
+
+def run_sizes(a: argparse.Namespace) -> None:
+    """Ingest + clean at each size of --sizes; one JSON line per size, then a table."""
+    results = []
+    for size in [s for s in a.sizes.split(",") if s]:
+        work = (a.keep / size) if a.keep else Path(tempfile.mkdtemp(prefix=f"forja-data-{size}-"))
+        try:
+            t0 = time.perf_counter()
+            reuse = work / "corpus" / "corpus.json"
+            if a.keep and reuse.is_file():  # the same size gives the same corpus: kept from a run before
+                corpus = json.loads(reuse.read_text())
+                for sub in ("ingest", "clean", f"clean-w{a.compare_workers}"):
+                    shutil.rmtree(work / sub, ignore_errors=True)
+            else:
+                shutil.rmtree(work, ignore_errors=True)
+                corpus = make_jsonl(work / "corpus", parse_size(size))
+                reuse.write_text(json.dumps(corpus))
+            gen_s = time.perf_counter() - t0
+            args = ["--work", str(work), "--memory", a.memory, "--workers", str(a.workers)]
+            steps = {s: run_step_tree(__file__, ["--planted-step", s, *args]) for s in ("ingest", "clean")}
+            if a.compare_workers and a.compare_workers != a.workers:  # the same clean, other workers
+                other = ["--work", str(work), "--memory", a.memory, "--workers", str(a.compare_workers)]
+                steps[f"clean_w{a.compare_workers}"] = run_step_tree(
+                    __file__, ["--planted-step", "clean", *other]
+                )
+            scored = run_step(__file__, ["--planted-step", "score", *args])
+        finally:
+            if a.keep is None:
+                shutil.rmtree(work, ignore_errors=True)
+        mb = corpus["bytes"] / 1e6
+        secs = steps["ingest"]["seconds"] + steps["clean"]["seconds"]
+        res = {
+            "size": size,
+            "input_mb": round(mb, 1),
+            "docs": corpus["docs"],
+            "planted": corpus["counts"],
+            "generate_s": round(gen_s, 1),
+            "memory": a.memory,
+            "workers": a.workers,
+            "steps": steps,
+            "seconds": round(secs, 1),
+            "docs_per_s": round(corpus["docs"] / secs),
+            "mb_per_s": round(mb / secs, 2),
+            "peak_tree_rss_mb": max(s["peak_tree_rss_mb"] for s in steps.values()),
+            "dedup": scored,
+            "loadavg": os.getloadavg()[0],
+        }
+        results.append(res)
+        print(json.dumps(res), flush=True)
+    print(
+        f"{'size':>6} {'MB':>8} {'docs':>10} {'ingest s':>9} {'clean s':>8} {'docs/s':>8} {'MB/s':>6} "
+        f"{'peak MB':>8} {'recall':>7} {'@thr':>6} {'false':>6} {'<thr':>5}"
+    )
+    for r in results:
+        d = r["dedup"]
+        print(
+            f"{r['size']:>6} {r['input_mb']:>8.1f} {r['docs']:>10,} {r['steps']['ingest']['seconds']:>9.1f} "
+            f"{r['steps']['clean']['seconds']:>8.1f} {r['docs_per_s']:>8,} {r['mb_per_s']:>6.2f} "
+            f"{r['peak_tree_rss_mb']:>8.0f} {d['recall']:>7} {d['recall_at_threshold']:>6} "
+            f"{d['false_removals']:>6} {d['false_below_threshold']:>5}"
+        )
+    for r in results:
+        other = next((k for k in r["steps"] if k.startswith("clean_w")), None)
+        if other:
+            c1, c2 = r["steps"]["clean"], r["steps"][other]
+            print(
+                f"{r['size']}: clean with {other[7:]} workers vs {r['workers']}: {c1['seconds'] / c2['seconds']:.2f}x "
+                f"as fast (cpu {c2['cpu_s']:.0f} s vs {c1['cpu_s']:.0f} s, peak tree RSS "
+                f"{c2['peak_tree_rss_mb']:.0f} vs {c1['peak_tree_rss_mb']:.0f} MB), load {r['loadavg']:.1f}"
+            )
+    if len(results) > 1:
+        a0, b0 = results[0], results[-1]
+        print(
+            f"{b0['size']} vs {a0['size']}: peak tree RSS x{b0['peak_tree_rss_mb'] / a0['peak_tree_rss_mb']:.2f}, "
+            f"time x{b0['seconds'] / a0['seconds']:.2f} for x{b0['input_mb'] / a0['input_mb']:.2f} the text"
+        )
 
 
 def build(folder: Path, mb: float, files: int) -> int:
@@ -111,9 +371,19 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=4096)
     ap.add_argument("--keep", type=Path, help="work folder to keep (default: a temporary one)")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--sizes", help="ingest + clean a planted JSONL corpus of each size, e.g. 200MB,1GB")
+    ap.add_argument("--memory", default="2GB", help="--sizes: the stages' memory setting")
+    ap.add_argument("--workers", type=int, default=1, help="--sizes: clean's worker processes")
+    ap.add_argument("--compare-workers", type=int, help="--sizes: clean again with this many workers")
     ap.add_argument("--step", help=argparse.SUPPRESS)
+    ap.add_argument("--planted-step", help=argparse.SUPPRESS)
     ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.planted_step:
+        print(json.dumps(planted_step(a.planted_step, a.work, a.memory, a.workers)))
+        return
+    if a.sizes:
+        return run_sizes(a)
     if a.step:
         print(json.dumps(step(a.step, a.work, a.vocab)))
         return

@@ -6,6 +6,7 @@ ru_maxrss never goes down), and prints one JSON line of figures as its last line
 
 from __future__ import annotations
 
+import contextlib
 import json
 import resource
 import subprocess
@@ -41,3 +42,41 @@ def run_step(script: str | Path, args: list[str]) -> dict:
     if res.returncode != 0:
         raise SystemExit(f"{Path(script).name} {' '.join(args)} failed:\n{res.stderr[-3000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of a process and all its descendants now (MB); 0 once it has gone."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            total += p.memory_info().rss
+    return total / 2**20
+
+
+def run_step_tree(script: str | Path, args: list[str], every_s: float = 0.05) -> dict:
+    """`run_step`, also sampling the resident memory of the step's whole process tree (its worker
+    processes and their threads included) every `every_s` seconds: adds `peak_tree_rss_mb`, the
+    largest sum seen (what the machine had to hold at once, which ru_maxrss of single processes
+    does not give)."""
+    import tempfile
+    import time
+
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen([sys.executable, str(script), *args], stdout=out, stderr=err, cwd=ROOT)
+        peak = 0.0
+        while proc.poll() is None:
+            peak = max(peak, tree_rss_mb(proc.pid))
+            time.sleep(every_s)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if proc.returncode != 0:
+        raise SystemExit(f"{Path(script).name} {' '.join(args)} failed:\n{stderr[-3000:]}")
+    return {**json.loads(stdout.strip().splitlines()[-1]), "peak_tree_rss_mb": round(peak, 1)}

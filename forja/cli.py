@@ -568,16 +568,18 @@ def import_hf(
     typer.echo(json.dumps(do_import(src, out), indent=2, default=str))
 
 
-@bench_app.command("data")
+@bench_app.command("data", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def bench_data(
+    ctx: typer.Context,
     mb: Annotated[float, typer.Option(help="Corpus size to build (MB of text).")] = 100,
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
 ) -> None:
-    """ingest -> clean -> tokenize on a generated corpus, against a bare SentencePiece encode."""
+    """ingest -> clean -> tokenize on a generated corpus, against a bare SentencePiece encode; more
+    options (--sizes 1GB,10GB --memory 2GB --workers 2) go to bench/data_bench.py (its --help)."""
     script = Path(__file__).resolve().parents[1] / "bench" / "data_bench.py"
     if not script.is_file():
         _fail(f"{script} is missing: the data benchmark runs from a source checkout of Forja")
-    cmd = [sys.executable, str(script), "--mb", str(mb)] + (["--json"] if as_json else [])
+    cmd = [sys.executable, str(script), "--mb", str(mb), *(["--json"] if as_json else []), *ctx.args]
     raise typer.Exit(subprocess.run(cmd).returncode)
 
 

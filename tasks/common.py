@@ -17,14 +17,15 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import re
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import BaseModel
+from pydantic import AfterValidator, BaseModel
 
 from lm.errors import DataError, ForjaError
 from lm.fileio import atomic_path, atomic_write_json, read_json, sha256_file, sha256_json
@@ -37,6 +38,64 @@ T = TypeVar("T")
 
 class StageError(ForjaError):
     """A stage cannot run or must fail (bad input folder, reject ratio exceeded, ...)."""
+
+
+# ------------------------------------------------------------------ memory: one setting, one parser
+# Each data stage has a `memory_limit` (a MemoryLimit): the memory its whole process tree may use.
+# DuckDB gets DUCKDB_SHARE of it, split between the processes that run at once (it spills to disk
+# beyond that); the rest is for what the stage holds itself (Arrow batches, UDF buffers, Python),
+# which is bounded by batch sizes that do not grow with the corpus.
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
+_UNITS |= {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]I?B|B)?\s*", re.IGNORECASE)
+DUCKDB_SHARE = 0.5
+MIN_DUCKDB_BYTES = 64 * 10**6  # DuckDB needs some room to run at all
+
+
+def memory_bytes(v: str) -> int:
+    """'2GB' -> 2_000_000_000, '512MiB' -> 536_870_912; ValueError for anything else."""
+    m = _SIZE.fullmatch(str(v))
+    if m is None:
+        raise ValueError(f"memory_limit must be a size such as '512MB' or '2GB'; got {v!r}")
+    n = int(float(m[1]) * _UNITS[(m[2] or "").upper()])
+    if n < 2 * MIN_DUCKDB_BYTES:
+        raise ValueError(f"memory_limit {v!r} is too small: give at least 128MB")
+    return n
+
+
+def _check_memory(v: str) -> str:
+    memory_bytes(v)
+    return str(v).strip()
+
+
+MemoryLimit = Annotated[str, AfterValidator(_check_memory)]
+
+
+def duckdb_memory(memory_limit: str, processes: int = 1) -> str:
+    """DuckDB's memory_limit for one of `processes` processes sharing the stage's `memory_limit`."""
+    share = int(memory_bytes(memory_limit) * DUCKDB_SHARE / max(1, processes))
+    return f"{max(share, MIN_DUCKDB_BYTES) // 2**20}MiB"
+
+
+def configure_duckdb(
+    con: Any,
+    memory_limit: str,
+    spill_dir: str | os.PathLike,
+    *,
+    processes: int = 1,
+    threads: int | None = None,
+    ordered: bool = True,
+) -> None:
+    """Bound a DuckDB connection: its share of `memory_limit`, spilling to `spill_dir` (local disk
+    under the stage's work folder), `threads` (none: the cores this process may use, split between
+    `processes`), and with `ordered=False` no insertion order kept where none is needed (lets
+    DuckDB stream and write in parallel with less memory)."""
+    if threads is None:
+        threads = max(1, len(os.sched_getaffinity(0)) // max(1, processes))
+    con.execute(f"SET memory_limit = '{duckdb_memory(memory_limit, processes)}'")
+    con.execute("SET temp_directory = ?", [str(spill_dir)])
+    con.execute(f"SET threads = {int(threads)}")
+    con.execute(f"SET preserve_insertion_order = {'true' if ordered else 'false'}")
 
 
 def utcnow() -> dt.datetime:

@@ -14,7 +14,7 @@ from tasks.clean.chain import check_rule_sql
 from tasks.clean.decontam import eval_digests
 from tasks.clean.minhash import lsh_params
 from tasks.clean.rules import PER_DOC_KINDS, Rule, check_variables, load_rules, load_user_rules
-from tasks.common import StageError
+from tasks.common import MemoryLimit, StageError
 
 MiB = 1 << 20
 ENGINE_FIELDS = {"threads", "memory_limit", "workers"}  # change speed and memory, never the output
@@ -128,11 +128,17 @@ class CleanConfig(BaseModel):
     verify_input: bool = Field(
         True, description="Check every input part against the sha256 in the ingest manifest before cleaning."
     )
-    memory_limit: str = Field(
-        "2GB", description="DuckDB memory limit (it spills to disk beyond it), e.g. '2GB'."
+    memory_limit: MemoryLimit = Field(
+        "2GB",
+        description="Memory the stage may use, all its processes together, e.g. '2GB': DuckDB gets half "
+        "(split between the workers; it spills to disk in the work folder beyond it), the batches "
+        "the stage holds itself the rest.",
     )
     threads: int | None = Field(
-        None, ge=1, le=512, description="DuckDB worker threads per query; none: one per CPU core."
+        None,
+        ge=1,
+        le=512,
+        description="DuckDB threads per process; none: the CPU cores divided between the workers.",
     )
     workers: int = Field(
         1,
@@ -167,13 +173,6 @@ class CleanConfig(BaseModel):
         if missing:
             raise ValueError(f"eval_texts: {missing} not found; give UTF-8 text or .jsonl files")
         return list(dict.fromkeys(Path(p).resolve() for p in v))
-
-    @field_validator("memory_limit")
-    @classmethod
-    def _memory(cls, v: str) -> str:
-        if not re.fullmatch(r"\s*\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)\s*", v, re.IGNORECASE):
-            raise ValueError(f"memory_limit must be a size such as '512MB' or '2GB'; got {v!r}")
-        return v.strip()
 
     @model_validator(mode="after")
     def _bounds(self) -> CleanConfig:

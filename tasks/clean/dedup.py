@@ -4,8 +4,11 @@
 
 080_exact_dedup.sql groups the shards' `norm_key`s; 090_near_dedup.sql forms LSH buckets from the
 shards' MinHash band keys (minhash.py), whose candidate pairs are screened with the signatures and
-decided by their true shingle Jaccard here. The only table held for the whole corpus is `keys`;
-everything else streams from the shard work files or spills inside DuckDB.
+decided by their true shingle Jaccard here. The corpus-wide tables (`keys`, the band keys, the
+candidate pairs) live in DuckDB, which spills to disk past its share of `memory_limit`; the
+buckets are formed a few bands at a time; Python sees batches of pairs sized from the memory
+setting, and the pairs it keeps stream to Parquet files in the work folder. What grows with the
+corpus in Python is the set of near-duplicates dropped (one int each).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from lm.fileio import atomic_path
 from tasks.clean import minhash
@@ -28,11 +32,12 @@ from tasks.clean.config import CleanConfig, as_config
 from tasks.clean.engine import KEY_ORDER, connect
 from tasks.clean.report import doc_key, snippet
 from tasks.clean.rules import Rule, load_rules
-from tasks.common import StageError
+from tasks.common import DUCKDB_SHARE, StageError, memory_bytes
 
 log = logging.getLogger("forja.clean")
 
-PAIR_BATCH = 65536  # candidate pairs compared per numpy batch (2 x 512 B of signature each)
+PAIR_BATCH = 65536  # at most this many candidate pairs per numpy batch (2 x 512 B of signature each)
+MIN_PAIR_BATCH = 256
 VERIFY_BATCH = 2048  # screened pairs whose texts are shingled per batch (2 texts each)
 VERIFY_MARGIN = 0.2  # pairs whose estimate is this far below the threshold are verified too
 
@@ -85,7 +90,7 @@ def dedup_shards(
                         "SELECT k.gid, w.mh.bands AS bands FROM keys k JOIN work w USING (shard, row) "
                         "WHERE k.gid NOT IN (SELECT gid FROM drops)"
                     )
-                    info = _near_dedup(con, r, live, config)
+                    info = _near_dedup(con, r, live, config, work_dir)
             except duckdb.Error as e:
                 raise StageError(f"{r.path}: the rule failed: {e}") from e
             n = con.execute("SELECT count(*) FROM drops WHERE rule = ?", [name]).fetchone()[0]
@@ -136,16 +141,36 @@ def _work_view(con: duckdb.DuckDBPyConnection, works: list[str]) -> None:
         )
 
 
-def _near_dedup(con: duckdb.DuckDBPyConnection, rule: Rule, live: str, config: CleanConfig) -> dict[str, Any]:
+def _near_dedup(
+    con: duckdb.DuckDBPyConnection, rule: Rule, live: str, config: CleanConfig, work_dir: Path
+) -> dict[str, Any]:
     """Candidates from LSH buckets (SQL); their MinHash estimate screens them (with a margin below
     the threshold, as the estimate is noisy on short documents: standard deviation about 0.1 under
     20 shingles); the true shingle Jaccard of the screened pairs decides. A document is removed
     only as a verified duplicate of a document that is kept, so every removal names its kept
     document and a measured similarity at or above the threshold (no chain of near-duplicates
-    removes a document unlike the one kept). Signatures and texts stay in DuckDB (which spills
-    past memory_limit); Python sees one batch of pairs at a time."""
+    removes a document unlike the one kept).
+
+    Out of core, step by step: the band keys live in a DuckDB table (which spills past its share
+    of memory_limit); the buckets are formed one band at a time; the screened and the similar
+    pairs stream to Parquet files in work_dir, `pair_batch` pairs at a time (sized from
+    memory_limit); the keep decision streams the similar pairs in (b, a) order and holds only the
+    set of documents dropped so far."""
     t = config.near_dedup_threshold
-    con.execute(f"CREATE TEMP TABLE pairs AS {over_input(live, rule)}")
+    bands, _ = minhash.lsh_params(t, config.num_perm)
+    batch = pair_batch(config)
+    con.execute(f"CREATE TEMP TABLE live_bands AS {live}")
+    con.execute("CREATE TEMP TABLE band_pairs (a BIGINT, b BIGINT)")
+    n_live = con.execute("SELECT count(*) FROM live_bands WHERE bands IS NOT NULL").fetchone()[0]
+    group = bands_per_pass(config, n_live, bands)
+    for first in range(1, bands + 1, group):  # a few bands at a time: their buckets fit DuckDB's share
+        some = (
+            f"SELECT gid, bands[{first}:{first + group - 1}] AS bands FROM live_bands WHERE bands IS NOT NULL"
+        )
+        con.execute(f"INSERT INTO band_pairs {over_input(some, rule)}")
+    con.execute("DROP TABLE live_bands")
+    con.execute("CREATE TEMP TABLE pairs AS SELECT DISTINCT a, b FROM band_pairs")
+    con.execute("DROP TABLE band_pairs")
     n_pairs = con.execute("SELECT count(*) FROM pairs").fetchone()[0]
     info = {
         **minhash.describe(config.num_perm, config.shingle_words, t),
@@ -160,68 +185,134 @@ def _near_dedup(con: duckdb.DuckDBPyConnection, rule: Rule, live: str, config: C
         "CREATE TEMP TABLE cand_sig AS SELECT k.gid, w.mh.sig AS sig FROM keys k JOIN work w USING (shard, row) "
         "WHERE k.gid IN (SELECT a FROM pairs UNION SELECT b FROM pairs)"
     )
-    screened = [np.zeros((0, 2), np.int64)]
+    screened_file = work_dir / "near-screened.parquet"
     reader = con.sql(
         "SELECT p.a, p.b, x.sig AS sa, y.sig AS sb FROM pairs p "
         "JOIN cand_sig x ON x.gid = p.a JOIN cand_sig y ON y.gid = p.b"
-    ).to_arrow_reader(PAIR_BATCH)
-    for batch in reader:
-        sa = minhash.signatures_from_blobs(batch.column("sa"), config.num_perm)
-        sb = minhash.signatures_from_blobs(batch.column("sb"), config.num_perm)
-        ok = minhash.similarity(sa, sb) >= t - VERIFY_MARGIN
-        ab = [np_values(batch.column(c)).astype(np.int64)[ok] for c in ("a", "b")]
-        screened.append(np.stack(ab, axis=1))
+    ).to_arrow_reader(batch)
+    n_batches = 0
+    with _PairWriter(screened_file, PAIR_SCHEMA) as out:
+        for rb in reader:
+            n_batches += 1
+            sa = minhash.signatures_from_blobs(rb.column("sa"), config.num_perm)
+            sb = minhash.signatures_from_blobs(rb.column("sb"), config.num_perm)
+            ok = minhash.similarity(sa, sb) >= t - VERIFY_MARGIN
+            out.write({c: np_values(rb.column(c)).astype(np.int64)[ok] for c in ("a", "b")})
+    info["verified_pairs"] = out.rows
     con.execute("DROP TABLE cand_sig")
-    pairs = np.concatenate(screened)
-    info["verified_pairs"] = len(pairs)
-    if not len(pairs):
+    con.execute("DROP TABLE pairs")
+    if not out.rows:
         return info
-    con.register("screened", pa.table({"a": pairs[:, 0], "b": pairs[:, 1]}))
+    screened = f"read_parquet({sql_string(screened_file)})"
     con.execute(
         "CREATE TEMP TABLE cand_text AS SELECT k.gid, w.text FROM keys k JOIN work w USING (shard, row) "
-        "WHERE k.gid IN (SELECT a FROM screened UNION SELECT b FROM screened)"
+        f"WHERE k.gid IN (SELECT a FROM {screened} UNION SELECT b FROM {screened})"
     )
-    similar = []
+    similar_file = work_dir / "near-similar.parquet"
     reader = con.sql(
-        "SELECT p.a, p.b, x.text AS ta, y.text AS tb FROM screened p "
+        f"SELECT p.a, p.b, x.text AS ta, y.text AS tb FROM {screened} p "
         "JOIN cand_text x ON x.gid = p.a JOIN cand_text y ON y.gid = p.b"
-    ).to_arrow_reader(VERIFY_BATCH)
-    for batch in reader:
-        sim = minhash.exact_jaccard(batch.column("ta"), batch.column("tb"), config.shingle_words)
-        ok = sim >= t
-        a, b = (np_values(batch.column(c)).astype(np.int64)[ok] for c in ("a", "b"))
-        similar.append((a, b, sim[ok]))
-    con.unregister("screened")
+    ).to_arrow_reader(min(batch, VERIFY_BATCH))
+    with _PairWriter(similar_file, SIMILAR_SCHEMA) as out:
+        for rb in reader:
+            sim = minhash.exact_jaccard(rb.column("ta"), rb.column("tb"), config.shingle_words)
+            ok = sim >= t
+            out.write(
+                {
+                    "a": np_values(rb.column("a")).astype(np.int64)[ok],
+                    "b": np_values(rb.column("b")).astype(np.int64)[ok],
+                    "similarity": sim[ok],
+                }
+            )
     con.execute("DROP TABLE cand_text")
-    a, b, sim = (np.concatenate([x[i] for x in similar]) for i in range(3))
-    info["similar_pairs"] = len(a)
-    gid, dup_of, similarity = keep_first(a, b, sim)
-    if len(gid):
-        con.register("near_drops", pa.table({"gid": gid, "dup_of": dup_of, "similarity": similarity}))
-        con.execute(
-            f"INSERT INTO drops SELECT gid, {sql_string(rule.name)}, 'near', dup_of, round(similarity, 4) FROM near_drops"
-        )
-        con.unregister("near_drops")
+    info["similar_pairs"] = out.rows
+    # engine figures: logged, never in the report (which the memory setting must not change)
+    log.info("near_dedup: %d candidate pairs screened in %d batches of <= %d", n_pairs, n_batches, batch)
+    # keep the first: in (b, a) order, streamed; only the set of dropped documents is held
+    reader = con.sql(
+        f"SELECT a, b, similarity FROM read_parquet({sql_string(similar_file)}) ORDER BY b, a"
+    ).to_arrow_reader(batch)
+    drops_file = work_dir / "near-drops.parquet"
+    dropped: set[int] = set()
+    with _PairWriter(drops_file, DROP_SCHEMA) as out:
+        for rb in reader:
+            gid, dup_of, similarity = keep_first(
+                *(np_values(rb.column(c)) for c in ("a", "b", "similarity")), dropped
+            )
+            out.write({"gid": gid, "dup_of": dup_of, "similarity": similarity})
+    con.execute(
+        f"INSERT INTO drops SELECT gid, {sql_string(rule.name)}, 'near', dup_of, round(similarity, 4) "
+        f"FROM read_parquet({sql_string(drops_file)})"
+    )
+    for f in (screened_file, similar_file, drops_file):
+        f.unlink()
     return info
 
 
-def keep_first(a: np.ndarray, b: np.ndarray, sim: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+PAIR_SCHEMA = pa.schema([("a", pa.int64()), ("b", pa.int64())])
+SIMILAR_SCHEMA = pa.schema([("a", pa.int64()), ("b", pa.int64()), ("similarity", pa.float64())])
+DROP_SCHEMA = pa.schema([("gid", pa.int64()), ("dup_of", pa.int64()), ("similarity", pa.float64())])
+
+
+class _PairWriter:
+    """Appends numpy columns to a Parquet file (a temporary file: no compression), counting rows."""
+
+    def __init__(self, path: Path, schema: pa.Schema):
+        self.path, self.schema, self.rows = path, schema, 0
+
+    def __enter__(self) -> _PairWriter:
+        self.writer = pq.ParquetWriter(self.path, self.schema, compression="none")
+        return self
+
+    def write(self, cols: dict[str, np.ndarray]) -> None:
+        self.writer.write_table(pa.table(cols, schema=self.schema))
+        self.rows += len(next(iter(cols.values())))
+
+    def __exit__(self, *exc: object) -> None:
+        self.writer.close()
+
+
+BUCKET_ROW_BYTES = 64  # one (gid, band key) row while the buckets are formed, with DuckDB's overhead
+
+
+def bands_per_pass(config: CleanConfig, n_docs: int, bands: int) -> int:
+    """How many bands form their buckets in one query: all of them while their rows fit DuckDB's
+    share of memory_limit, fewer on a corpus that would not (the passes then spill nothing)."""
+    budget = memory_bytes(config.memory_limit) * DUCKDB_SHARE
+    return int(max(1, min(bands, budget // max(1, n_docs * BUCKET_ROW_BYTES))))
+
+
+def pair_batch(config: CleanConfig) -> int:
+    """Candidate pairs per batch: each holds two signatures (num_perm x 4 bytes) in Arrow and their
+    numpy comparison; the batches may take an eighth of the memory DuckDB does not get."""
+    per_pair = 2 * config.num_perm * 4 * 3
+    budget = memory_bytes(config.memory_limit) * (1 - DUCKDB_SHARE) / 8
+    return int(min(PAIR_BATCH, max(MIN_PAIR_BATCH, budget // per_pair)))
+
+
+def keep_first(
+    a: np.ndarray, b: np.ndarray, sim: np.ndarray, dropped: set[int] | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The documents to drop from verified similar pairs (a < b, gid order = keep order).
 
     Documents are decided in gid order: a document is dropped when it is similar to a document
     already kept, and names the first such (its smallest gid) with their similarity. One pass
     over the pairs sorted by (b, a): every pair into a document comes before the document's own
-    pairs out, so its fate is settled when it is reached. Returns (gid, dup_of, similarity).
+    pairs out, so its fate is settled when it is reached. The pairs may come in batches, in
+    (b, a) order, with `dropped` (the documents dropped by the earlier batches) carried over.
+    Returns (gid, dup_of, similarity) of the new drops.
     """
+    dropped = set() if dropped is None else dropped
     order = np.lexsort((a, b))
-    dropped: dict[int, tuple[int, float]] = {}
+    new: dict[int, tuple[int, float]] = {}
     for i in order.tolist():  # one Python step per similar pair: few, next to the corpus
         ai, bi = int(a[i]), int(b[i])
         if bi not in dropped and ai not in dropped:
-            dropped[bi] = (ai, float(sim[i]))
-    gid = np.fromiter(dropped, np.int64, len(dropped))
-    dup = np.fromiter((v[0] for v in dropped.values()), np.int64, len(dropped))
-    similarity = np.fromiter((v[1] for v in dropped.values()), np.float64, len(dropped))
+            dropped.add(bi)
+            new[bi] = (ai, float(sim[i]))
+    gid = np.fromiter(new, np.int64, len(new))
+    dup = np.fromiter((v[0] for v in new.values()), np.int64, len(new))
+    similarity = np.fromiter((v[1] for v in new.values()), np.float64, len(new))
     return gid, dup, similarity
 
 

@@ -6,8 +6,19 @@ which runs every per-document rule over one part as ONE streaming query into the
     clean_shard(part_path, work_dir, config) -> per-document rules on one part (map this)
 
 Nothing is materialised between rules: each rule is a CTE over the previous one (chain.py).
-DuckDB runs Python UDFs one call at a time, so a shard uses about one core; shards run in
-parallel (an orchestrator mapping clean_shard, or `workers` in run_clean).
+
+What bounds each phase, and how the cores are shared:
+
+- clean_shard: CPU, in the Python UDFs (text_stats, minhash, language_of, eval_overlap), which
+  DuckDB calls one at a time under the GIL; DuckDB's own threads read Parquet, run the SQL rules
+  and write the work file around them, so one process uses a little more than one core. Shards
+  run in parallel in processes (`workers` in run_clean, or an orchestrator mapping clean_shard):
+  each process gets cores // workers DuckDB threads and memory_limit / 2 / workers of DuckDB
+  memory (`connect(processes=...)`), so processes neither fight for cores nor add up past the
+  memory setting.
+- dedup and output (one process): DuckDB's sorts, joins and aggregates over the whole corpus,
+  bound by disk and DuckDB threads (all the cores), spilling past half of memory_limit; what
+  Python holds there comes in batches sized from the other half (dedup.pair_batch).
 """
 
 from __future__ import annotations
@@ -34,7 +45,14 @@ from tasks.clean.decontam import OVERLAP_TYPE
 from tasks.clean.minhash import MINHASH_TYPE
 from tasks.clean.report import diff_snippets, doc_key, snippet
 from tasks.clean.rules import Rule, check_variables
-from tasks.common import MANIFEST, ROW_GROUP_ROWS, StageError, read_manifest, verify_outputs
+from tasks.common import (
+    MANIFEST,
+    ROW_GROUP_ROWS,
+    StageError,
+    configure_duckdb,
+    read_manifest,
+    verify_outputs,
+)
 
 log = logging.getLogger("forja.clean")
 
@@ -46,13 +64,15 @@ NORM_KEY_SQL = "md5_number(lower(text))"
 
 @contextlib.contextmanager
 def connect(
-    config: CleanConfig, work_dir: str | os.PathLike, ordered: bool = True
+    config: CleanConfig, work_dir: str | os.PathLike, ordered: bool = True, processes: int = 1
 ) -> Iterator[duckdb.DuckDBPyConnection]:
     """A DuckDB connection with the engine limits, the rules' variables and the Python UDFs.
 
     It spills to a folder of its own under `work_dir` (shards cleaned at once by threads of one
     process never share one), removed with the connection. `ordered=False` lets DuckDB write
-    unordered results in parallel (the per-shard work files). Results that must keep their ORDER
+    unordered results in parallel (the per-shard work files). `processes`: how many connections
+    run at once in processes of their own (clean_shard under `workers`), each getting its share of
+    memory_limit and of the cores. Results that must keep their ORDER
     BY are fetched with `con.sql(...)`: with insertion order off, DuckDB 2.0's DB-API path
     (`con.execute(...).to_arrow_table()`) loses the order.
     """
@@ -60,21 +80,20 @@ def connect(
     spill = Path(tempfile.mkdtemp(prefix="duckdb-spill-", dir=work_dir))
     con = duckdb.connect()
     try:
-        _configure(con, config, spill, ordered)
+        _configure(con, config, spill, ordered, processes)
         yield con
     finally:
         con.close()
         shutil.rmtree(spill, ignore_errors=True)
 
 
-def _configure(con: duckdb.DuckDBPyConnection, config: CleanConfig, spill: Path, ordered: bool) -> None:
-    con.execute(f"SET memory_limit = {sql_string(config.memory_limit)}")
-    con.execute(f"SET temp_directory = {sql_string(spill)}")
-    if not ordered:
-        con.execute("SET preserve_insertion_order = false")
+def _configure(
+    con: duckdb.DuckDBPyConnection, config: CleanConfig, spill: Path, ordered: bool, processes: int
+) -> None:
+    configure_duckdb(
+        con, config.memory_limit, spill, processes=processes, threads=config.threads, ordered=ordered
+    )
     con.execute("SET enable_progress_bar = false")
-    if config.threads:
-        con.execute(f"SET threads = {int(config.threads)}")
     for name, value in config.sql_variables().items():
         con.execute(f"SET VARIABLE {name} = ?", [value])
     register_udfs(con, config.minhash_params(), config.decontam_params())
@@ -146,7 +165,7 @@ def clean_shard(
     shard_dir.mkdir(parents=True, exist_ok=True)
     work_file = shard_dir / f"{part.parent.name}-{part.stem}.parquet"
     t0 = time.perf_counter()
-    with connect(config, work_dir, ordered=False) as con:
+    with connect(config, work_dir, ordered=False, processes=config.workers) as con:
         validate_chain(con, rules)
         ctes, last = chain_sql(rules, source_sql(part))
         changed = [f'"_changed_{r.name}"' for r in rules if r.kind == "map"]

@@ -23,7 +23,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from lm.fileio import atomic_path, atomic_write_json, file_lock, fsync_dir, remove_stale_tmp, sha256_file
-from tasks.common import MANIFEST, ROW_GROUP_ROWS, StageError, make_manifest, read_manifest, write_manifest
+from tasks.common import (
+    MANIFEST,
+    ROW_GROUP_ROWS,
+    StageError,
+    configure_duckdb,
+    make_manifest,
+    read_manifest,
+    write_manifest,
+)
 from tasks.ingest.config import IngestConfig, as_config, identity_dict
 from tasks.ingest.layout import (
     DATA_SCHEMA,
@@ -39,8 +47,6 @@ from tasks.ingest.readers import offset_units
 from tasks.ingest.records import REASONS
 
 log = logging.getLogger("forja.ingest")
-
-DUCKDB_MEMORY = "512MB"  # the commit's dedup query spills to disk beyond this
 
 
 def _previous(out: Path) -> dict[str, Any] | None:
@@ -302,9 +308,9 @@ def commit_ingest(
             )
         tmpdir = staging / "duckdb"
         tmpdir.mkdir(parents=True, exist_ok=True)
-        con = duckdb.connect(
-            config={"memory_limit": DUCKDB_MEMORY, "temp_directory": str(tmpdir), "threads": 2}
-        )
+        con = duckdb.connect()
+        # the dedup query is bound by DuckDB's sort and join (it spills to disk beyond its share)
+        configure_duckdb(con, config.memory_limit, tmpdir)
         try:
             manifest, changed = _commit_locked(con, out, results, config, prev, run, key)
         finally:

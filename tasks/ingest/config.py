@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from tasks.common import MemoryLimit
+
 MiB = 1 << 20
 
 
@@ -53,6 +55,11 @@ class IngestConfig(BaseModel):
         "iso8859-2 or cp1251), instead of detecting it; HTML pages use it when they declare none.",
     )
 
+    memory_limit: MemoryLimit = Field(
+        "2GB",
+        description="Memory the stage may use, e.g. '2GB': DuckDB (the commit's dedup, which spills "
+        "to disk in the staging folder beyond it) gets half. Never changes the output.",
+    )
     encodings: dict[str, str] = Field(
         default_factory=dict,
         description="Per source of a mixture (--source NAME=PATH): NAME -> the encoding of its text "
@@ -102,8 +109,9 @@ def codec_name(v: str | None, setting: str) -> str | None:
 def identity_dict(config: IngestConfig) -> dict[str, Any]:
     """The config as the digest and the cache key see it: `encoding` unset is left out, so the
     digests and keys of configs made before the field existed stay the same; `encodings` is left
-    out too: a source is read with its own (`for_source`), and another source's does not matter."""
-    data = config.model_dump(mode="json")
+    out too: a source is read with its own (`for_source`), and another source's does not matter;
+    and `memory_limit`, which never changes the output."""
+    data = config.model_dump(mode="json", exclude={"memory_limit"})
     if data.get("encoding") is None:
         data.pop("encoding", None)
     data.pop("encodings", None)

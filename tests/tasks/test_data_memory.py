@@ -1,0 +1,92 @@
+"""The data stages' one memory setting: checked at the edge, reaching DuckDB (limit, spill folder,
+threads split between worker processes) and the batches clean holds itself, never the output."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+from test_clean import make_ingest, near_copy
+from test_clean import paragraphs as paragraphs
+
+from lm.fileio import read_json, sha256_file
+from tasks.clean import CleanConfig, connect, run_clean
+from tasks.clean.dedup import keep_first, pair_batch
+from tasks.common import duckdb_memory, memory_bytes
+from tasks.ingest import IngestConfig
+
+
+def test_memory_setting_is_checked_at_the_edge():
+    assert memory_bytes("2GB") == 2 * 10**9 and memory_bytes(" 1.5 GiB ") == 3 * 2**29
+    for model in (IngestConfig, CleanConfig):
+        with pytest.raises(ValidationError, match="memory_limit must be a size such as '512MB'"):
+            model(memory_limit="lots")
+        with pytest.raises(ValidationError, match="memory_limit '10MB' is too small"):
+            model(memory_limit="10MB")
+    # an engine setting: it never changes what the stage writes, so not its identity either
+    assert "memory_limit" not in CleanConfig(memory_limit="1GB").identity()
+
+
+def test_memory_limit_reaches_duckdb_shared_between_workers(tmp_path: Path):
+    cores = len(os.sched_getaffinity(0))
+    for workers in (1, 2):
+        cfg = CleanConfig(memory_limit="1GB", workers=workers)
+        with connect(cfg, tmp_path, ordered=False, processes=workers) as con:
+            limit, threads, spill, ordered = con.execute(
+                "SELECT current_setting('memory_limit'), current_setting('threads'), "
+                "current_setting('temp_directory'), current_setting('preserve_insertion_order')"
+            ).fetchone()
+            # DuckDB gets half of the stage's memory, split between the processes running at once
+            assert limit == duckdb_memory("1GB", workers).replace("MiB", ".0 MiB")
+            assert memory_bytes(limit.replace(" ", "")) == (10**9 // 2 // workers) // 2**20 * 2**20
+            assert threads == max(1, cores // workers)
+            assert Path(spill).parent == tmp_path and Path(spill).is_dir() and ordered is False
+        assert not Path(spill).exists()  # the spill folder goes with the connection
+
+
+def test_keep_first_in_batches_decides_as_in_one_pass():
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 400, 3000)
+    b = a + rng.integers(1, 50, 3000)
+    sim = rng.random(3000)
+    whole = keep_first(a, b, sim)
+    order = np.lexsort((a, b))
+    dropped: set[int] = set()
+    parts = [keep_first(a[i], b[i], sim[i], dropped) for i in np.array_split(order, 7)]
+    batched = tuple(np.concatenate([p[k] for p in parts]) for k in range(3))
+    for w, got in zip(whole, batched, strict=True):
+        assert np.array_equal(w, got)
+    assert len(whole[0]) and set(whole[0].tolist()) == dropped
+
+
+def test_tiny_memory_gives_the_same_output_in_bounded_batches(
+    tmp_path: Path, paragraphs: list[str], caplog: pytest.LogCaptureFixture
+):
+    # 6 groups of 30 near copies: hundreds of candidate pairs, each with 2 x 2 KiB of signature
+    docs = []
+    for g in range(6):
+        base = " ".join(paragraphs[40 * g : 40 * g + 10])
+        docs += [base] + [near_copy(base, 40 + k, "xyz"[k % 3]) for k in range(1, 30)]
+    ing = make_ingest(tmp_path / "in", [docs[::2], docs[1::2]])
+    outs = {}
+    caplog.set_level(logging.INFO, logger="forja.clean")
+    for mem in ("128MB", "16GB"):
+        cfg = CleanConfig(memory_limit=mem, num_perm=512)
+        caplog.clear()
+        outs[mem] = run_clean(ing, tmp_path / mem, cfg)
+        line = next(r.getMessage() for r in caplog.records if "candidate pairs screened" in r.getMessage())
+        pairs, batches, size = (int(x) for x in re.findall(r"\d+", line))
+        assert size == pair_batch(cfg) and batches == -(-pairs // size)
+        if mem == "128MB":  # the signatures of the candidate pairs did not fit one batch
+            assert size < 1000 and batches > 1
+    small, large = (tmp_path / "128MB", tmp_path / "16GB")
+    assert outs["128MB"]["counts"]["dropped"]["near_dedup"] >= 6 * 10
+    files = [o["path"] for o in read_json(small / "manifest.json")["outputs"]]
+    for f in [*files, "dropped.parquet", "report.json"]:
+        assert sha256_file(small / f) == sha256_file(large / f), f
+    assert outs["128MB"]["digest"] == outs["16GB"]["digest"]
