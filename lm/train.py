@@ -7,7 +7,8 @@ backpropagates and takes an AdamW step. Everything a run needs to continue exact
 
 `train(...)` is the whole API. It reports through callbacks, `on_metrics(metrics, step)` and
 `on_checkpoint(path, step)`, and knows nothing of Prefect or MLflow. Under `torchrun` it runs
-data-parallel (DDP): every rank reads a disjoint slice of the same global batch.
+data-parallel (DDP, or FSDP2 with parallel=fsdp: lm/parallel.py): every rank reads a disjoint slice
+of the same global batch.
 
 Fault injection, for the reliability suite only: `FORJA_FAULT_NAN_STEP=N` multiplies the token
 embeddings of training step N (1-based, as logged) by NaN, so a run started by any command (`forja
