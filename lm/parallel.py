@@ -26,12 +26,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import sys
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
-from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.checkpoint import checkpoint
 
@@ -74,9 +74,8 @@ def checkpoint_blocks(model: nn.Module) -> int:
 
 
 def is_sharded(model: nn.Module) -> bool:
-    from torch.distributed.fsdp import FSDPModule
-
-    return isinstance(model, FSDPModule)
+    fsdp = sys.modules.get("torch.distributed.fsdp")  # never imported: nothing was sharded
+    return fsdp is not None and isinstance(model, fsdp.FSDPModule)
 
 
 def shard(model: nn.Module, device: torch.device, dist: Dist) -> nn.Module:
@@ -137,7 +136,7 @@ def accumulating(model: nn.Module, skip_sync: bool) -> Iterator[None]:
 def clip_grad_norm(model: nn.Module, max_norm: float) -> float:
     """Clip the gradients to `max_norm` and return their total norm (over every rank's shard)."""
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-    if isinstance(norm, DTensor):
+    if _is_dtensor(norm):
         norm = norm.full_tensor()
     return norm.item()
 
@@ -145,8 +144,14 @@ def clip_grad_norm(model: nn.Module, max_norm: float) -> float:
 # --------------------------------------------------------------------------- sharded state
 
 
+def _is_dtensor(t: Any) -> bool:
+    """A sharded tensor (torch.distributed.tensor.DTensor), told without importing DTensor's module
+    (seconds) into every process that only trains on one rank."""
+    return hasattr(t, "to_local") and hasattr(t, "placements")
+
+
 def _local(t: Any) -> Any:
-    return t.to_local().detach().cpu().contiguous() if isinstance(t, DTensor) else t
+    return t.to_local().detach().cpu().contiguous() if _is_dtensor(t) else t
 
 
 def _unique_state(model: nn.Module) -> dict[str, Any]:
@@ -174,7 +179,7 @@ def load_local_model_state(model: nn.Module, state: dict[str, torch.Tensor], sou
         )
     with torch.no_grad():
         for name, param in own.items():
-            local = param.to_local() if isinstance(param, DTensor) else param
+            local = param.to_local() if _is_dtensor(param) else param
             if local.shape != state[name].shape:
                 raise CheckpointError(
                     f"{source}: {name} has shape {tuple(state[name].shape)}, not {tuple(local.shape)}"
@@ -193,6 +198,8 @@ def local_optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
 
 def load_local_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
     """Inverse of local_optimizer_state: each shard becomes a DTensor laid out like its parameter."""
+    from torch.distributed.tensor import DTensor
+
     params = [p for group in optimizer.param_groups for p in group["params"]]
     restored = {}
     for i, s in state["state"].items():
