@@ -9,6 +9,15 @@ A checkpoint is a folder `RUN_DIR/checkpoints/step-0000200/` holding
     tokenizer.model     the SentencePiece model, so the checkpoint alone can generate
     manifest.json       sha256 and size of every file above; written last
 
+A sharded run (parallel=fsdp under torchrun, see lm/parallel.py) holds no optimizer.pt; instead each
+rank writes its own shard of the weights and of the optimizer state,
+
+    model.rank00000-of-00002.safetensors, optimizer.rank00000-of-00002.pt, ...
+
+into a staging folder (`.tmp-step-0000200.shards`) that rank 0 moves into the checkpoint before the
+manifest, so they are listed and verified like every other file. Its `model.safetensors` is still
+the whole model (gathered on rank 0): export and inference never read the shards.
+
 It is written into a temporary folder and renamed, so a folder named `step-*` is always complete;
 a retired one is renamed out of the `step-*` names before it is deleted. A corrupted one (a flipped
 byte, a truncated file, a damaged manifest) fails its manifest check with an error naming the file,
@@ -20,6 +29,7 @@ Fault injection, for the reliability suite only (tests/reliability/test_checkpoi
 (default 1) a save reaches POINT, which is one of
     model.safetensors ... manifest.json   that file is written in the temporary folder; with BYTES,
                                           it is first cut to BYTES bytes (what a kill mid-write leaves)
+    shards                                a rank's shard files are written in the staging folder
     renamed                               the folder has its final name; retention has not run
     retention                             a retired checkpoint is half deleted
 """
@@ -43,7 +53,15 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 
 from lm.config import ModelConfig, TrainConfig, from_dict, to_dict
 from lm.errors import CheckpointError, NonFiniteLossError
-from lm.fileio import TMP_PREFIX, atomic_dir, atomic_write_json, read_json, remove_stale_tmp, sha256_file
+from lm.fileio import (
+    TMP_PREFIX,
+    atomic_dir,
+    atomic_path,
+    atomic_write_json,
+    read_json,
+    remove_stale_tmp,
+    sha256_file,
+)
 
 log = logging.getLogger("forja.checkpoint")
 
@@ -129,6 +147,78 @@ def _remove_checkpoint(path: Path) -> None:
         log.warning("could not remove old checkpoint %s: %s", path, e)
 
 
+SHARD_RE = re.compile(r"^(model|optimizer)\.rank(\d{5})-of-(\d{5})\.(safetensors|pt)$")
+
+
+def shard_file(kind: str, rank: int, world: int) -> str:
+    """`model.rank00001-of-00002.safetensors` / `optimizer.rank00001-of-00002.pt`."""
+    return f"{kind}.rank{rank:05d}-of-{world:05d}." + ("safetensors" if kind == "model" else "pt")
+
+
+def shard_world(path: str | os.PathLike) -> int:
+    """How many ranks wrote the shards of this checkpoint (0: it holds none)."""
+    worlds = {int(m.group(3)) for p in Path(path).iterdir() if (m := SHARD_RE.match(p.name))}
+    return max(worlds, default=0)
+
+
+def prepare_shards(run_dir: str | os.PathLike, step: int) -> Path | None:
+    """Rank 0, before the ranks write their shards: an empty staging folder for them, or None when
+    the checkpoint of `step` is already complete (a retried save)."""
+    final = step_dir(run_dir, step)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_tmp(final.parent)
+    if final.exists():
+        try:
+            verify_checkpoint(final)
+            return None
+        except CheckpointError as e:
+            log.warning("replacing damaged checkpoint %s: %s", final, e)
+            _remove_checkpoint(final)
+    staging = final.with_name(f"{TMP_PREFIX}{final.name}.shards")
+    staging.mkdir()
+    return staging
+
+
+def write_shard(
+    staging: Path, rank: int, world: int, model_state: dict[str, torch.Tensor], optim_state: dict[str, Any]
+) -> None:
+    """One rank's shard of the weights (safetensors) and of the optimizer (torch.save of tensors and
+    plain containers only), each written atomically and fsynced."""
+    try:
+        with atomic_path(staging / shard_file("model", rank, world)) as tmp:
+            save_file(model_state, str(tmp))
+        with atomic_path(staging / shard_file("optimizer", rank, world)) as tmp:
+            torch.save(optim_state, tmp)
+    except (OSError, SafetensorError, RuntimeError) as e:
+        raise CheckpointError(
+            f"cannot write the shard of rank {rank} in {staging}: {e}; free disk space, then resume"
+        ) from e
+    _fault("shards")
+
+
+def read_shard(
+    path: str | os.PathLike, rank: int, world: int
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """This rank's (weights, optimizer state) from a sharded checkpoint of the same world size."""
+    path = Path(path)
+    saved = shard_world(path)
+    if saved != world:
+        held = f"shards of {saved} ranks" if saved else "no shards (it was saved by one process or DDP)"
+        raise CheckpointError(
+            f"{path} holds {held}; resume it with parallel=fsdp under torchrun --nproc_per_node={saved}"
+            if saved
+            else f"{path} holds {held}; resume it with parallel=ddp, or start a new run (--out) with parallel=fsdp"
+        )
+    try:
+        model_state = load_file(str(path / shard_file("model", rank, world)))
+        optim_state = torch.load(
+            path / shard_file("optimizer", rank, world), map_location="cpu", weights_only=True
+        )
+    except Exception as e:
+        raise CheckpointError(f"cannot load the shard of rank {rank} from {path}: {e}") from e
+    return model_state, optim_state
+
+
 def save_checkpoint(
     run_dir: str | os.PathLike,
     step: int,
@@ -137,13 +227,17 @@ def save_checkpoint(
     state: dict[str, Any],
     tokenizer_path: str | os.PathLike | None,
     keep_last: int | None = None,
+    shards: Path | None = None,
 ) -> Path:
-    """Write the checkpoint of `step` atomically, then apply `keep_last` retention. Returns its folder."""
+    """Write the checkpoint of `step` atomically, then apply `keep_last` retention. Returns its folder.
+
+    `shards`: the staging folder of `prepare_shards`, whose files the checkpoint takes in."""
     model = _unwrap(model)
     check_finite(model)
     final = step_dir(run_dir, step)
     final.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_tmp(final.parent)
+    if shards is None:
+        remove_stale_tmp(final.parent)
     if final.exists():
         try:  # the same step saved before (e.g. a retried flow): already complete
             verify_checkpoint(final)
@@ -153,6 +247,10 @@ def save_checkpoint(
             _remove_checkpoint(final)
     with atomic_dir(final) as tmp:
         try:
+            if shards is not None:
+                for f in sorted(shards.iterdir()):
+                    os.rename(f, tmp / f.name)
+                shards.rmdir()
             save_model(model, str(tmp / MODEL_FILE))
             _fault(MODEL_FILE, tmp / MODEL_FILE)
             if optimizer is not None:
@@ -302,6 +400,11 @@ def load_weights(path: str | os.PathLike, model: torch.nn.Module) -> None:
 
 def load_optimizer(path: str | os.PathLike, optimizer: torch.optim.Optimizer) -> None:
     f = Path(path) / OPTIM_FILE
+    if not f.is_file() and shard_world(path):
+        raise CheckpointError(
+            f"{path} holds the optimizer in shards of {shard_world(path)} ranks; resume it with "
+            f"parallel=fsdp under torchrun --nproc_per_node={shard_world(path)}"
+        )
     try:
         # weights_only=True: tensors and plain containers only; a pickled payload is refused, never run.
         state = torch.load(f, map_location="cpu", weights_only=True)

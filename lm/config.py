@@ -21,6 +21,7 @@ Mlp = Literal["swiglu", "relu2"]
 Device = Literal["auto", "cpu", "cuda"]
 Dtype = Literal["auto", "float32", "bfloat16"]
 Schedule = Literal["cosine", "linear", "constant"]
+Parallel = Literal["ddp", "fsdp"]
 
 
 def _require(ok: bool, key: str, value: Any, why: str) -> None:
@@ -135,6 +136,8 @@ class TrainConfig:
     dtype: Dtype = "auto"  # auto: bf16 on CUDA and on CPUs with native bf16 matmuls, else fp32
     compile: bool = False
     max_time_s: float = 0.0  # 0: no limit; else stop (and checkpoint) after this many seconds
+    parallel: Parallel = "ddp"  # under torchrun: ddp (replicas) or fsdp (FSDP2 shards); see lm/parallel.py
+    activation_checkpointing: bool = False  # recompute each transformer block's activations in backward
 
     def __post_init__(self) -> None:
         _check_literals(self)
@@ -151,6 +154,12 @@ class TrainConfig:
         _require(self.grad_clip >= 0, "grad_clip", self.grad_clip, "must be >= 0 (0 = no clipping)")
         _require(self.max_time_s >= 0, "max_time_s", self.max_time_s, "must be >= 0 (0 = no limit)")
         _require(self.seed >= 0, "seed", self.seed, "must be >= 0")
+        _require(
+            not (self.parallel == "fsdp" and self.compile),
+            "parallel",
+            self.parallel,
+            "fsdp does not run with compile=true here; set compile=false or parallel=ddp",
+        )
 
 
 @dataclass(frozen=True)

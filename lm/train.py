@@ -7,7 +7,8 @@ backpropagates and takes an AdamW step. Everything a run needs to continue exact
 
 `train(...)` is the whole API. It reports through callbacks, `on_metrics(metrics, step)` and
 `on_checkpoint(path, step)`, and knows nothing of Prefect or MLflow. Under `torchrun` it runs
-data-parallel (DDP): every rank reads a disjoint slice of the same global batch.
+data-parallel (DDP, or FSDP2 with parallel=fsdp: lm/parallel.py): every rank reads a disjoint slice
+of the same global batch.
 
 Fault injection, for the reliability suite only: `FORJA_FAULT_NAN_STEP=N` multiplies the token
 embeddings of training step N (1-based, as logged) by NaN, so a run started by any command (`forja
@@ -16,7 +17,6 @@ run`) can be made to diverge on purpose; see tests/reliability/test_checkpoints.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -28,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
 from lm import checkpoint as ckpt
+from lm import parallel
 from lm.config import ModelConfig, TrainConfig, to_dict
 from lm.data import TokenData, TokenSplit, WindowSampler, sequential_windows, window_batch
 from lm.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError
@@ -160,8 +160,15 @@ class Trainer:
             self._check_compatible(init_from)
         self.dtype = pick_dtype(self.cfg.dtype, self.device)
 
+        parallel.check_supported(self.model_cfg, self.cfg)
+
         torch.manual_seed(self.cfg.seed)  # same init on every rank and every run with this seed
         self.model = build_model(self.model_cfg).to(self.device)
+        if existing is None and init_from is not None:  # trained weights, fresh optimizer and schedule
+            ckpt.load_weights(init_from, self.model)
+            self.initialised_from = init_from
+            log.info("initialised weights from %s", init_from)
+        parallel.wrap(self.model, self.cfg, self.device, self.dist)  # FSDP shards in place
         self.optimizer = make_optimizer(self.model, self.cfg, self.device)
         train_split = self.data.splits["train"]
         self.sampler: WindowSampler | MixtureSampler
@@ -179,17 +186,10 @@ class Trainer:
             )
         if existing is not None:
             self._load(existing)
-        elif init_from is not None:  # start from trained weights, with a fresh optimizer and schedule
-            ckpt.load_weights(init_from, self.model)
-            self.initialised_from = init_from
-            log.info("initialised weights from %s", init_from)
         self.forward_model: torch.nn.Module = self.model
         if self.cfg.compile:
             self.forward_model = torch.compile(self.forward_model)
-        if self.dist.enabled:
-            self.forward_model = DistributedDataParallel(
-                self.forward_model, device_ids=[self.device.index] if self.device.type == "cuda" else None
-            )
+        self.forward_model = parallel.replicate(self.forward_model, self.cfg, self.device, self.dist)
         self.flops_per_token = self.model.flops_per_token(self.cfg.seq_len)
         self._val_sets = self._pick_val_windows()
         self._step = self.start_step  # the 1-based step being computed
@@ -219,8 +219,13 @@ class Trainer:
 
     def _load(self, path: Path) -> None:
         state = ckpt.read_state(path)
-        ckpt.load_weights(path, self.model)
-        ckpt.load_optimizer(path, self.optimizer)
+        if parallel.is_sharded(self.model):  # this rank's shards of the weights and the optimizer
+            weights, optim = ckpt.read_shard(path, self.dist.rank, self.dist.world_size)
+            parallel.load_local_model_state(self.model, weights, str(path))
+            parallel.load_local_optimizer_state(self.optimizer, optim)
+        else:
+            ckpt.load_weights(path, self.model)
+            ckpt.load_optimizer(path, self.optimizer)
         ckpt.load_rng(path)
         self.sampler.load_state_dict(state["sampler"])
         self.start_step = int(state["step"])
@@ -284,15 +289,18 @@ class Trainer:
         self.model.eval()
         total, count = torch.zeros((), device=self.device, dtype=torch.float64), 0
         per_rank = windows[self.dist.rank :: self.dist.world_size]
-        for i in range(0, len(per_rank), self.cfg.batch_size):
-            w = torch.from_numpy(
-                window_batch(val.shards, per_rank[i : i + self.cfg.batch_size], self.cfg.seq_len)
-            )
+        n = len(per_rank)
+        if parallel.is_sharded(self.model):  # every rank runs as many forwards (each all-gathers)
+            n = len(windows[:: self.dist.world_size])
+        for i in range(0, n, self.cfg.batch_size):
+            part = per_rank[i : i + self.cfg.batch_size]
+            w = torch.from_numpy(window_batch(val.shards, part or windows[:1], self.cfg.seq_len))
             w = w.to(self.device)
             with autocast(self.device, self.dtype):
                 _, loss = self.model(w[:, :-1], w[:, 1:])
-            total += loss.double() * w.shape[0]
-            count += w.shape[0]
+            if part:  # an empty part ran only to keep the ranks in step
+                total += loss.double() * w.shape[0]
+                count += w.shape[0]
         self.model.train()
         stats = torch.tensor([total.item(), count], dtype=torch.float64, device=self.device)
         if self.dist.enabled:
@@ -321,8 +329,7 @@ class Trainer:
         for micro in range(self.cfg.grad_accum):
             x, y = self._micro_batch()
             last = micro == self.cfg.grad_accum - 1
-            sync = contextlib.nullcontext() if last or not self.dist.enabled else self.forward_model.no_sync()
-            with sync:
+            with parallel.accumulating(self.forward_model, skip_sync=not last):
                 with autocast(self.device, self.dtype):
                     _, loss = self.forward_model(x, y)
                 (loss / self.cfg.grad_accum).backward()
@@ -335,7 +342,7 @@ class Trainer:
                 "checkpoint was written. Lower lr (--set lr=...) or check the data for bad tokens"
             )
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm).item()
+        grad_norm = parallel.clip_grad_norm(self.model, max_norm)
         if not math.isfinite(grad_norm):
             self.optimizer.zero_grad(set_to_none=True)
             raise NonFiniteLossError(f"gradient norm is {grad_norm} at step {step + 1}; training stopped")
@@ -345,6 +352,21 @@ class Trainer:
 
     def save(self, step: int, metrics: dict[str, float]) -> Path | None:
         path = None
+        model, optimizer, shards = self.model, self.optimizer, None
+        if parallel.is_sharded(self.model):  # every rank writes its shard; rank 0 the whole model
+            model, optimizer = parallel.full_model(self.model, self.model_cfg, self.dist), None
+            staged = [ckpt.prepare_shards(self.run_dir, step) if self.dist.is_main else None]
+            torch.distributed.broadcast_object_list(staged, src=0)
+            shards = staged[0]
+            if shards is not None:
+                ckpt.write_shard(
+                    shards,
+                    self.dist.rank,
+                    self.dist.world_size,
+                    parallel.local_model_state(self.model),
+                    parallel.local_optimizer_state(self.optimizer),
+                )
+            barrier(self.dist)
         if self.dist.is_main:
             state = {
                 "config": to_dict(self.model_cfg, self.cfg),
@@ -357,11 +379,12 @@ class Trainer:
             path = ckpt.save_checkpoint(
                 self.run_dir,
                 step,
-                self.model,
-                self.optimizer,
+                model,
+                optimizer,
                 state,
                 self.data.tokenizer_path,
                 self.cfg.keep_last,
+                shards,
             )
             self.on_checkpoint(path, step)
         barrier(self.dist)
