@@ -20,7 +20,8 @@ Arch = Literal["transformer", "lstm"]
 Mlp = Literal["swiglu", "relu2"]
 Device = Literal["auto", "cpu", "cuda"]
 Dtype = Literal["auto", "float32", "bfloat16"]
-Schedule = Literal["cosine", "linear", "constant"]
+Schedule = Literal["cosine", "linear", "constant", "wsd"]
+Optimizer = Literal["adamw", "muon"]
 
 
 def _require(ok: bool, key: str, value: Any, why: str) -> None:
@@ -135,6 +136,11 @@ class TrainConfig:
     dtype: Dtype = "auto"  # auto: bf16 on CUDA and on CPUs with native bf16 matmuls, else fp32
     compile: bool = False
     max_time_s: float = 0.0  # 0: no limit; else stop (and checkpoint) after this many seconds
+    # the optimiser and the schedule's shape (lm/optim.py)
+    optimizer: Optimizer = "adamw"  # muon: Muon on the hidden matrices, AdamW (at lr) on the rest
+    muon_lr: float = 0.02  # Muon's peak learning rate (optimizer=muon)
+    muon_momentum: float = 0.95
+    decay_fraction: float = 0.2  # schedule=wsd: the last fraction of max_steps decays to min_lr_ratio
 
     def __post_init__(self) -> None:
         _check_literals(self)
@@ -151,6 +157,14 @@ class TrainConfig:
         _require(self.grad_clip >= 0, "grad_clip", self.grad_clip, "must be >= 0 (0 = no clipping)")
         _require(self.max_time_s >= 0, "max_time_s", self.max_time_s, "must be >= 0 (0 = no limit)")
         _require(self.seed >= 0, "seed", self.seed, "must be >= 0")
+        _require(
+            math.isfinite(self.muon_lr) and self.muon_lr > 0,
+            "muon_lr",
+            self.muon_lr,
+            "must be a finite number > 0",
+        )
+        _require(0.0 <= self.muon_momentum < 1.0, "muon_momentum", self.muon_momentum, "must be in [0, 1)")
+        _require(0.0 < self.decay_fraction <= 1.0, "decay_fraction", self.decay_fraction, "must be in (0, 1]")
 
 
 @dataclass(frozen=True)
