@@ -4,12 +4,19 @@ import dataclasses
 
 import pytest
 import torch
-from support import small_configs
+from support import small_configs, torch_threads
 
 from lm.config import TrainConfig
 from lm.errors import ConfigError
 from lm.model import Transformer
 from lm.optim import MuonAdamW, lr_at, make_optimizer, newton_schulz, set_lr
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small matrices: one torch thread, no OpenMP hand-offs (which crawl on a shared machine)."""
+    with torch_threads(1):
+        yield
 
 
 @pytest.mark.parametrize("shape", [(48, 130), (130, 48), (64, 64)])
