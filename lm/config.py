@@ -176,18 +176,23 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     # Sized for time to quality on 2 CPU cores: about 90 s of training, the best held-out bits per
-    # byte on tinyshakespeare that a sweep found for that budget (bench/README.md). Also what the
-    # CPU demo uses; tests shrink it further with --set.
+    # byte on tinyshakespeare that the sweeps found for that budget (bench/README.md, "Time to
+    # quality"): Muon on the hidden matrices, warmup-stable-decay, no evaluation before the end.
+    # Also what the CPU demo uses; tests shrink it further with --set.
     "tiny": Preset(
         ModelConfig(n_layer=2, n_head=4, d_model=256, max_seq_len=128, tie_embeddings=True),
         TrainConfig(
             batch_size=16,
-            max_steps=150,
+            max_steps=120,
             lr=2e-3,
-            warmup_steps=30,
-            eval_every=50,
+            warmup_steps=20,
+            eval_every=0,
             eval_batches=16,
             checkpoint_every=50,
+            optimizer="muon",
+            muon_lr=0.04,
+            schedule="wsd",
+            decay_fraction=0.3,
         ),
         "2x256 transformer, context 128: CPU demos and tests",
     ),
