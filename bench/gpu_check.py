@@ -43,8 +43,8 @@ sys.path.insert(0, str(ROOT))
 from lm.bench import train_steps  # noqa: E402
 from lm.config import ModelConfig, TrainConfig, get_preset  # noqa: E402
 from lm.models import build_model  # noqa: E402
+from lm.optim import make_optimizer  # noqa: E402
 from lm.runtime import matmul_peak_flops  # noqa: E402
-from lm.train import make_optimizer  # noqa: E402
 
 CORPUS = ROOT.parent / "shared" / "corpora" / "tinyshakespeare.txt"
 # Dense bf16 tensor-core peaks from the vendors' data sheets (FLOP/s, without sparsity).

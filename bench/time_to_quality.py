@@ -97,7 +97,17 @@ def main() -> None:
         "held_out_bytes": result["bytes"],
         "model": config["model"],
         "train": {
-            k: config["train"][k] for k in ("max_steps", "batch_size", "seq_len", "lr", "warmup_steps")
+            k: config["train"].get(k)
+            for k in (
+                "max_steps",
+                "batch_size",
+                "seq_len",
+                "lr",
+                "warmup_steps",
+                "optimizer",
+                "muon_lr",
+                "schedule",
+            )
         },
         "reference_char_gpt_bits_per_byte": 2.72,
         "target_bits_per_byte": 2.30,

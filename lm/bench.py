@@ -23,8 +23,8 @@ from torch import nn
 
 from lm.config import ModelConfig, TrainConfig, get_preset
 from lm.models import build_model
+from lm.optim import make_optimizer
 from lm.runtime import autocast, cpu_has_native_bf16, matmul_peak_flops
-from lm.train import make_optimizer
 
 
 class ReferenceGPT(nn.Module):

@@ -20,7 +20,8 @@ Arch = Literal["transformer", "lstm"]
 Mlp = Literal["swiglu", "relu2"]
 Device = Literal["auto", "cpu", "cuda"]
 Dtype = Literal["auto", "float32", "bfloat16"]
-Schedule = Literal["cosine", "linear", "constant"]
+Schedule = Literal["cosine", "linear", "constant", "wsd"]
+Optimizer = Literal["adamw", "muon"]
 Parallel = Literal["ddp", "fsdp"]
 
 
@@ -138,6 +139,11 @@ class TrainConfig:
     max_time_s: float = 0.0  # 0: no limit; else stop (and checkpoint) after this many seconds
     parallel: Parallel = "ddp"  # under torchrun: ddp (replicas) or fsdp (FSDP2 shards); see lm/parallel.py
     activation_checkpointing: bool = False  # recompute each transformer block's activations in backward
+    # the optimiser and the schedule's shape (lm/optim.py)
+    optimizer: Optimizer = "adamw"  # muon: Muon on the hidden matrices, AdamW (at lr) on the rest
+    muon_lr: float = 0.02  # Muon's peak learning rate (optimizer=muon)
+    muon_momentum: float = 0.95
+    decay_fraction: float = 0.2  # schedule=wsd: the last fraction of max_steps decays to min_lr_ratio
 
     def __post_init__(self) -> None:
         _check_literals(self)
@@ -160,6 +166,21 @@ class TrainConfig:
             self.parallel,
             "fsdp does not run with compile=true here; set compile=false or parallel=ddp",
         )
+        _require(  # Newton-Schulz needs each whole matrix; FSDP gives a rank a slice of it
+            not (self.parallel == "fsdp" and self.optimizer == "muon"),
+            "parallel",
+            self.parallel,
+            "fsdp does not run with optimizer=muon (Muon orthogonalises whole matrices, FSDP shards them); "
+            "set optimizer=adamw or parallel=ddp",
+        )
+        _require(
+            math.isfinite(self.muon_lr) and self.muon_lr > 0,
+            "muon_lr",
+            self.muon_lr,
+            "must be a finite number > 0",
+        )
+        _require(0.0 <= self.muon_momentum < 1.0, "muon_momentum", self.muon_momentum, "must be in [0, 1)")
+        _require(0.0 < self.decay_fraction <= 1.0, "decay_fraction", self.decay_fraction, "must be in (0, 1]")
 
 
 @dataclass(frozen=True)
@@ -171,18 +192,23 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     # Sized for time to quality on 2 CPU cores: about 90 s of training, the best held-out bits per
-    # byte on tinyshakespeare that a sweep found for that budget (bench/README.md). Also what the
-    # CPU demo uses; tests shrink it further with --set.
+    # byte on tinyshakespeare that the sweeps found for that budget (bench/README.md, "Time to
+    # quality"): Muon on the hidden matrices, warmup-stable-decay, no evaluation before the end.
+    # Also what the CPU demo uses; tests shrink it further with --set.
     "tiny": Preset(
         ModelConfig(n_layer=2, n_head=4, d_model=256, max_seq_len=128, tie_embeddings=True),
         TrainConfig(
             batch_size=16,
-            max_steps=150,
+            max_steps=120,
             lr=2e-3,
-            warmup_steps=30,
-            eval_every=50,
+            warmup_steps=20,
+            eval_every=0,
             eval_batches=16,
             checkpoint_every=50,
+            optimizer="muon",
+            muon_lr=0.04,
+            schedule="wsd",
+            decay_fraction=0.3,
         ),
         "2x256 transformer, context 128: CPU demos and tests",
     ),

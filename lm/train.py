@@ -2,7 +2,7 @@
 
 Each step draws windows of seq_len + 1 tokens, feeds x = w[:-1] (the gold prefix) and scores the
 logits against y = w[1:] with the mean cross-entropy -log p(w(t+1)) over every position, then
-backpropagates and takes an AdamW step. Everything a run needs to continue exactly where it stopped
+backpropagates and takes an optimiser step (lm/optim.py). Everything a run needs to continue exactly where it stopped
 (weights, optimizer, sampler position, RNG) goes into each checkpoint.
 
 `train(...)` is the whole API. It reports through callbacks, `on_metrics(metrics, step)` and
@@ -37,6 +37,7 @@ from lm.errors import CheckpointError, ConfigError, DataError, NonFiniteLossErro
 from lm.fileio import atomic_write_json
 from lm.mixture import MixtureSampler
 from lm.models import build_model
+from lm.optim import lr_at, make_optimizer, set_lr
 from lm.runtime import (
     Dist,
     all_reduce_mean,
@@ -53,35 +54,6 @@ NAN_FAULT_ENV = "FORJA_FAULT_NAN_STEP"
 
 MetricsCallback = Callable[[dict[str, float], int], None]
 CheckpointCallback = Callable[[Path, int], None]
-
-
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Learning rate of optimiser step `step` (0-based): linear warmup, then the decay schedule."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    if cfg.schedule == "constant":
-        return cfg.lr
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
-    floor = cfg.lr * cfg.min_lr_ratio
-    if cfg.schedule == "linear":
-        return floor + (cfg.lr - floor) * (1.0 - progress)
-    return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW; weight decay on the weight matrices only (not on norms or embeddings); fused if possible."""
-    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
-    decay, no_decay = [], []
-    for p in model.parameters():  # parameters() yields a tied weight once
-        if not p.requires_grad:
-            continue
-        (decay if p.dim() >= 2 and id(p) not in embeddings else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    kwargs = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps)
-    try:
-        return torch.optim.AdamW(groups, fused=True, **kwargs)
-    except (RuntimeError, TypeError):  # no fused kernel for this device or dtype
-        return torch.optim.AdamW(groups, **kwargs)
 
 
 @dataclass
@@ -322,9 +294,7 @@ class Trainer:
     def train_step(self, step: int) -> tuple[float, float]:
         """One optimiser step over grad_accum micro-batches; returns (loss, grad norm)."""
         self._step = step + 1
-        lr = lr_at(step, self.cfg)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        set_lr(self.optimizer, step, self.cfg)
         loss_sum = torch.zeros((), device=self.device)
         for micro in range(self.cfg.grad_accum):
             x, y = self._micro_batch()

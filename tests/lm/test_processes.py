@@ -54,6 +54,8 @@ def test_sigkill_mid_run_then_resume_completes(token_dir, tmp_path):
         "--set",
         "max_steps=400",
         "--set",
+        "optimizer=adamw",  # the subject is the processes: 400 AdamW steps of a 64-wide model are cheaper
+        "--set",
         "checkpoint_every=10",
         "--set",
         "keep_last=2",

@@ -30,8 +30,9 @@ def weights(path):
     return load_file(str(path / ckpt.MODEL_FILE))
 
 
-def test_resume_is_bitwise_exact(token_dir, tmp_path):
-    model, cfg = small_configs(max_steps=40, checkpoint_every=20)
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_resume_is_bitwise_exact(token_dir, tmp_path, optimizer):
+    model, cfg = small_configs(max_steps=40, checkpoint_every=20, optimizer=optimizer)
     straight, cb = collect()
     r1 = train(model, cfg, token_dir, tmp_path / "straight", on_metrics=cb)
 
