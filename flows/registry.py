@@ -108,11 +108,11 @@ def _check_uploaded(model_uri: str, model_dir: Path) -> None:
 
 
 def _cause(e: BaseException) -> str:
-    """The root of an upload failure in one short line: the URL it names, if any, and its type."""
+    """An upload failure in one short line: its type, its start, and the URL it names if cut off."""
     text = " ".join(str(e).split())
     urls = re.findall(r"https?://[^\s\"'\\]+", text)
-    head = f"{type(e).__name__}: {text[:200]}"
-    return f"{head}; the store named: {urls[-1]}" if urls else head
+    head = f"{type(e).__name__}: {text[:160]}"
+    return f"{head}; URL: {urls[-1]}" if urls and urls[-1] not in head else head
 
 
 def _hold_upload() -> None:
