@@ -14,7 +14,10 @@ every dataset) is not this dataset's champion: the new version replaces it, and 
 from __future__ import annotations
 
 import logging
+import os
+import re
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +26,19 @@ from prefect import task
 from flows.stages import TASK_OPTS, by_key
 from forja import tracking
 from lm import checkpoint as ckpt
-from lm.errors import ConfigError
+from lm.errors import ConfigError, ForjaError
 from lm.evaluate import METHOD as EVAL_METHOD
 from tasks.evaluate import METRIC_DIRECTIONS, EvalConfig, evaluate_checkpoint, evaluate_downstream
 
 log = logging.getLogger("forja.registry")
+# Fault injection, for tests/stack only: with FORJA_FAULT_HOLD_UPLOAD=DIR the register task writes
+# DIR/held just before it uploads the model and waits for DIR/release (the test stops the object
+# store in between: the upload fails at a chosen moment, not at a raced one).
+HOLD_UPLOAD_ENV = "FORJA_FAULT_HOLD_UPLOAD"
+
+
+class UploadError(ForjaError):
+    """The model's artifacts did not reach the artifact store; nothing was registered."""
 
 
 @task(name="register", task_run_name="register", cache_key_fn=by_key, **TASK_OPTS)
@@ -54,9 +65,64 @@ def register_task(
             except Exception as e:  # an LSTM, say: the model is still logged, without the HF folder
                 log.warning("no Hugging Face export for this model: %s", e)
         name = tracking.model_name_for(dataset)
-        model_uri, version = tracking.log_model(mlflow_run_id, model_dir, hf_dir, register_as=name)
+        model_uri, version = upload_and_register(mlflow_run_id, model_dir, hf_dir, name)
     decision = promote_if_better(version, eval_metrics, eval_dir, dataset, metric)
     return {"model_uri": model_uri, "model_name": name, "version": version, **decision}
+
+
+def upload_and_register(run_id: str, model_dir: Path, hf_dir: Path | None, name: str) -> tuple[str, str]:
+    """Log the model, check that its weights are in the artifact store, then register a version:
+    a failed or partial upload raises one line naming the store and leaves no version behind."""
+    _hold_upload()
+    store = tracking.mlflow.get_tracking_uri()
+    try:
+        model_uri, _ = tracking.log_model(run_id, model_dir, hf_dir, register_as=None)
+        _check_uploaded(model_uri, model_dir)
+    except Exception as e:
+        raise UploadError(
+            f"uploading the model to the artifact store of {store} failed ({_cause(e)}); nothing was "
+            f"registered: start the object store (`forja stack up`; compose: the minio service) and "
+            "trigger the run again (its training is cached)"
+        ) from e
+    version = tracking.mlflow.register_model(model_uri, name).version
+    return model_uri, str(version)
+
+
+def _check_uploaded(model_uri: str, model_dir: Path) -> None:
+    """The store lists the model's MLmodel and its weights, at their local size."""
+    from mlflow.artifacts import list_artifacts
+
+    where = tracking.mlflow.get_logged_model(model_uri.removeprefix("models:/")).artifact_location
+    top = {a.path.rsplit("/", 1)[-1] for a in list_artifacts(artifact_uri=where)}
+    if "MLmodel" not in top:
+        raise ForjaError(f"{model_uri} has no MLmodel in the store")
+    weights = model_dir / ckpt.MODEL_FILE
+    listed = {
+        a.path.rsplit("/", 1)[-1]: a.file_size
+        for a in list_artifacts(artifact_uri=f"{where}/artifacts/checkpoint")
+    }
+    if listed.get(weights.name) != weights.stat().st_size:
+        raise ForjaError(
+            f"{weights.name} is {listed.get(weights.name)} bytes in the store, {weights.stat().st_size} here"
+        )
+
+
+def _cause(e: BaseException) -> str:
+    """An upload failure in one short line: its type, its start, and the URL it names if cut off."""
+    text = " ".join(str(e).split())
+    urls = re.findall(r"https?://[^\s\"'\\]+", text)
+    head = f"{type(e).__name__}: {text[:160]}"
+    return f"{head}; URL: {urls[-1]}" if urls and urls[-1] not in head else head
+
+
+def _hold_upload() -> None:
+    folder = os.environ.get(HOLD_UPLOAD_ENV)
+    if not folder:
+        return
+    (Path(folder) / "held").write_text(str(os.getpid()))
+    deadline = time.time() + 600
+    while not (Path(folder) / "release").exists() and time.time() < deadline:
+        time.sleep(0.2)
 
 
 def _same_method(champ, metrics: dict[str, Any], metric: str) -> bool:

@@ -198,3 +198,20 @@ def _run(cmd: list[str], env: dict[str, str], cwd: Path) -> None:
     if r.returncode != 0:
         tail = (r.stderr.strip() or r.stdout.strip()).splitlines()[-3:]
         raise StackError(f"`{' '.join(cmd[2:5])} ...` failed: {' | '.join(tail)}")
+
+
+def restart(folder: Path, name: str, say: Say) -> None:
+    """Stop one service and start it again (its data kept), waiting until it is ready."""
+    folder = folder.resolve()
+    with file_lock(folder / LOCK):
+        state = load(folder)
+        if state is None:
+            raise StackError(f"no stack in {folder}")
+        code = project_dir()
+        [svc] = [s for s in services.services(folder, state, code) if s.name == name]
+        t0 = time.time()
+        if name in state.pids:
+            services.stop(state.pids.pop(name), svc.stop_signal, svc.stop_wait)
+            state.save(folder)
+        say(f"{name:<15} stopped in {time.time() - t0:.1f} s")
+        _start_phase([svc], folder, state, code, say)

@@ -26,6 +26,7 @@ import psutil
 from forja.stack import postgres
 from forja.stack.spec import (
     BUCKET,
+    CLIENT_RETRY_CODES,
     DASK_WORKERS,
     HEARTBEAT_S,
     MLFLOW_ADMIN,
@@ -189,7 +190,11 @@ def services(folder: Path, state: State, project_dir: Path) -> list[Service]:
     mlflow_url = clients["MLFLOW_TRACKING_URI"]
     # Every process of the stack runs in the checkout, so a worker's pull step and Dask workers find
     # the flows' code, and with the client's settings (Prefect reports task runs from Dask workers).
-    common = clients | {"PREFECT_HOME": str(folder / "prefect-home"), "FORJA_PROJECT_DIR": str(project_dir)}
+    common = clients | {
+        "PREFECT_HOME": str(folder / "prefect-home"),
+        "FORJA_PROJECT_DIR": str(project_dir),
+        "PREFECT_CLIENT_RETRY_EXTRA_CODES": CLIENT_RETRY_CODES,  # a Postgres restart: 500s, retried
+    }
     out = [
         Service(
             "postgres",

@@ -31,6 +31,9 @@ HEARTBEAT_S = 30  # compose: the workers' PREFECT_FLOWS_HEARTBEAT_FREQUENCY (Pre
 # API outage of 2 minutes plus a heartbeat: heartbeats cannot reach a server that is down, and when
 # it returns it crashes the runs whose window ran out meanwhile, though they still run.
 CRASH_AFTER_S = 180
+# compose: PREFECT_CLIENT_RETRY_EXTRA_CODES. The Prefect server answers 500 to the calls that meet a
+# Postgres restart; its client retries 429, 502 and 503 only, unless told.
+CLIENT_RETRY_CODES = "500"
 STATE_FILE = "stack.json"
 
 # Every port the stack listens on, by name, chosen free at the first `up` and kept.
