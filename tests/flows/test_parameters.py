@@ -51,7 +51,9 @@ def test_both_flows_are_deployed_from_both_places():
 def test_every_field_of_every_group_is_in_the_form_with_its_description_and_default(where, flow_name, schema):
     props, definitions = schema["properties"], schema["definitions"]
     expected = ["sources", "preset", "source_settings", *EXTRA.get(flow_name, {}), *STAGES]
-    assert list(props) == expected, "sources, preset, source_settings, the flow's own options, then one group per stage"
+    assert list(props) == expected, (
+        "sources, preset, source_settings, the flow's own options, then one group per stage"
+    )
     assert props["sources"]["default"] == ["python-docs"] and props["preset"]["default"] == "tiny"
     for name, default in EXTRA.get(flow_name, {}).items():
         assert props[name]["default"] is default and props[name]["type"] == "boolean"
