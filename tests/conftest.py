@@ -6,6 +6,8 @@
   is restored when the session ends.
 - Skips: a test may skip only for a reason on ALLOWED_SKIPS (hardware or tools this machine lacks);
   any other skip fails the session and names the test. The allowed skips are listed at the end.
+- Threads: one OpenMP thread per process (OMP_NUM_THREADS=1, inherited by every child process)
+  unless the shell sets it; see pytest_configure.
 - Hypothesis: derandomised when CI=true, so a CI failure replays from the same examples.
 
 tests/ is put on sys.path so that test modules import `helpers` and `support` by name.
@@ -68,6 +70,12 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["FORJA_HOME"] = str(_session_home)
     # Prefect's own home too, so that its profiles file (~/.prefect/profiles.toml) cannot name a server.
     os.environ["PREFECT_HOME"] = str(_session_home / "prefect")
+    # One torch (OpenMP) thread per process unless the shell says otherwise: the tests run servers,
+    # workers and training processes side by side on few cores, and an OpenMP team whose threads
+    # wait for a busy core turns a 1 s tiny-model training into 20 s (measured at load 5 on 2
+    # cores: 20 steps in 1 s with one thread, 23 s with two). The lm tests ask for two threads
+    # where they run alone (tests/lm/conftest.py); runs compared with each other share the setting.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     # The startup timeout forja's configure() gives Prefect's temporary server, for the tests that
     # run flows in this process (Prefect's 20 s default is short on a busy 2-core machine).
     os.environ[EPHEMERAL_TIMEOUT] = "120"
