@@ -9,6 +9,7 @@ Run button does, and checks where everything ran and landed; `stack down` must l
 from __future__ import annotations
 
 import asyncio
+import configparser
 import contextlib
 import json
 import logging
@@ -31,6 +32,7 @@ from forja.stack.spec import (
     CRASH_AFTER_S,
     DATABASES,
     HEARTBEAT_S,
+    MLFLOW_AUTH_CACHE_TTL_S,
     PG_MAJOR,
     PG_USER,
     WORK_POOL,
@@ -87,6 +89,13 @@ def test_the_stack_and_compose_start_the_same_services(tmp_path):
     # a Postgres restart: the Prefect server's 500s are retried by the workers' clients
     retry = svc["worker"]["environment"]["PREFECT_CLIENT_RETRY_EXTRA_CODES"]
     assert retry == worker_env["PREFECT_CLIENT_RETRY_EXTRA_CODES"] == CLIENT_RETRY_CODES
+    # MLflow's basic auth caches a checked credential (else every request costs a scrypt hash)
+    compose_auth, ours_auth = configparser.ConfigParser(), configparser.ConfigParser()
+    compose_auth.read(ROOT / "infra" / "mlflow-auth.ini")
+    ours_auth.read(services.write_mlflow_auth(tmp_path, state))
+    for key in ("auth_cache_ttl_seconds", "authorization_function", "default_permission"):
+        assert compose_auth["mlflow"][key] == ours_auth["mlflow"][key], key
+    assert int(ours_auth["mlflow"]["auth_cache_ttl_seconds"]) == MLFLOW_AUTH_CACHE_TTL_S > 0
 
 
 def _binaries_or_skip():
