@@ -43,6 +43,7 @@ from forja.stack.spec import (
 )
 
 ZOMBIE_WITHIN_S = 60  # the zombie test's automation: no heartbeat for 60 s (30 s beats); else 180
+CORPUS_CHARS = 120_000  # the runs' text: the first 120 kB of tiny Shakespeare
 OUTAGE_S = int(os.environ.get("FORJA_TEST_OUTAGE_S", "20"))  # the API outage test's (120 by hand)
 COMPOSE = yaml.safe_load((ROOT / "infra" / "compose.yaml").read_text())
 
@@ -135,9 +136,12 @@ def _forja(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
+def stack(tmp_path_factory, shakespeare_path):
     _binaries_or_skip()
     tmp = tmp_path_factory.mktemp("stack")
+    corpus = tmp / "corpus"  # what the runs read
+    corpus.mkdir()
+    (corpus / "shakespeare.txt").write_text(shakespeare_path.read_text(encoding="utf-8")[:CORPUS_CHARS])
     folder = tmp / "stack"
     env = child_env(FORJA_HOME=str(tmp / "home"))
     t0 = time.time()
@@ -154,7 +158,7 @@ def stack(tmp_path_factory):
         assert re.search("zombie automation (present|replaced)", again.stderr), again.stderr[-2000:]
         d = _forja("stack", "deploy", "--dir", str(folder), env=env)
         assert d.returncode == 0, d.stderr[-3000:]
-        yield {"folder": folder, "env": env, "client": client, "tmp": tmp, "up_s": up_s}
+        yield {"folder": folder, "env": env, "client": client, "tmp": tmp, "corpus": corpus, "up_s": up_s}
     finally:
         state = load(folder)
         down = _forja("stack", "down", "--dir", str(folder), env=env, timeout=240)
@@ -190,14 +194,13 @@ async def _wait_final(flow_run_id, timeout: float):
             await asyncio.sleep(1)
 
 
-@pytest.fixture
-def on_stack(stack, monkeypatch, request, shakespeare_path):
-    """This test's Prefect and MLflow clients point at the stack; the corpus the runs read."""
+@contextlib.contextmanager
+def _clients_on(stack):
+    """This process's Prefect and MLflow clients point at the stack, until the block ends."""
     client = stack["client"]
-    for k, v in client.items():
-        monkeypatch.setenv(k, v)
     # Prefect read its settings when this session imported it, and an earlier test may have set
-    # MLflow's global URI: point both at the stack explicitly, for this test only.
+    # MLflow's global URI: point both at the stack explicitly.
+    import mlflow
     from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
     settings = temporary_settings(
@@ -206,33 +209,47 @@ def on_stack(stack, monkeypatch, request, shakespeare_path):
             PREFECT_API_AUTH_STRING: client.get("PREFECT_API_AUTH_STRING"),
         }
     )
-    import mlflow
+    with pytest.MonkeyPatch.context() as mp, settings:
+        for k, v in client.items():
+            mp.setenv(k, v)
+        mlflow.set_tracking_uri(client["MLFLOW_TRACKING_URI"])
+        try:
+            yield
+        finally:
+            mlflow.set_tracking_uri(None)
 
-    mlflow.set_tracking_uri(client["MLFLOW_TRACKING_URI"])
-    request.addfinalizer(lambda: mlflow.set_tracking_uri(None))
-    corpus = stack["tmp"] / "corpus"
-    if not corpus.is_dir():
-        corpus.mkdir()
-        (corpus / "shakespeare.txt").write_text(shakespeare_path.read_text(encoding="utf-8")[:120_000])
-    with settings:
-        yield {**stack, "corpus": corpus}
+
+@pytest.fixture
+def on_stack(stack):
+    """This test's Prefect and MLflow clients point at the stack."""
+    with _clients_on(stack):
+        yield stack
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(stack):
+    """The `pipeline` deployment triggered as the UI's Run button does, with custom parameters; the
+    flow run when it ended. Its model is the first champion of the dataset `stack` (the other
+    tests' runs register none): the end-to-end test checks the run, the retrain test beats it."""
+    from prefect.deployments import run_deployment
+
+    with _clients_on(stack):
+        t0 = time.time()
+        created = run_deployment(
+            "pipeline/forja-pipeline",
+            parameters=_params(stack["corpus"], stack["client"]["DASK_SCHEDULER_ADDRESS"]),
+            timeout=0,
+        )
+        fr = asyncio.run(_wait_final(created.id, timeout=600))
+        print(f"\npipeline: {_timings(fr, _task_runs(fr.id))}; {time.time() - t0:.1f} s here")
+    return fr
 
 
 @pytest.mark.slow
-def test_a_deployment_triggered_like_the_ui_runs_on_the_worker_dask_mlflow_and_s3(on_stack):
-    client, corpus = on_stack["client"], on_stack["corpus"]
+def test_a_deployment_triggered_like_the_ui_runs_on_the_worker_dask_mlflow_and_s3(on_stack, pipeline_run):
+    client, fr = on_stack["client"], pipeline_run
     from distributed import Client
-    from prefect.deployments import run_deployment
 
-    # the UI's Run button: a flow run created from the deployment with custom parameters
-    t0 = time.time()
-    created = run_deployment(
-        "pipeline/forja-pipeline", parameters=_params(corpus, client["DASK_SCHEDULER_ADDRESS"]), timeout=0
-    )
-    fr = asyncio.run(_wait_final(created.id, timeout=600))
-    print(
-        f"\ntrigger to start {(fr.start_time - fr.created).total_seconds():.1f} s; run {time.time() - t0:.1f} s"
-    )
     assert fr.state.is_completed(), fr.state.message
     # it ran in a process the worker started, not here
     assert fr.work_pool_name == WORK_POOL
@@ -290,6 +307,60 @@ def test_a_deployment_triggered_like_the_ui_runs_on_the_worker_dask_mlflow_and_s
 
     out = model.predict(pd.DataFrame({"prompt": ["To be"]}), params={"max_new_tokens": 4, "seed": 1})
     assert len(out) == 1 and out[0].startswith("To be")
+
+
+@pytest.mark.slow
+def test_retrain_with_new_data_on_the_stack_promotes_only_a_better_model(
+    on_stack, pipeline_run, shakespeare_path
+):
+    """The `retrain` deployment triggered twice as the UI's Run button does, each time after a new
+    file arrived in a source folder. The first trains 1 step (the champion: 6) and stays a
+    challenger, the alias does not move; the second trains 12 and becomes the champion."""
+    from mlflow import MlflowClient
+    from prefect.deployments import run_deployment
+
+    from forja.tracking import model_name_for
+
+    assert pipeline_run.state.is_completed(), pipeline_run.state.message
+    client, tmp = on_stack["client"], on_stack["tmp"]
+    ml = MlflowClient(client["MLFLOW_TRACKING_URI"])
+    name, exps = model_name_for("stack"), [e.experiment_id for e in ml.search_experiments()]
+    [first_run] = ml.search_runs(exps, f"tags.`prefect.flow_run_id` = '{pipeline_run.id}'")
+    first = ml.get_model_version_by_alias(name, "champion")
+    assert first.run_id == first_run.info.run_id  # the pipeline run's model is the champion
+    text = shakespeare_path.read_text(encoding="utf-8")
+    incoming = tmp / "incoming"
+    incoming.mkdir()
+
+    def retrain(steps: int, new_text: str):
+        (incoming / f"arrived-{steps}.txt").write_text(new_text)
+        params = _params(on_stack["corpus"], client["DASK_SCHEDULER_ADDRESS"])
+        params["sources"].append(str(incoming))
+        params["train"] |= {"max_steps": steps, "eval_every": 0, "checkpoint_every": 0}
+        t0 = time.time()
+        created = run_deployment("retrain/forja-retrain-nightly", parameters=params, timeout=0)
+        fr = asyncio.run(_wait_final(created.id, timeout=600))
+        print(f"\nretrain, {steps} steps: {_timings(fr, _task_runs(fr.id))}; {time.time() - t0:.1f} s here")
+        assert fr.state.is_completed(), fr.state.message
+        [run] = ml.search_runs(exps, f"tags.`prefect.flow_run_id` = '{fr.id}'")
+        assert run.data.tags["forja.kind"] == "retrain"
+        assert run.data.tags["tokenizer_sha256"] == first_run.data.tags["tokenizer_sha256"]  # the champion's
+        [version] = ml.search_model_versions(f"run_id = '{run.info.run_id}'")  # new data: it trained
+        return version, _run_logs(fr.id)
+
+    def bpb(version) -> float:
+        return float(version.tags["eval_bpb"])
+
+    worse, logs = retrain(1, text[CORPUS_CHARS : CORPUS_CHARS + 30_000])
+    assert bpb(worse) > bpb(first), (bpb(worse), bpb(first))
+    assert f"{name} version {worse.version} stays a challenger" in logs, logs[-3000:]
+    assert ml.get_model_version_by_alias(name, "champion").version == first.version
+
+    better, logs = retrain(12, text[CORPUS_CHARS + 30_000 : CORPUS_CHARS + 60_000])
+    assert bpb(better) < bpb(first), (bpb(better), bpb(first))
+    assert f"promoted {name} version {better.version} to champion" in logs, logs[-3000:]
+    assert f"< champion v{first.version}" in logs
+    assert ml.get_model_version_by_alias(name, "champion").version == better.version
 
 
 def _train_running(flow_run_id) -> bool:
