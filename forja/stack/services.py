@@ -30,6 +30,7 @@ from forja.stack.spec import (
     DASK_WORKERS,
     HEARTBEAT_S,
     MLFLOW_ADMIN,
+    MLFLOW_AUTH_CACHE_TTL_S,
     WORK_POOL,
     StackError,
     State,
@@ -161,6 +162,7 @@ def write_mlflow_auth(folder: Path, state: State) -> Path:
         f"database_uri = sqlite:///{folder / 'mlflow-auth.db'}\n"
         f"admin_username = {MLFLOW_ADMIN}\nadmin_password = {c['mlflow_password']}\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        f"auth_cache_ttl_seconds = {MLFLOW_AUTH_CACHE_TTL_S}\n"
     )
     os.chmod(path, 0o600)
     return path

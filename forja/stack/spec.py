@@ -34,6 +34,11 @@ CRASH_AFTER_S = 180
 # compose: PREFECT_CLIENT_RETRY_EXTRA_CODES. The Prefect server answers 500 to the calls that meet a
 # Postgres restart; its client retries 429, 502 and 503 only, unless told.
 CLIENT_RETRY_CODES = "500"
+# compose: infra/mlflow-auth.ini. MLflow's basic auth checks the password's scrypt hash on every
+# request (0.4 s of the server's CPU here, by design) unless its credential cache is on (off by
+# default): a model upload, a hundred requests, took a minute or two. One server process, one user:
+# a password changed through MLflow's API takes effect at once; out of band, within this TTL.
+MLFLOW_AUTH_CACHE_TTL_S = 300
 STATE_FILE = "stack.json"
 
 # Every port the stack listens on, by name, chosen free at the first `up` and kept.

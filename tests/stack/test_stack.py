@@ -9,6 +9,7 @@ Run button does, and checks where everything ran and landed; `stack down` must l
 from __future__ import annotations
 
 import asyncio
+import configparser
 import contextlib
 import json
 import logging
@@ -31,6 +32,7 @@ from forja.stack.spec import (
     CRASH_AFTER_S,
     DATABASES,
     HEARTBEAT_S,
+    MLFLOW_AUTH_CACHE_TTL_S,
     PG_MAJOR,
     PG_USER,
     WORK_POOL,
@@ -41,6 +43,7 @@ from forja.stack.spec import (
 )
 
 ZOMBIE_WITHIN_S = 60  # the zombie test's automation: no heartbeat for 60 s (30 s beats); else 180
+CORPUS_CHARS = 120_000  # the runs' text: the first 120 kB of tiny Shakespeare
 OUTAGE_S = int(os.environ.get("FORJA_TEST_OUTAGE_S", "20"))  # the API outage test's (120 by hand)
 COMPOSE = yaml.safe_load((ROOT / "infra" / "compose.yaml").read_text())
 
@@ -87,6 +90,13 @@ def test_the_stack_and_compose_start_the_same_services(tmp_path):
     # a Postgres restart: the Prefect server's 500s are retried by the workers' clients
     retry = svc["worker"]["environment"]["PREFECT_CLIENT_RETRY_EXTRA_CODES"]
     assert retry == worker_env["PREFECT_CLIENT_RETRY_EXTRA_CODES"] == CLIENT_RETRY_CODES
+    # MLflow's basic auth caches a checked credential (else every request costs a scrypt hash)
+    compose_auth, ours_auth = configparser.ConfigParser(), configparser.ConfigParser()
+    compose_auth.read(ROOT / "infra" / "mlflow-auth.ini")
+    ours_auth.read(services.write_mlflow_auth(tmp_path, state))
+    for key in ("auth_cache_ttl_seconds", "authorization_function", "default_permission"):
+        assert compose_auth["mlflow"][key] == ours_auth["mlflow"][key], key
+    assert int(ours_auth["mlflow"]["auth_cache_ttl_seconds"]) == MLFLOW_AUTH_CACHE_TTL_S > 0
 
 
 def _binaries_or_skip():
@@ -126,9 +136,12 @@ def _forja(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
+def stack(tmp_path_factory, shakespeare_path):
     _binaries_or_skip()
     tmp = tmp_path_factory.mktemp("stack")
+    corpus = tmp / "corpus"  # what the runs read
+    corpus.mkdir()
+    (corpus / "shakespeare.txt").write_text(shakespeare_path.read_text(encoding="utf-8")[:CORPUS_CHARS])
     folder = tmp / "stack"
     env = child_env(FORJA_HOME=str(tmp / "home"))
     t0 = time.time()
@@ -145,7 +158,15 @@ def stack(tmp_path_factory):
         assert re.search("zombie automation (present|replaced)", again.stderr), again.stderr[-2000:]
         d = _forja("stack", "deploy", "--dir", str(folder), env=env)
         assert d.returncode == 0, d.stderr[-3000:]
-        yield {"folder": folder, "env": env, "client": client, "tmp": tmp, "up_s": up_s}
+        yield {
+            "folder": folder,
+            "env": env,
+            "client": client,
+            "tmp": tmp,
+            "corpus": corpus,
+            "shakespeare": shakespeare_path,
+            "up_s": up_s,
+        }
     finally:
         state = load(folder)
         down = _forja("stack", "down", "--dir", str(folder), env=env, timeout=240)
@@ -181,14 +202,13 @@ async def _wait_final(flow_run_id, timeout: float):
             await asyncio.sleep(1)
 
 
-@pytest.fixture
-def on_stack(stack, monkeypatch, request, shakespeare_path):
-    """This test's Prefect and MLflow clients point at the stack; the corpus the runs read."""
+@contextlib.contextmanager
+def _clients_on(stack):
+    """This process's Prefect and MLflow clients point at the stack, until the block ends."""
     client = stack["client"]
-    for k, v in client.items():
-        monkeypatch.setenv(k, v)
     # Prefect read its settings when this session imported it, and an earlier test may have set
-    # MLflow's global URI: point both at the stack explicitly, for this test only.
+    # MLflow's global URI: point both at the stack explicitly.
+    import mlflow
     from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
     settings = temporary_settings(
@@ -197,33 +217,47 @@ def on_stack(stack, monkeypatch, request, shakespeare_path):
             PREFECT_API_AUTH_STRING: client.get("PREFECT_API_AUTH_STRING"),
         }
     )
-    import mlflow
+    with pytest.MonkeyPatch.context() as mp, settings:
+        for k, v in client.items():
+            mp.setenv(k, v)
+        mlflow.set_tracking_uri(client["MLFLOW_TRACKING_URI"])
+        try:
+            yield
+        finally:
+            mlflow.set_tracking_uri(None)
 
-    mlflow.set_tracking_uri(client["MLFLOW_TRACKING_URI"])
-    request.addfinalizer(lambda: mlflow.set_tracking_uri(None))
-    corpus = stack["tmp"] / "corpus"
-    if not corpus.is_dir():
-        corpus.mkdir()
-        (corpus / "shakespeare.txt").write_text(shakespeare_path.read_text(encoding="utf-8")[:120_000])
-    with settings:
-        yield {**stack, "corpus": corpus}
+
+@pytest.fixture
+def on_stack(stack):
+    """This test's Prefect and MLflow clients point at the stack."""
+    with _clients_on(stack):
+        yield stack
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(stack):
+    """The `pipeline` deployment triggered as the UI's Run button does, with custom parameters; the
+    flow run when it ended. Its model is the first champion of the dataset `stack` (the other
+    tests' runs register none): the end-to-end test checks the run, the retrain test beats it."""
+    from prefect.deployments import run_deployment
+
+    with _clients_on(stack):
+        t0 = time.time()
+        created = run_deployment(
+            "pipeline/forja-pipeline",
+            parameters=_params(stack["corpus"], stack["client"]["DASK_SCHEDULER_ADDRESS"]),
+            timeout=0,
+        )
+        fr = asyncio.run(_wait_final(created.id, timeout=600))
+        print(f"\npipeline: {_timings(fr, _task_runs(fr.id))}; {time.time() - t0:.1f} s here")
+    return fr
 
 
 @pytest.mark.slow
-def test_a_deployment_triggered_like_the_ui_runs_on_the_worker_dask_mlflow_and_s3(on_stack):
-    client, corpus = on_stack["client"], on_stack["corpus"]
+def test_a_deployment_triggered_like_the_ui_runs_on_the_worker_dask_mlflow_and_s3(on_stack, pipeline_run):
+    client, fr = on_stack["client"], pipeline_run
     from distributed import Client
-    from prefect.deployments import run_deployment
 
-    # the UI's Run button: a flow run created from the deployment with custom parameters
-    t0 = time.time()
-    created = run_deployment(
-        "pipeline/forja-pipeline", parameters=_params(corpus, client["DASK_SCHEDULER_ADDRESS"]), timeout=0
-    )
-    fr = asyncio.run(_wait_final(created.id, timeout=600))
-    print(
-        f"\ntrigger to start {(fr.start_time - fr.created).total_seconds():.1f} s; run {time.time() - t0:.1f} s"
-    )
     assert fr.state.is_completed(), fr.state.message
     # it ran in a process the worker started, not here
     assert fr.work_pool_name == WORK_POOL
@@ -281,6 +315,75 @@ def test_a_deployment_triggered_like_the_ui_runs_on_the_worker_dask_mlflow_and_s
 
     out = model.predict(pd.DataFrame({"prompt": ["To be"]}), params={"max_new_tokens": 4, "seed": 1})
     assert len(out) == 1 and out[0].startswith("To be")
+
+
+def _retrain(on_stack, arrived: str, chars: slice, train: dict):
+    """The `retrain` deployment triggered as the UI's Run button does, once a new file (`chars` of
+    tiny Shakespeare, past the corpus) arrived in a source folder; it trains as `train` says."""
+    from prefect.deployments import run_deployment
+
+    incoming = on_stack["tmp"] / "incoming"
+    incoming.mkdir(exist_ok=True)
+    (incoming / arrived).write_text(on_stack["shakespeare"].read_text(encoding="utf-8")[chars])
+    params = _params(on_stack["corpus"], on_stack["client"]["DASK_SCHEDULER_ADDRESS"])
+    params["sources"].append(str(incoming))
+    params["train"] |= {"eval_every": 0, "checkpoint_every": 0, **train}
+    return run_deployment("retrain/forja-retrain-nightly", parameters=params, timeout=0)
+
+
+def _champion_and_retrained(on_stack, pipeline_run, retrain_run):
+    """The model versions of the dataset's champion, of a completed retrain (which must have
+    trained on its new data, with the champion's tokenizer) and of the pipeline run, and the
+    retrain's Prefect logs."""
+    from mlflow import MlflowClient
+
+    from forja.tracking import model_name_for
+
+    assert pipeline_run.state.is_completed(), pipeline_run.state.message
+    assert retrain_run.state.is_completed(), retrain_run.state.message
+    ml = MlflowClient(on_stack["client"]["MLFLOW_TRACKING_URI"])
+    exps = [e.experiment_id for e in ml.search_experiments()]
+    [first] = ml.search_runs(exps, f"tags.`prefect.flow_run_id` = '{pipeline_run.id}'")
+    [run] = ml.search_runs(exps, f"tags.`prefect.flow_run_id` = '{retrain_run.id}'")
+    assert run.data.tags["forja.kind"] == "retrain"
+    assert run.data.tags["tokenizer_sha256"] == first.data.tags["tokenizer_sha256"]
+    [version] = ml.search_model_versions(f"run_id = '{run.info.run_id}'")  # new data: it trained
+    [pipeline_version] = ml.search_model_versions(f"run_id = '{first.info.run_id}'")
+    champion = ml.get_model_version_by_alias(model_name_for("stack"), "champion")
+    return champion, version, pipeline_version, _run_logs(retrain_run.id)
+
+
+def _bpb(version) -> float:
+    return float(version.tags["eval_bpb"])
+
+
+@pytest.mark.slow
+def test_a_retrain_with_new_data_whose_model_is_worse_stays_a_challenger(on_stack, pipeline_run):
+    """`retrain` on the stack promotes only a better model: this retrain has a new file and trains
+    1 step (the champion, the pipeline run's model: 6; or the outage test's retrain, which trained
+    for over a minute): its version stays a challenger and the alias does not move. The other way,
+    a better retrain promoted, is the outage test's run."""
+    from mlflow import MlflowClient
+
+    from forja.tracking import model_name_for
+
+    assert pipeline_run.state.is_completed(), pipeline_run.state.message
+    name = model_name_for("stack")
+    before = MlflowClient(on_stack["client"]["MLFLOW_TRACKING_URI"]).get_model_version_by_alias(
+        name, "champion"
+    )
+    t0 = time.time()
+    created = _retrain(
+        on_stack, "arrived-1.txt", slice(CORPUS_CHARS, CORPUS_CHARS + 30_000), {"max_steps": 1}
+    )
+    fr = asyncio.run(_wait_final(created.id, timeout=600))
+    print(f"\nretrain, 1 step: {_timings(fr, _task_runs(fr.id))}; {time.time() - t0:.1f} s here")
+    champion, worse, _, logs = _champion_and_retrained(on_stack, pipeline_run, fr)
+    print(f"bits per byte: challenger {_bpb(worse):.4f}, champion v{champion.version} {_bpb(champion):.4f}")
+    assert champion.version == before.version != worse.version
+    assert _bpb(worse) > _bpb(champion)
+    assert f"{name} version {worse.version} stays a challenger" in logs, logs[-3000:]
+    assert f">= champion v{champion.version}" in logs
 
 
 def _train_running(flow_run_id) -> bool:
@@ -521,22 +624,28 @@ def test_faults_on_the_stack_a_lost_host_postgres_restart_object_store_down_and_
 
 
 @pytest.mark.slow
-def test_a_prefect_api_outage_during_training_costs_progress_updates_not_the_run(on_stack):
+def test_a_prefect_api_outage_during_a_retrain_costs_progress_updates_not_the_run_nor_its_promotion(
+    on_stack, pipeline_run
+):
     """The Prefect server stops mid-training and comes back OUTAGE_S seconds later (plus its
     restart); training goes on without it and the run completes. FORJA_TEST_OUTAGE_S=120 runs the
-    2-minute outage of the issue by hand."""
+    2-minute outage of the issue by hand.
+
+    The run is a retrain with a new file that trains for over a minute, far longer than the
+    champion, the pipeline run's model (6 steps): its model becomes the champion. (A worse retrain
+    stays a challenger: the retrain test. It never moves the alias, so the champion this run
+    meets is the pipeline run's whatever the order of the tests.)"""
     from prefect import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
-    from prefect.deployments import run_deployment
 
-    client, folder = on_stack["client"], on_stack["folder"]
-    params = _params(on_stack["corpus"], client["DASK_SCHEDULER_ADDRESS"])
+    from forja.tracking import model_name_for
+
+    folder = on_stack["folder"]
+    assert pipeline_run.state.is_completed(), pipeline_run.state.message
     # training that outlasts the outage and the server's restart (about 45 s), then stops by itself;
-    # progress updates every 10 s meanwhile; no registration (the end-to-end test has one)
-    params["train"] |= {"max_steps": 1_000_000, "eval_every": 0, "checkpoint_every": 0}
-    params["train"]["max_time_s"] = OUTAGE_S + 75
-    params["run"]["register_model"] = False
-    created = run_deployment("pipeline/forja-pipeline", parameters=params, timeout=0)
+    # progress updates every 10 s meanwhile
+    train = {"max_steps": 1_000_000, "max_time_s": OUTAGE_S + 75}
+    created = _retrain(on_stack, "arrived-2.txt", slice(CORPUS_CHARS + 30_000, CORPUS_CHARS + 60_000), train)
     deadline = time.time() + 300
     while not _train_running(created.id):
         assert time.time() < deadline, "training did not start on the stack's worker"
@@ -558,6 +667,13 @@ def test_a_prefect_api_outage_during_training_costs_progress_updates_not_the_run
     assert ("progress updates paused" in text) <= ("progress updates resumed" in text), text[-3000:]
     # Forja's own INFO lines are in the run's Prefect logs
     assert any(e.name.startswith("forja") and e.level == logging.INFO for e in logs), {e.name for e in logs}
+
+    # ... among them the promotion of its model, better than the pipeline run's
+    champion, better, first, text = _champion_and_retrained(on_stack, pipeline_run, fr)
+    print(f"bits per byte: retrained {_bpb(better):.4f}, the pipeline run's {_bpb(first):.4f}")
+    assert champion.version == better.version and _bpb(better) < _bpb(first)
+    assert f"promoted {model_name_for('stack')} version {better.version} to champion" in text, text[-3000:]
+    assert f"< champion v{first.version}" in text  # it took the alias from the pipeline run's model
 
 
 def test_stack_status_and_env_of_a_folder_without_a_stack_say_how_to_start_one(tmp_path):
