@@ -3,8 +3,10 @@
     python bench/data_bench.py [--mb 100] [--files 8] [--vocab 4096] [--keep DIR]
     forja bench data [--mb 100]
     forja bench data --sizes 200MB,1GB [--memory 2GB] [--workers 1] [--compare-workers 2] [--keep DIR]
+                     [--skip-tokenize]
 
-With --sizes (issue #18): a planted JSONL corpus per size (make_jsonl), ingest + clean, each step's
+With --sizes (issue #18): a planted JSONL corpus per size (make_jsonl), ingest + clean (+ tokenize,
+default settings, unless --skip-tokenize; its time is not in docs/s), each step's
 peak tree RSS, throughput, and near-dedup recall and false removals scored against the planted
 pairs (score); see bench/README.md "Data path at scale". Without it:
 
@@ -213,6 +215,12 @@ def planted_step(name: str, work: Path, memory: str, workers: int) -> dict:
             "rows_out": m["counts"]["rows_out"],
             "dropped": m["counts"]["dropped"],
         }
+    elif name == "tokenize":  # the default tokenizer settings: BPE 4096 trained on a 20 MB sample
+        from tasks.tokenize import TokenizeConfig, run_tokenize
+
+        shutil.rmtree(work / "tokens", ignore_errors=True)
+        m = run_tokenize(work / "clean", work / "tokens", TokenizeConfig())
+        out = {"tokens": m["counts"]["tokens"], "docs": m["counts"]["docs"]}
     elif name == "score":
         from tasks.clean import CleanConfig
 
@@ -230,7 +238,7 @@ def run_sizes(a: argparse.Namespace) -> None:
             reuse = work / "corpus" / "corpus.json"
             if a.keep and reuse.is_file():  # the same size gives the same corpus: kept from a run before
                 corpus = json.loads(reuse.read_text())
-                for sub in ("ingest", "clean", f"clean-w{a.compare_workers}"):
+                for sub in ("ingest", "clean", f"clean-w{a.compare_workers}", "tokens"):
                     shutil.rmtree(work / sub, ignore_errors=True)
             else:
                 shutil.rmtree(work, ignore_errors=True)
@@ -238,7 +246,8 @@ def run_sizes(a: argparse.Namespace) -> None:
                 reuse.write_text(json.dumps(corpus))
             gen_s = time.perf_counter() - t0
             args = ["--work", str(work), "--memory", a.memory, "--workers", str(a.workers)]
-            steps = {s: run_step_tree(__file__, ["--planted-step", s, *args]) for s in ("ingest", "clean")}
+            names = ("ingest", "clean") if a.skip_tokenize else ("ingest", "clean", "tokenize")
+            steps = {s: run_step_tree(__file__, ["--planted-step", s, *args]) for s in names}
             if a.compare_workers and a.compare_workers != a.workers:  # the same clean, other workers
                 other = ["--work", str(work), "--memory", a.memory, "--workers", str(a.compare_workers)]
                 steps[f"clean_w{a.compare_workers}"] = run_step_tree(
@@ -249,7 +258,7 @@ def run_sizes(a: argparse.Namespace) -> None:
             if a.keep is None:
                 shutil.rmtree(work, ignore_errors=True)
         mb = corpus["bytes"] / 1e6
-        secs = steps["ingest"]["seconds"] + steps["clean"]["seconds"]
+        secs = steps["ingest"]["seconds"] + steps["clean"]["seconds"]  # docs/s, MB/s: ingest + clean
         res = {
             "size": size,
             "input_mb": round(mb, 1),
@@ -270,7 +279,7 @@ def run_sizes(a: argparse.Namespace) -> None:
         print(json.dumps(res), flush=True)
     print(
         f"{'size':>6} {'MB':>8} {'docs':>10} {'ingest s':>9} {'clean s':>8} {'docs/s':>8} {'MB/s':>6} "
-        f"{'peak MB':>8} {'recall':>7} {'@thr':>6} {'false':>6} {'<thr':>5}"
+        f"{'peak MB':>8} {'recall':>7} {'@thr':>6} {'false':>6} {'<thr':>5}  peak MB ingest/clean/tokenize (tokenize s)"
     )
     for r in results:
         d = r["dedup"]
@@ -278,7 +287,13 @@ def run_sizes(a: argparse.Namespace) -> None:
             f"{r['size']:>6} {r['input_mb']:>8.1f} {r['docs']:>10,} {r['steps']['ingest']['seconds']:>9.1f} "
             f"{r['steps']['clean']['seconds']:>8.1f} {r['docs_per_s']:>8,} {r['mb_per_s']:>6.2f} "
             f"{r['peak_tree_rss_mb']:>8.0f} {d['recall']:>7} {d['recall_at_threshold']:>6} "
-            f"{d['false_removals']:>6} {d['false_below_threshold']:>5}"
+            f"{d['false_removals']:>6} {d['false_below_threshold']:>5}  "
+            + "/".join(
+                f"{r['steps'][k]['peak_tree_rss_mb']:.0f}"
+                for k in ("ingest", "clean", "tokenize")
+                if k in r["steps"]
+            )
+            + (f" ({r['steps']['tokenize']['seconds']:.1f})" if "tokenize" in r["steps"] else "")
         )
     for r in results:
         other = next((k for k in r["steps"] if k.startswith("clean_w")), None)
@@ -375,6 +390,7 @@ def main() -> None:
     ap.add_argument("--memory", default="2GB", help="--sizes: the stages' memory setting")
     ap.add_argument("--workers", type=int, default=1, help="--sizes: clean's worker processes")
     ap.add_argument("--compare-workers", type=int, help="--sizes: clean again with this many workers")
+    ap.add_argument("--skip-tokenize", action="store_true", help="--sizes: ingest + clean only")
     ap.add_argument("--step", help=argparse.SUPPRESS)
     ap.add_argument("--planted-step", help=argparse.SUPPRESS)
     ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
