@@ -4,7 +4,7 @@
 
 Runs, on the planted corpus.jsonl that forja's ingest + clean get, the datatrove pipeline that does
 the same work (datatrove 0.10, its defaults, English), one task, one worker (forja cleans with
-workers=1), each stage after the one before:
+workers=1; the buckets stage one task per band, one after another), each stage after the one before:
 
     exact 1-2   ExactDedupSignature + ExactFindDedups on the lower-cased text (forja: ingest drops
                 verbatim copies, clean's exact_dedup the re-cased ones: md5(lower(text)))
@@ -100,7 +100,8 @@ def run(corpus: Path, work: Path) -> dict:
     ]
     t0 = time.perf_counter()
     for i, pipeline in enumerate(stages):
-        LocalPipelineExecutor(pipeline, tasks=1, workers=1, logging_dir=str(work / "logs" / str(i))).run()
+        tasks = minhash.num_buckets if i == 4 else 1  # the buckets stage runs one task per band
+        LocalPipelineExecutor(pipeline, tasks=tasks, workers=1, logging_dir=str(work / "logs" / str(i))).run()
     seconds = time.perf_counter() - t0
     ids = {RULES[k]: removed_ids(folder) for k, folder in removed.items()}
     (work / "removed.json").write_text(json.dumps(ids))
@@ -113,10 +114,10 @@ def run(corpus: Path, work: Path) -> dict:
         for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
         for f in ("ru_utime", "ru_stime")
     )
-    import datatrove
+    from importlib.metadata import version
 
     return {
-        "tool": f"datatrove {getattr(datatrove, '__version__', '')}".strip(),
+        "tool": f"datatrove {version('datatrove')}",
         "seconds": seconds,
         "cpu_s": cpu,
         "rows_out": kept,
