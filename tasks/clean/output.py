@@ -11,6 +11,7 @@ row groups at fixed sizes: the same input gives byte-identical files, whatever t
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from lm.fileio import atomic_path, atomic_write_json
+from lm.fileio import atomic_path, atomic_write_json, sha256_file
 from tasks.clean.arrays import np_values
 from tasks.clean.chain import sql_list, sql_string
 from tasks.clean.config import CleanConfig
@@ -36,7 +37,6 @@ from tasks.common import (
     make_manifest,
     memory_bytes,
     output_record,
-    write_parquet,
 )
 
 OUT_SCHEMA = pa.schema(
@@ -73,10 +73,10 @@ SAMPLE_ROWS = 200_000  # doc_ids sampled for the bucket bounds
 
 def bucket_bytes(config: CleanConfig) -> int:
     """Text per sort bucket of the output phase. A bucket and its sorted copy are held at once,
-    beside the part being cut (up to part_bytes, about three copies while it is written), out of
-    the half of memory_limit that DuckDB does not get: an eighth of that half each."""
+    beside the row group being written, out of
+    the half of memory_limit that DuckDB does not get: a sixteenth of that half."""
     own = memory_bytes(config.memory_limit) * (1 - DUCKDB_SHARE)
-    return max(4 * 2**20, int(own / 8))
+    return max(4 * 2**20, int(own / 16))
 
 
 def _kept_sql(works: list[str], dedup_file: str) -> str:
@@ -163,7 +163,7 @@ def write_parts(
 
     No sort of the whole corpus: the rows are split by doc_id range into bucket files under
     `scratch` (about bucket_bytes of text each, one pass, in no order), then each bucket is sorted
-    in memory and cut in turn. What is held at once is one bucket and the part being cut, whatever
+    in memory and cut in turn. What is held at once is one bucket and one row group, whatever
     the corpus size; the parts are the same bytes as one ORDER BY over the whole corpus gives.
     `n_buckets` (none: from the text and bucket_bytes) changes how, never what, it writes.
     """
@@ -173,31 +173,89 @@ def write_parts(
         n_buckets = min(BUCKET_FILES_MAX, -(-_text_bytes(con, works) // bucket_bytes(config)))
     bounds = bucket_bounds(con, works, n_buckets)
     buckets, total, languages = _split(con, _kept_sql(works, dedup_file), bounds, scratch)
-    parts: list[dict[str, Any]] = []
-    pending: list[pa.Table] = []
-    pending_bytes = 0
+    with _Parts(tmp, config.part_bytes) as parts:
+        for table in _sorted_buckets(buckets):
+            parts.add(table)
+            parts.release()
+            del table
+    return parts.records, total, languages
 
-    def flush() -> None:
-        nonlocal pending, pending_bytes
-        if pending:
-            table = pa.concat_tables(pending).combine_chunks()
-            parts.append(write_parquet(table, tmp / f"part-{len(parts):05d}.parquet"))
-            pending, pending_bytes = [], 0
 
-    for table in _sorted_buckets(buckets):
+class _Parts:
+    """The part files, written as the sorted rows come: a part ends at the row where its text
+    reaches part_bytes (wherever the batches were cut), and each of its row groups of
+    ROW_GROUP_ROWS rows is written as soon as it fills: the same bytes as writing the whole part
+    with write_parquet, holding one row group instead of one part."""
+
+    def __init__(self, folder: Path, part_bytes: int) -> None:
+        self.folder, self.part_bytes = folder, part_bytes
+        self.records: list[dict[str, Any]] = []
+        self.stack: contextlib.ExitStack | None = None
+        self.writer: pq.ParquetWriter | None = None
+        self.buf: list[pa.Table] = []
+        self.buf_rows = self.rows = self.text_bytes = 0
+
+    def __enter__(self) -> _Parts:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if exc[0] is None:
+            self._close()
+        elif self.stack is not None:  # the part being written is removed
+            self.writer.close()
+            self.stack.__exit__(*exc)
+
+    def add(self, table: pa.Table) -> None:
         while table.num_rows:
-            # cut at the row where the part reaches part_bytes: independent of batch sizes
-            cum = np.cumsum(np_values(table.column("n_bytes"))) + pending_bytes
-            j = int(np.searchsorted(cum, config.part_bytes, side="left")) + 1
-            if j > table.num_rows:  # the bucket's rest: a copy, so that the bucket can go
-                pending.append(table.take(np.arange(table.num_rows)))
-                pending_bytes = int(cum[-1])
-                break
-            pending.append(table.slice(0, j))
-            flush()
+            cum = np.cumsum(np_values(table.column("n_bytes"))) + self.text_bytes
+            j = int(np.searchsorted(cum, self.part_bytes, side="left")) + 1
+            if j > table.num_rows:
+                self._append(table)
+                self.text_bytes = int(cum[-1])
+                return
+            self._append(table.slice(0, j))
+            self._close()
             table = table.slice(j)
-    flush()
-    return parts, total, languages
+
+    def release(self) -> None:
+        """Copy the rows still waiting for their row group, so that they hold no bucket."""
+        if self.buf_rows:
+            self.buf = [pa.concat_tables(self.buf).take(np.arange(self.buf_rows))]
+
+    def _append(self, table: pa.Table) -> None:
+        if self.writer is None:
+            self.stack = contextlib.ExitStack()
+            path = self.stack.enter_context(
+                atomic_path(self.folder / f"part-{len(self.records):05d}.parquet")
+            )
+            self.writer = pq.ParquetWriter(path, OUT_SCHEMA, compression="zstd", write_statistics=True)
+        self.buf.append(table)
+        self.buf_rows += table.num_rows
+        while self.buf_rows >= ROW_GROUP_ROWS:
+            self._write(ROW_GROUP_ROWS)
+
+    def _write(self, n: int) -> None:
+        whole = pa.concat_tables(self.buf)
+        self.writer.write_table(whole.slice(0, n).combine_chunks(), row_group_size=ROW_GROUP_ROWS)
+        self.buf, self.buf_rows, self.rows = [whole.slice(n)], self.buf_rows - n, self.rows + n
+
+    def _close(self) -> None:
+        if self.writer is None:
+            return
+        if self.buf_rows:
+            self._write(self.buf_rows)
+        self.writer.close()
+        self.stack.close()  # renamed into place
+        path = self.folder / f"part-{len(self.records):05d}.parquet"
+        rec = {
+            "path": path.name,
+            "sha256": sha256_file(path),
+            "rows": self.rows,
+            "bytes": path.stat().st_size,
+        }
+        self.records.append(rec)
+        self.stack = self.writer = None
+        self.buf, self.buf_rows, self.rows, self.text_bytes = [], 0, 0, 0
 
 
 def _text_bytes(con: duckdb.DuckDBPyConnection, works: list[str]) -> int:

@@ -22,7 +22,7 @@ from tasks.clean.chain import sql_list
 from tasks.clean.dedup import keep_first, pair_batch
 from tasks.clean.engine import KEY_ORDER
 from tasks.clean.output import bucket_bounds, write_parts
-from tasks.common import duckdb_memory, memory_bytes
+from tasks.common import duckdb_memory, memory_bytes, write_parquet
 from tasks.ingest import IngestConfig
 
 
@@ -121,6 +121,9 @@ def test_output_sorted_bucket_by_bucket_is_one_order_by_of_the_corpus(tmp_path: 
             len(t.encode()) for t in docs[:200] + docs[100:300] + docs[:50]
         )
     assert digests[1] == digests[4] == digests[40]
+    for i, digest in enumerate(digests[40]):  # row group by row group: what one write of the part gives
+        whole = pq.read_table(tmp_path / "out40" / f"part-{i:05d}.parquet")
+        assert write_parquet(whole, tmp_path / "whole.parquet")["sha256"] == digest
     got = pa.concat_tables(
         [pq.read_table(tmp_path / "out40" / f"part-{i:05d}.parquet") for i in range(len(digests[40]))]
     )
