@@ -8,7 +8,9 @@
 With --sizes (issue #18): a planted JSONL corpus per size (make_jsonl), ingest + clean (+ tokenize,
 default settings, unless --skip-tokenize; its time is not in docs/s), each step's
 peak tree RSS, throughput, and near-dedup recall and false removals scored against the planted
-pairs (score); see bench/README.md "Data path at scale". Without it:
+pairs (score); with --compare datatrove, datatrove's exact dedup + Gopher quality + MinHash on the
+same corpus in the interpreter --datatrove-python (bench/data_compare.py), scored the same way and
+printed side by side; see bench/README.md "Data path at scale". Without it:
 
 Builds a corpus of text files from ../shared/corpora/tinyshakespeare.txt with generated exact and
 near duplicates, junk, mojibake, PII and stray whitespace (bench/clean_bench.py's generator), one
