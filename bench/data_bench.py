@@ -3,10 +3,14 @@
     python bench/data_bench.py [--mb 100] [--files 8] [--vocab 4096] [--keep DIR]
     forja bench data [--mb 100]
     forja bench data --sizes 200MB,1GB [--memory 2GB] [--workers 1] [--compare-workers 2] [--keep DIR]
+                     [--skip-tokenize] [--compare datatrove [--datatrove-python PATH]]
 
-With --sizes (issue #18): a planted JSONL corpus per size (make_jsonl), ingest + clean, each step's
+With --sizes (issue #18): a planted JSONL corpus per size (make_jsonl), ingest + clean (+ tokenize,
+default settings, unless --skip-tokenize; its time is not in docs/s), each step's
 peak tree RSS, throughput, and near-dedup recall and false removals scored against the planted
-pairs (score); see bench/README.md "Data path at scale". Without it:
+pairs (score); with --compare datatrove, datatrove's exact dedup + Gopher quality + MinHash on the
+same corpus in the interpreter --datatrove-python (bench/data_compare.py), scored the same way and
+printed side by side; see bench/README.md "Data path at scale". Without it:
 
 Builds a corpus of text files from ../shared/corpora/tinyshakespeare.txt with generated exact and
 near duplicates, junk, mojibake, PII and stray whitespace (bench/clean_bench.py's generator), one
@@ -144,16 +148,18 @@ def make_jsonl(folder: Path, size: int, seed: int = 0, threshold: float = 0.8) -
     return {"bytes": total, "docs": sum(counts.values()), "counts": counts}
 
 
-def score(work: Path, threshold: float) -> dict:
+def score(work: Path, threshold: float, dropped_file: Path | None = None) -> dict:
     """Recall on the planted near copies and the removals that were not planted (with their measured
-    similarity), from clean's dropped.parquet; in DuckDB, so memory stays flat at any size."""
+    similarity), from clean's dropped.parquet (or `dropped_file`: another tool's removals, whose
+    near removals may have no dup_of: then removing either document of a planted pair finds it);
+    in DuckDB, so memory stays flat at any size."""
     import duckdb
 
     con = duckdb.connect()
     con.execute("SET memory_limit = '1GB'")
     con.execute(f"SET temp_directory = '{work / 'score-spill'}'")
     planted = f"read_json('{work / 'corpus' / 'planted.jsonl'}', columns = {{doc_id: 'VARCHAR', orig: 'VARCHAR', kind: 'VARCHAR', jaccard: 'DOUBLE'}})"
-    dropped = f"read_parquet('{work / 'clean' / 'dropped.parquet'}')"
+    dropped = f"read_parquet('{dropped_file or work / 'clean' / 'dropped.parquet'}')"
     con.execute(f"CREATE TABLE p AS SELECT DISTINCT ON (doc_id) * FROM {planted}")
     con.execute(f"CREATE TABLE d AS SELECT doc_id, rule, dup_of, similarity FROM {dropped}")
     near = con.execute(
@@ -161,7 +167,7 @@ def score(work: Path, threshold: float) -> dict:
         "count(*) FILTER (WHERE d.doc_id IS NOT NULL OR o.doc_id IS NOT NULL), "
         "count(*) FILTER (WHERE jaccard >= ? AND (d.doc_id IS NOT NULL OR o.doc_id IS NOT NULL)) "
         "FROM p LEFT JOIN d ON d.doc_id = p.doc_id AND d.rule = 'near_dedup' "
-        "LEFT JOIN d o ON o.doc_id = p.orig AND o.rule = 'near_dedup' AND o.dup_of = p.doc_id "
+        "LEFT JOIN d o ON o.doc_id = p.orig AND o.rule = 'near_dedup' AND (o.dup_of = p.doc_id OR o.dup_of IS NULL) "
         "WHERE p.kind = 'near' AND p.doc_id NOT IN (SELECT doc_id FROM d WHERE rule <> 'near_dedup') "
         "AND p.orig NOT IN (SELECT doc_id FROM d WHERE rule <> 'near_dedup')",
         [threshold, threshold],
@@ -170,7 +176,7 @@ def score(work: Path, threshold: float) -> dict:
         "SELECT count(*), count(*) FILTER (WHERE similarity < ?), min(similarity), median(similarity) "
         "FROM d WHERE rule = 'near_dedup' AND NOT EXISTS (SELECT 1 FROM p WHERE "
         "(p.doc_id = d.doc_id AND p.orig = d.dup_of) OR (p.doc_id = d.dup_of AND p.orig = d.doc_id) "
-        "OR (p.doc_id = d.doc_id AND p.kind = 'near'))",
+        "OR (p.doc_id = d.doc_id AND p.kind = 'near') OR (d.dup_of IS NULL AND p.orig = d.doc_id AND p.kind = 'near'))",
         [threshold],
     ).fetchone()
     exact = con.execute("SELECT count(*) FROM d WHERE rule = 'exact_dedup'").fetchone()[0]
@@ -213,11 +219,52 @@ def planted_step(name: str, work: Path, memory: str, workers: int) -> dict:
             "rows_out": m["counts"]["rows_out"],
             "dropped": m["counts"]["dropped"],
         }
+    elif name == "tokenize":  # the default tokenizer settings: BPE 4096 trained on a 20 MB sample
+        from tasks.tokenize import TokenizeConfig, run_tokenize
+
+        shutil.rmtree(work / "tokens", ignore_errors=True)
+        m = run_tokenize(work / "clean", work / "tokens", TokenizeConfig())
+        out = {"tokens": m["counts"]["tokens"], "docs": m["counts"]["docs"]}
     elif name == "score":
         from tasks.clean import CleanConfig
 
         out = score(work, CleanConfig().near_dedup_threshold)
+    elif name == "score-datatrove":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        from data_compare import dropped_rows
+
+        from tasks.clean import CleanConfig
+
+        removed = json.loads((work / "datatrove" / "removed.json").read_text())
+        schema = pa.schema(
+            [
+                ("doc_id", pa.string()),
+                ("rule", pa.string()),
+                ("dup_of", pa.string()),
+                ("similarity", pa.float64()),
+            ]
+        )
+        pq.write_table(
+            pa.Table.from_pylist(dropped_rows(removed), schema), work / "datatrove-dropped.parquet"
+        )
+        out = score(work, CleanConfig().near_dedup_threshold, work / "datatrove-dropped.parquet")
+        out["clean_exact_dedup"] = len(removed.get("exact_dedup", []))
     return {"seconds": time.perf_counter() - t0, "cpu_s": cpu_seconds() - c0, **out}
+
+
+def check_datatrove(python: str) -> None:
+    """Fail in one line, before any work, when `python` cannot import datatrove's pipeline steps."""
+    import subprocess
+
+    probe = "import datatrove.pipeline.dedup.minhash, datatrove.pipeline.filters, spacy"
+    res = subprocess.run([python, "-c", probe], capture_output=True, text=True)
+    if res.returncode != 0:
+        reason = (res.stderr.strip().splitlines() or ["not found"])[-1]
+        raise SystemExit(
+            f"--compare datatrove: {python} cannot import datatrove ({reason}); install the `datatrove` "
+            "extra into a venv of its own and give its interpreter with --datatrove-python PATH"
+        )
 
 
 def run_sizes(a: argparse.Namespace) -> None:
@@ -230,7 +277,7 @@ def run_sizes(a: argparse.Namespace) -> None:
             reuse = work / "corpus" / "corpus.json"
             if a.keep and reuse.is_file():  # the same size gives the same corpus: kept from a run before
                 corpus = json.loads(reuse.read_text())
-                for sub in ("ingest", "clean", f"clean-w{a.compare_workers}"):
+                for sub in ("ingest", "clean", f"clean-w{a.compare_workers}", "tokens"):
                     shutil.rmtree(work / sub, ignore_errors=True)
             else:
                 shutil.rmtree(work, ignore_errors=True)
@@ -238,18 +285,26 @@ def run_sizes(a: argparse.Namespace) -> None:
                 reuse.write_text(json.dumps(corpus))
             gen_s = time.perf_counter() - t0
             args = ["--work", str(work), "--memory", a.memory, "--workers", str(a.workers)]
-            steps = {s: run_step_tree(__file__, ["--planted-step", s, *args]) for s in ("ingest", "clean")}
+            names = ("ingest", "clean") if a.skip_tokenize else ("ingest", "clean", "tokenize")
+            steps = {s: run_step_tree(__file__, ["--planted-step", s, *args]) for s in names}
             if a.compare_workers and a.compare_workers != a.workers:  # the same clean, other workers
                 other = ["--work", str(work), "--memory", a.memory, "--workers", str(a.compare_workers)]
                 steps[f"clean_w{a.compare_workers}"] = run_step_tree(
                     __file__, ["--planted-step", "clean", *other]
                 )
             scored = run_step(__file__, ["--planted-step", "score", *args])
+            if a.compare == "datatrove":  # the same corpus through datatrove, in its own interpreter
+                dt = run_step_tree(
+                    ROOT / "bench" / "data_compare.py",
+                    ["--corpus", str(work / "corpus"), "--work", str(work / "datatrove")],
+                    python=a.datatrove_python,
+                )
+                dt["dedup"] = run_step(__file__, ["--planted-step", "score-datatrove", *args])
         finally:
             if a.keep is None:
                 shutil.rmtree(work, ignore_errors=True)
         mb = corpus["bytes"] / 1e6
-        secs = steps["ingest"]["seconds"] + steps["clean"]["seconds"]
+        secs = steps["ingest"]["seconds"] + steps["clean"]["seconds"]  # docs/s, MB/s: ingest + clean
         res = {
             "size": size,
             "input_mb": round(mb, 1),
@@ -266,11 +321,13 @@ def run_sizes(a: argparse.Namespace) -> None:
             "dedup": scored,
             "loadavg": os.getloadavg()[0],
         }
+        if a.compare == "datatrove":
+            res["datatrove"] = dt
         results.append(res)
         print(json.dumps(res), flush=True)
     print(
         f"{'size':>6} {'MB':>8} {'docs':>10} {'ingest s':>9} {'clean s':>8} {'docs/s':>8} {'MB/s':>6} "
-        f"{'peak MB':>8} {'recall':>7} {'@thr':>6} {'false':>6} {'<thr':>5}"
+        f"{'peak MB':>8} {'recall':>7} {'@thr':>6} {'false':>6} {'<thr':>5}  peak MB ingest/clean/tokenize (tokenize s)"
     )
     for r in results:
         d = r["dedup"]
@@ -278,7 +335,13 @@ def run_sizes(a: argparse.Namespace) -> None:
             f"{r['size']:>6} {r['input_mb']:>8.1f} {r['docs']:>10,} {r['steps']['ingest']['seconds']:>9.1f} "
             f"{r['steps']['clean']['seconds']:>8.1f} {r['docs_per_s']:>8,} {r['mb_per_s']:>6.2f} "
             f"{r['peak_tree_rss_mb']:>8.0f} {d['recall']:>7} {d['recall_at_threshold']:>6} "
-            f"{d['false_removals']:>6} {d['false_below_threshold']:>5}"
+            f"{d['false_removals']:>6} {d['false_below_threshold']:>5}  "
+            + "/".join(
+                f"{r['steps'][k]['peak_tree_rss_mb']:.0f}"
+                for k in ("ingest", "clean", "tokenize")
+                if k in r["steps"]
+            )
+            + (f" ({r['steps']['tokenize']['seconds']:.1f})" if "tokenize" in r["steps"] else "")
         )
     for r in results:
         other = next((k for k in r["steps"] if k.startswith("clean_w")), None)
@@ -288,6 +351,21 @@ def run_sizes(a: argparse.Namespace) -> None:
                 f"{r['size']}: clean with {other[7:]} workers vs {r['workers']}: {c1['seconds'] / c2['seconds']:.2f}x "
                 f"as fast (cpu {c2['cpu_s']:.0f} s vs {c1['cpu_s']:.0f} s, peak tree RSS "
                 f"{c2['peak_tree_rss_mb']:.0f} vs {c1['peak_tree_rss_mb']:.0f} MB), load {r['loadavg']:.1f}"
+            )
+    for r in results:
+        if "datatrove" in r:
+            from data_compare import comparison
+
+            forja = {"tool": "forja ingest+clean", "seconds": r["seconds"], "dedup": r["dedup"]}
+            forja["peak_tree_rss_mb"] = max(r["steps"][k]["peak_tree_rss_mb"] for k in ("ingest", "clean"))
+            print(f"{r['size']}, load {r['loadavg']:.1f}:")
+            print(
+                "\n".join(
+                    "  " + line
+                    for line in comparison(
+                        r["docs"], forja, {"tool": r["datatrove"]["tool"], **r["datatrove"]}
+                    )
+                )
             )
     if len(results) > 1:
         a0, b0 = results[0], results[-1]
@@ -375,6 +453,17 @@ def main() -> None:
     ap.add_argument("--memory", default="2GB", help="--sizes: the stages' memory setting")
     ap.add_argument("--workers", type=int, default=1, help="--sizes: clean's worker processes")
     ap.add_argument("--compare-workers", type=int, help="--sizes: clean again with this many workers")
+    ap.add_argument("--skip-tokenize", action="store_true", help="--sizes: ingest + clean only")
+    ap.add_argument(
+        "--compare",
+        choices=["datatrove"],
+        help="--sizes: also run datatrove's exact dedup + Gopher quality + MinHash on the same corpus",
+    )
+    ap.add_argument(
+        "--datatrove-python",
+        default=sys.executable,
+        help="--compare datatrove: an interpreter that has datatrove (the `datatrove` extra; its own venv)",
+    )
     ap.add_argument("--step", help=argparse.SUPPRESS)
     ap.add_argument("--planted-step", help=argparse.SUPPRESS)
     ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
@@ -383,6 +472,8 @@ def main() -> None:
         print(json.dumps(planted_step(a.planted_step, a.work, a.memory, a.workers)))
         return
     if a.sizes:
+        if a.compare == "datatrove":
+            check_datatrove(a.datatrove_python)
         return run_sizes(a)
     if a.step:
         print(json.dumps(step(a.step, a.work, a.vocab)))

@@ -60,8 +60,10 @@ def tree_rss_mb(pid: int) -> float:
     return total / 2**20
 
 
-def run_step_tree(script: str | Path, args: list[str], every_s: float = 0.05) -> dict:
-    """`run_step`, also sampling the resident memory of the step's whole process tree (its worker
+def run_step_tree(
+    script: str | Path, args: list[str], every_s: float = 0.05, python: str = sys.executable
+) -> dict:
+    """`run_step` (in the interpreter `python`), also sampling the resident memory of the step's whole process tree (its worker
     processes and their threads included) every `every_s` seconds: adds `peak_tree_rss_mb`, the
     largest sum seen (what the machine had to hold at once, which ru_maxrss of single processes
     does not give)."""
@@ -69,7 +71,7 @@ def run_step_tree(script: str | Path, args: list[str], every_s: float = 0.05) ->
     import time
 
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen([sys.executable, str(script), *args], stdout=out, stderr=err, cwd=ROOT)
+        proc = subprocess.Popen([python, str(script), *args], stdout=out, stderr=err, cwd=ROOT)
         peak = 0.0
         while proc.poll() is None:
             peak = max(peak, tree_rss_mb(proc.pid))

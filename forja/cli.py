@@ -575,7 +575,7 @@ def bench_data(
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
 ) -> None:
     """ingest -> clean -> tokenize on a generated corpus, against a bare SentencePiece encode; more
-    options (--sizes 1GB,10GB --memory 2GB --workers 2) go to bench/data_bench.py (its --help)."""
+    options (--sizes 1GB,10GB --memory 2GB --compare datatrove) go to bench/data_bench.py (its --help)."""
     script = Path(__file__).resolve().parents[1] / "bench" / "data_bench.py"
     if not script.is_file():
         _fail(f"{script} is missing: the data benchmark runs from a source checkout of Forja")

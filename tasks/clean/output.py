@@ -11,6 +11,10 @@ row groups at fixed sizes: the same input gives byte-identical files, whatever t
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +24,20 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from lm.fileio import atomic_path, atomic_write_json
+from lm.fileio import atomic_path, atomic_write_json, sha256_file
 from tasks.clean.arrays import np_values
 from tasks.clean.chain import sql_list, sql_string
 from tasks.clean.config import CleanConfig
 from tasks.clean.engine import KEY_ORDER, connect
 from tasks.clean.report import build_report
-from tasks.common import ROW_GROUP_ROWS, StageError, make_manifest, output_record, write_parquet
+from tasks.common import (
+    DUCKDB_SHARE,
+    ROW_GROUP_ROWS,
+    StageError,
+    make_manifest,
+    memory_bytes,
+    output_record,
+)
 
 OUT_SCHEMA = pa.schema(
     [
@@ -40,6 +51,7 @@ OUT_SCHEMA = pa.schema(
         ("lang_score", pa.float64()),
     ]
 )
+SORT_KEYS = ("doc_id", "source", "path", "offset", "text")  # the output order
 DROPPED_SCHEMA = pa.schema(
     [
         ("doc_id", pa.string()),
@@ -55,51 +67,203 @@ DROPPED_SCHEMA = pa.schema(
 )
 
 
-def write_parts(
-    con: duckdb.DuckDBPyConnection, works: list[str], dedup_file: str, tmp: Path, config: CleanConfig
-) -> tuple[list[dict[str, Any]], int, dict[str, int]]:
-    """The kept rows in order, cut into parts; returns their records, the bytes of text, and the
-    documents kept per language."""
-    if not works:
-        return [], 0, {}
+BUCKET_FILES_MAX = 512  # open bucket files at once in the output phase (well under `ulimit -n`)
+SAMPLE_ROWS = 200_000  # doc_ids sampled for the bucket bounds
+
+
+def bucket_bytes(config: CleanConfig) -> int:
+    """Text per sort bucket of the output phase. A bucket and its sorted copy are held at once,
+    beside the row group being written, out of
+    the half of memory_limit that DuckDB does not get: a sixteenth of that half."""
+    own = memory_bytes(config.memory_limit) * (1 - DUCKDB_SHARE)
+    return max(4 * 2**20, int(own / 16))
+
+
+def _kept_sql(works: list[str], dedup_file: str) -> str:
     src = f"read_parquet({sql_list(works)}, filename = true, file_row_number = true)"
-    sql = (
+    return (
         f'SELECT w.doc_id, w.source, w.path, w."offset", w.text, w.n_bytes, w.lang, w.lang_score FROM {src} w '
         f"ANTI JOIN read_parquet({sql_string(dedup_file)}) d ON w.filename = d.filename AND w.file_row_number = d.file_row_number "
-        f"WHERE w._drop IS NULL ORDER BY {KEY_ORDER}, text"
+        "WHERE w._drop IS NULL"
     )
-    reader = con.sql(sql).to_arrow_reader(ROW_GROUP_ROWS)
-    parts: list[dict[str, Any]] = []
-    pending: list[pa.Table] = []
-    pending_bytes = 0
+
+
+def bucket_bounds(con: duckdb.DuckDBPyConnection, works: list[str], n_buckets: int) -> list[str]:
+    """doc_id bounds cutting the kept rows into about `n_buckets` buckets of equal size, from the
+    quantiles of a deterministic sample of doc_ids (a hash filter): bucket i holds the doc_ids in
+    [bounds[i - 1], bounds[i]). Any bounds give the same output; these only keep buckets even."""
+    if n_buckets <= 1 or not works:
+        return []
+    src = f"read_parquet({sql_list(works)})"
+    rows = con.execute(f"SELECT count(*) FROM {src} WHERE _drop IS NULL").fetchall()[0][0]
+    every = max(1, rows // SAMPLE_ROWS)
+    qs = [i / n_buckets for i in range(1, n_buckets)]
+    got = con.execute(
+        f"SELECT quantile_disc(doc_id, {qs}) FROM {src} WHERE _drop IS NULL AND hash(doc_id) % {every} = 0"
+    ).fetchall()[0][0]
+    return sorted({b for b in got or [] if b is not None})
+
+
+def _split(
+    con: duckdb.DuckDBPyConnection, sql: str, bounds: list[str], folder: Path
+) -> tuple[list[Path], int, dict[str, int]]:
+    """Stream the kept rows (in no order) into one Arrow file per doc_id range; returns the files in
+    doc_id order, the bytes of text and the documents per language. Holds one batch at a time."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"bucket-{i:05d}.arrow" for i in range(len(bounds) + 1)]
+    edges = np.array(bounds, dtype=object)
+    writers: dict[int, pa.ipc.RecordBatchStreamWriter] = {}
     total = 0
-
-    def flush() -> None:
-        nonlocal pending, pending_bytes
-        if pending:
-            table = pa.concat_tables(pending).combine_chunks()
-            parts.append(write_parquet(table, tmp / f"part-{len(parts):05d}.parquet"))
-            pending, pending_bytes = [], 0
-
     languages: dict[str, int] = {}
-    for batch in reader:
-        table = pa.Table.from_batches([batch]).cast(OUT_SCHEMA)
-        total += int(pc.sum(batch.column("n_bytes")).as_py() or 0)
-        for vc in pc.value_counts(pc.drop_null(batch.column("lang"))).to_pylist():
-            languages[vc["values"]] = languages.get(vc["values"], 0) + vc["counts"]
+    try:
+        for batch in con.sql(sql).to_arrow_reader(ROW_GROUP_ROWS):
+            table = pa.Table.from_batches([batch]).cast(OUT_SCHEMA)
+            total += int(pc.sum(table.column("n_bytes")).as_py() or 0)
+            for vc in pc.value_counts(pc.drop_null(table.column("lang"))).to_pylist():
+                languages[vc["values"]] = languages.get(vc["values"], 0) + vc["counts"]
+            ids = table.column("doc_id").to_numpy(zero_copy_only=False)
+            idx = np.searchsorted(edges, ids, side="right") if len(edges) else np.zeros(len(ids), np.int64)
+            table = table.take(np.argsort(idx, kind="stable"))
+            start = 0
+            for b, n in enumerate(np.bincount(idx, minlength=len(paths)).tolist()):
+                if n:
+                    if b not in writers:
+                        writers[b] = pa.ipc.new_stream(pa.OSFile(str(paths[b]), "wb"), OUT_SCHEMA)
+                    writers[b].write_table(table.slice(start, n))
+                    start += n
+    finally:
+        for w in writers.values():
+            w.close()
+    return [p for i, p in enumerate(paths) if i in writers], total, languages
+
+
+def _sorted_buckets(paths: list[Path]) -> Iterator[pa.Table]:
+    """Each bucket in turn, read and sorted as the whole corpus would be (ORDER BY doc_id, source,
+    path, offset, text: byte order, nulls last, as DuckDB sorts), then removed."""
+    for path in paths:
+        with pa.OSFile(str(path)) as f:
+            table = pa.ipc.open_stream(f).read_all()
+        path.unlink()
+        table = table.sort_by([(c, "ascending") for c in SORT_KEYS])
+        yield table
+        del table
+
+
+def write_parts(
+    con: duckdb.DuckDBPyConnection,
+    works: list[str],
+    dedup_file: str,
+    tmp: Path,
+    config: CleanConfig,
+    scratch: Path,
+    n_buckets: int | None = None,
+) -> tuple[list[dict[str, Any]], int, dict[str, int]]:
+    """The kept rows in (doc_id, source, path, offset, text) order, cut into parts; returns their
+    records, the bytes of text, and the documents kept per language.
+
+    No sort of the whole corpus: the rows are split by doc_id range into bucket files under
+    `scratch` (about bucket_bytes of text each, one pass, in no order), then each bucket is sorted
+    in memory and cut in turn. What is held at once is one bucket and one row group, whatever
+    the corpus size; the parts are the same bytes as one ORDER BY over the whole corpus gives.
+    `n_buckets` (none: from the text and bucket_bytes) changes how, never what, it writes.
+    """
+    if not works:
+        return [], 0, {}
+    if n_buckets is None:
+        n_buckets = min(BUCKET_FILES_MAX, -(-_text_bytes(con, works) // bucket_bytes(config)))
+    bounds = bucket_bounds(con, works, n_buckets)
+    buckets, total, languages = _split(con, _kept_sql(works, dedup_file), bounds, scratch)
+    with _Parts(tmp, config.part_bytes) as parts:
+        for table in _sorted_buckets(buckets):
+            parts.add(table)
+            parts.release()
+            del table
+    return parts.records, total, languages
+
+
+class _Parts:
+    """The part files, written as the sorted rows come: a part ends at the row where its text
+    reaches part_bytes (wherever the batches were cut), and each of its row groups of
+    ROW_GROUP_ROWS rows is written as soon as it fills: the same bytes as writing the whole part
+    with write_parquet, holding one row group instead of one part."""
+
+    def __init__(self, folder: Path, part_bytes: int) -> None:
+        self.folder, self.part_bytes = folder, part_bytes
+        self.records: list[dict[str, Any]] = []
+        self.stack: contextlib.ExitStack | None = None
+        self.writer: pq.ParquetWriter | None = None
+        self.buf: list[pa.Table] = []
+        self.buf_rows = self.rows = self.text_bytes = 0
+
+    def __enter__(self) -> _Parts:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if exc[0] is None:
+            self._close()
+        elif self.stack is not None:  # the part being written is removed
+            self.writer.close()
+            self.stack.__exit__(*exc)
+
+    def add(self, table: pa.Table) -> None:
         while table.num_rows:
-            # cut at the row where the part reaches part_bytes: independent of batch sizes
-            cum = np.cumsum(np_values(table.column("n_bytes"))) + pending_bytes
-            j = int(np.searchsorted(cum, config.part_bytes, side="left")) + 1
+            cum = np.cumsum(np_values(table.column("n_bytes"))) + self.text_bytes
+            j = int(np.searchsorted(cum, self.part_bytes, side="left")) + 1
             if j > table.num_rows:
-                pending.append(table)
-                pending_bytes = int(cum[-1])
-                break
-            pending.append(table.slice(0, j))
-            flush()
+                self._append(table)
+                self.text_bytes = int(cum[-1])
+                return
+            self._append(table.slice(0, j))
+            self._close()
             table = table.slice(j)
-    flush()
-    return parts, total, languages
+
+    def release(self) -> None:
+        """Copy the rows still waiting for their row group, so that they hold no bucket."""
+        if self.buf_rows:
+            self.buf = [pa.concat_tables(self.buf).take(np.arange(self.buf_rows))]
+
+    def _append(self, table: pa.Table) -> None:
+        if self.writer is None:
+            self.stack = contextlib.ExitStack()
+            path = self.stack.enter_context(
+                atomic_path(self.folder / f"part-{len(self.records):05d}.parquet")
+            )
+            self.writer = pq.ParquetWriter(path, OUT_SCHEMA, compression="zstd", write_statistics=True)
+        self.buf.append(table)
+        self.buf_rows += table.num_rows
+        while self.buf_rows >= ROW_GROUP_ROWS:
+            self._write(ROW_GROUP_ROWS)
+
+    def _write(self, n: int) -> None:
+        whole = pa.concat_tables(self.buf)
+        self.writer.write_table(whole.slice(0, n).combine_chunks(), row_group_size=ROW_GROUP_ROWS)
+        self.buf, self.buf_rows, self.rows = [whole.slice(n)], self.buf_rows - n, self.rows + n
+
+    def _close(self) -> None:
+        if self.writer is None:
+            return
+        if self.buf_rows:
+            self._write(self.buf_rows)
+        self.writer.close()
+        self.stack.close()  # renamed into place
+        path = self.folder / f"part-{len(self.records):05d}.parquet"
+        rec = {
+            "path": path.name,
+            "sha256": sha256_file(path),
+            "rows": self.rows,
+            "bytes": path.stat().st_size,
+        }
+        self.records.append(rec)
+        self.stack = self.writer = None
+        self.buf, self.buf_rows, self.rows, self.text_bytes = [], 0, 0, 0
+
+
+def _text_bytes(con: duckdb.DuckDBPyConnection, works: list[str]) -> int:
+    """The bytes of text the per-document rules kept (before dedup: an upper bound of the output)."""
+    got = con.execute(
+        f"SELECT coalesce(sum(n_bytes), 0) FROM read_parquet({sql_list(works)}) WHERE _drop IS NULL"
+    ).fetchall()[0][0]
+    return int(got)
 
 
 def write_dropped(
@@ -158,8 +322,15 @@ def write_output(
     (doc_id, source, path, offset) order cut into parts of about `part_bytes`, dropped.parquet and
     report.json. Returns the manifest; the stage runner writes it last and publishes the folder."""
     works = [r["work"] for r in shard_results]
+    scratch = Path(tempfile.mkdtemp(prefix="buckets-", dir=work_dir))
+    try:  # the kept rows need no order from DuckDB (write_parts sorts them bucket by bucket)
+        with connect(config, work_dir, ordered=False) as con:
+            parts, bytes_out, languages = write_parts(
+                con, works, dedup_result["output"], folder, config, scratch
+            )
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     with connect(config, work_dir) as con:
-        parts, bytes_out, languages = write_parts(con, works, dedup_result["output"], folder, config)
         dropped = write_dropped(con, works, dedup_result["output"], folder)
     report = build_report(
         shard_results,

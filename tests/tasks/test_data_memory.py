@@ -9,15 +9,20 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from pydantic import ValidationError
 from test_clean import make_ingest, near_copy
 from test_clean import paragraphs as paragraphs
 
 from lm.fileio import read_json, sha256_file
-from tasks.clean import CleanConfig, connect, run_clean
+from tasks.clean import CleanConfig, clean_shard, connect, dedup_shards, input_parts, run_clean
+from tasks.clean.chain import sql_list
 from tasks.clean.dedup import keep_first, pair_batch
-from tasks.common import duckdb_memory, memory_bytes
+from tasks.clean.engine import KEY_ORDER
+from tasks.clean.output import bucket_bounds, write_parts
+from tasks.common import duckdb_memory, memory_bytes, write_parquet
 from tasks.ingest import IngestConfig
 
 
@@ -90,3 +95,42 @@ def test_tiny_memory_gives_the_same_output_in_bounded_batches(
     for f in [*files, "dropped.parquet", "report.json"]:
         assert sha256_file(small / f) == sha256_file(large / f), f
     assert outs["128MB"]["digest"] == outs["16GB"]["digest"]
+
+
+def test_output_sorted_bucket_by_bucket_is_one_order_by_of_the_corpus(tmp_path: Path, paragraphs: list[str]):
+    # the same texts in two parts: rows sharing a doc_id (dedup off keeps both), which must stay
+    # together and in (source, path, offset) order whatever bucket bounds fall near them
+    docs = paragraphs[:300]
+    ing = make_ingest(tmp_path / "in", [docs[:200], docs[100:300], docs[:50]])
+    cfg = CleanConfig(rules={"exact_dedup": False, "near_dedup": False}, part_bytes=15_000)
+    work = tmp_path / "work"
+    shards = [clean_shard(p, work, cfg) for p in input_parts(ing, cfg)]
+    dedup = dedup_shards(shards, work, cfg)
+    works = [s["work"] for s in shards]
+    digests = {}
+    for n in (1, 4, 40):
+        out, scratch = tmp_path / f"out{n}", tmp_path / f"scratch{n}"
+        out.mkdir()
+        with connect(cfg, work, ordered=False) as con:
+            if n > 1:
+                assert len(bucket_bounds(con, works, n)) > 1
+            parts, total, _ = write_parts(con, works, dedup["output"], out, cfg, scratch, n_buckets=n)
+        assert not list(scratch.iterdir())  # every bucket file is removed once it is cut
+        digests[n] = [p["sha256"] for p in parts]
+        assert len(parts) > 3 and total == sum(
+            len(t.encode()) for t in docs[:200] + docs[100:300] + docs[:50]
+        )
+    assert digests[1] == digests[4] == digests[40]
+    for i, digest in enumerate(digests[40]):  # row group by row group: what one write of the part gives
+        whole = pq.read_table(tmp_path / "out40" / f"part-{i:05d}.parquet")
+        assert write_parquet(whole, tmp_path / "whole.parquet")["sha256"] == digest
+    got = pa.concat_tables(
+        [pq.read_table(tmp_path / "out40" / f"part-{i:05d}.parquet") for i in range(len(digests[40]))]
+    )
+    with connect(cfg, work) as con:
+        ref = con.sql(
+            f'SELECT doc_id, source, path, "offset" FROM read_parquet({sql_list(works)}) '
+            f"WHERE _drop IS NULL ORDER BY {KEY_ORDER}, text"
+        ).fetchall()
+    assert [tuple(r.values()) for r in got.select(["doc_id", "source", "path", "offset"]).to_pylist()] == ref
+    assert len(set(got.column("doc_id").to_pylist())) < got.num_rows  # shared doc_ids were there

@@ -1,0 +1,174 @@
+"""datatrove's side of `forja bench data --sizes ... --compare datatrove` (issue #18).
+
+    python bench/data_compare.py --corpus CORPUS_DIR --work WORK_DIR    (run by bench/data_bench.py)
+
+Runs, on the planted corpus.jsonl that forja's ingest + clean get, the datatrove pipeline that does
+the same work (datatrove 0.10, its defaults, English), one task, one worker (forja cleans with
+workers=1; the buckets stage one task per band, one after another), each stage after the one before:
+
+    exact 1-2   ExactDedupSignature + ExactFindDedups on the lower-cased text (forja: ingest drops
+                verbatim copies, clean's exact_dedup the re-cased ones: md5(lower(text)))
+    filter      JsonlReader -> ExactDedupFilter -> GopherQualityFilter -> JsonlWriter (the rest)
+    minhash 1-4 MinhashDedupSignature, Buckets, Cluster (5-grams of words, 14 bands x 8 hashes, the
+                FineWeb settings), then MinhashDedupFilter over the rest
+
+Every removed document goes to an exclusion writer; the last line printed is JSON: the seconds and
+CPU seconds, documents in and out, and per forja rule name (exact_dedup, quality, near_dedup) the
+sha256 doc_ids of the removed documents (what ingest calls a doc_id), written to WORK/removed.json
+for bench/data_bench.py to score against the planted pairs. Imports nothing from forja: it runs in
+whatever interpreter has datatrove (`--datatrove-python`), so datatrove's dependencies never touch
+forja's environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import json
+import resource
+import shutil
+import time
+from pathlib import Path
+
+RULES = {"exact": "exact_dedup", "gopher": "quality", "minhash": "near_dedup"}
+
+
+def lower_text(doc) -> bytes:  # a module-level function: datatrove may pickle the config
+    return doc.text.lower().encode()
+
+
+def removed_ids(folder: Path) -> list[str]:
+    """The sha256 doc_ids of the documents an exclusion writer wrote (JSONL, gzipped)."""
+    ids = []
+    for path in sorted(folder.rglob("*.jsonl.gz")):
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            ids += [hashlib.sha256(json.loads(line)["text"].encode()).hexdigest() for line in f]
+    return ids
+
+
+def run(corpus: Path, work: Path) -> dict:
+    from datatrove.executor import LocalPipelineExecutor
+    from datatrove.pipeline.dedup.exact_dedup import (
+        ExactDedupConfig,
+        ExactDedupFilter,
+        ExactDedupSignature,
+        ExactFindDedups,
+    )
+    from datatrove.pipeline.dedup.minhash import (
+        MinhashConfig,
+        MinhashDedupBuckets,
+        MinhashDedupCluster,
+        MinhashDedupFilter,
+        MinhashDedupSignature,
+    )
+    from datatrove.pipeline.filters import GopherQualityFilter
+    from datatrove.pipeline.readers import JsonlReader
+    from datatrove.pipeline.writers import JsonlWriter
+
+    shutil.rmtree(work, ignore_errors=True)
+    w = {
+        k: str(work / k)
+        for k in ("exact_sigs", "exact_dups", "rest", "mh_sigs", "mh_buckets", "mh_ids", "out")
+    }
+    removed = {k: work / "removed" / k for k in RULES}
+    exact = ExactDedupConfig(content_getter=lower_text)
+    minhash = MinhashConfig()
+
+    def reader(folder: str, pattern: str = "*.jsonl*") -> JsonlReader:
+        return JsonlReader(folder, glob_pattern=pattern)
+
+    stages = [
+        [reader(str(corpus), "corpus.jsonl"), ExactDedupSignature(w["exact_sigs"], config=exact)],
+        [ExactFindDedups(w["exact_sigs"], w["exact_dups"], config=exact)],
+        [
+            reader(str(corpus), "corpus.jsonl"),
+            ExactDedupFilter(
+                w["exact_dups"], config=exact, exclusion_writer=JsonlWriter(str(removed["exact"]))
+            ),
+            GopherQualityFilter(exclusion_writer=JsonlWriter(str(removed["gopher"]))),
+            JsonlWriter(w["rest"]),
+        ],
+        [reader(w["rest"]), MinhashDedupSignature(w["mh_sigs"], config=minhash)],
+        [MinhashDedupBuckets(w["mh_sigs"], w["mh_buckets"], config=minhash)],
+        [MinhashDedupCluster(w["mh_buckets"], w["mh_ids"], config=minhash)],
+        [
+            reader(w["rest"]),
+            MinhashDedupFilter(w["mh_ids"], exclusion_writer=JsonlWriter(str(removed["minhash"]))),
+            JsonlWriter(w["out"]),
+        ],
+    ]
+    t0 = time.perf_counter()
+    for i, pipeline in enumerate(stages):
+        tasks = minhash.num_buckets if i == 4 else 1  # the buckets stage runs one task per band
+        LocalPipelineExecutor(pipeline, tasks=tasks, workers=1, logging_dir=str(work / "logs" / str(i))).run()
+    seconds = time.perf_counter() - t0
+    ids = {RULES[k]: removed_ids(folder) for k, folder in removed.items()}
+    (work / "removed.json").write_text(json.dumps(ids))
+    kept = 0
+    for path in Path(w["out"]).rglob("*.jsonl.gz"):
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            kept += sum(1 for _ in f)
+    cpu = sum(
+        getattr(resource.getrusage(who), f)
+        for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+        for f in ("ru_utime", "ru_stime")
+    )
+    from importlib.metadata import version
+
+    return {
+        "tool": f"datatrove {version('datatrove')}",
+        "seconds": seconds,
+        "cpu_s": cpu,
+        "rows_out": kept,
+        "dropped": {r: len(v) for r, v in ids.items()},
+        "removed": str(work / "removed.json"),
+    }
+
+
+# ------------------------------------------------ in forja's interpreter: scoring and the table
+def dropped_rows(removed: dict[str, list[str]]) -> list[dict]:
+    """datatrove's removals as rows of clean's dropped.parquet (doc_id, rule, dup_of, similarity),
+    for data_bench.score. Its exact-dedup removals are left out: a verbatim copy has its original's
+    doc_id, so listing it would mark the kept original as removed (forja's ingest drops verbatim
+    copies before clean, so its dropped.parquet never lists them); they are counted apart."""
+    return [
+        {"doc_id": d, "rule": rule, "dup_of": None, "similarity": None}
+        for rule, ids in sorted(removed.items())
+        if rule != "exact_dedup"
+        for d in ids
+    ]
+
+
+def comparison(docs: int, forja: dict, datatrove: dict) -> list[str]:
+    """The side-by-side lines: per tool wall s, docs/s, peak tree RSS, recall (all planted near pairs
+    / those at the threshold), removals that were not planted; then datatrove / forja ratios.
+
+    `forja` and `datatrove`: {"tool", "seconds", "peak_tree_rss_mb", "dedup": data_bench.score's dict}."""
+    lines = [
+        f"{'tool':<18} {'wall s':>8} {'docs/s':>8} {'peak MB':>8} {'recall':>7} {'@thr':>6} {'not planted':>11}"
+    ]
+    for r in (forja, datatrove):
+        d = r["dedup"]
+        lines.append(
+            f"{r['tool']:<18} {r['seconds']:>8.1f} {docs / r['seconds']:>8,.0f} {r['peak_tree_rss_mb']:>8.0f} "
+            f"{d['recall']:>7} {d['recall_at_threshold']:>6} {d['false_removals']:>11,}"
+        )
+    lines.append(
+        f"datatrove / forja: wall time x{datatrove['seconds'] / forja['seconds']:.2f}, "
+        f"peak tree RSS x{datatrove['peak_tree_rss_mb'] / forja['peak_tree_rss_mb']:.2f}, "
+        f"recall {datatrove['dedup']['recall']} vs {forja['dedup']['recall']}"
+    )
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--corpus", type=Path, required=True, help="the folder holding corpus.jsonl")
+    ap.add_argument("--work", type=Path, required=True, help="datatrove's work folder (replaced)")
+    a = ap.parse_args()
+    print(json.dumps(run(a.corpus, a.work)))
+
+
+if __name__ == "__main__":
+    main()
