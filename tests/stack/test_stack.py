@@ -409,13 +409,25 @@ def _task_runs(flow_run_id) -> dict[str, object]:
     return {t.name: t for t in tasks}
 
 
-def _run_logs(flow_run_id) -> str:
+def _log_entries(flow_run_id) -> list:
+    """Every log entry of a flow run, oldest first: the API returns at most 200 per call, and a
+    run that trains for a minute logs more than that."""
     from prefect import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
+    entries: list = []
     with get_client(sync_client=True) as c:
-        logs = c.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
-    return "\n".join(e.message for e in logs)
+        while True:
+            page = c.read_logs(
+                LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200, offset=len(entries)
+            )
+            entries += page
+            if len(page) < 200:
+                return entries
+
+
+def _run_logs(flow_run_id) -> str:
+    return "\n".join(e.message for e in _log_entries(flow_run_id))
 
 
 def _weights(run_dir) -> tuple[int, str]:
@@ -635,9 +647,6 @@ def test_a_prefect_api_outage_during_a_retrain_costs_progress_updates_not_the_ru
     champion, the pipeline run's model (6 steps): its model becomes the champion. (A worse retrain
     stays a challenger: the retrain test. It never moves the alias, so the champion this run
     meets is the pipeline run's whatever the order of the tests.)"""
-    from prefect import get_client
-    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
-
     from forja.tracking import model_name_for
 
     folder = on_stack["folder"]
@@ -659,8 +668,7 @@ def test_a_prefect_api_outage_during_a_retrain_costs_progress_updates_not_the_ru
     print(f"\nPrefect API down for {time.time() - t0:.0f} s ({OUTAGE_S} s + restart)")
     fr = asyncio.run(_wait_final(created.id, timeout=600))
     assert fr.state.is_completed(), fr.state
-    with get_client(sync_client=True) as c:
-        logs = c.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[fr.id])))
+    logs = _log_entries(fr.id)
     text = "\n".join(entry.message for entry in logs)
     # Prefect's client retries a call for about half a minute: a short outage may cost no update at
     # all; one that outlasts the retries costs one warning, and a line when updates resume.
