@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from forja.home import UI_STATE, Home
+from forja.stack.spec import MLFLOW_AUTH_CACHE_TTL_S
 from lm.errors import ForjaError
 from lm.fileio import atomic_write_json
 
@@ -124,10 +125,9 @@ def server_specs(
             f"database_uri = sqlite:///{home.root / 'mlflow-auth.db'}\n"
             f"admin_username = {auth['user']}\nadmin_password = {auth['password']}\n"
             "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
-            # MLflow checks the password's slow hash on every request unless a success is
-            # cached: 0.5 s a request at load 5 on 2 cores, and a model upload makes hundreds.
-            # One worker holds the cache, so a changed password takes effect there at once.
-            "auth_cache_ttl_seconds = 300\n"
+            # the stack's credential cache: MLflow checks the password's slow hash on every
+            # request otherwise (forja/stack/spec.py)
+            f"auth_cache_ttl_seconds = {MLFLOW_AUTH_CACHE_TTL_S}\n"
         )
         os.chmod(ini, 0o600)
         mlflow_cmd += ["--app-name", "basic-auth", "--allowed-hosts", allowed]
