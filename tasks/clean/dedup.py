@@ -13,11 +13,14 @@ corpus in Python is the set of near-duplicates dropped (one int each).
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import logging
 import os
 import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import duckdb
 import numpy as np
@@ -35,6 +38,8 @@ from tasks.clean.rules import Rule, load_rules
 from tasks.common import DUCKDB_SHARE, StageError, memory_bytes
 
 log = logging.getLogger("forja.clean")
+T = TypeVar("T")
+R = TypeVar("R")
 
 PAIR_BATCH = 65536  # at most this many candidate pairs per numpy batch (2 x 512 B of signature each)
 MIN_PAIR_BATCH = 256
@@ -213,17 +218,16 @@ def _near_dedup(
         f"SELECT p.a, p.b, x.text AS ta, y.text AS tb FROM {screened} p "
         "JOIN cand_text x ON x.gid = p.a JOIN cand_text y ON y.gid = p.b"
     ).to_arrow_reader(min(batch, VERIFY_BATCH))
+
+    def verify(rb: pa.RecordBatch) -> dict[str, np.ndarray]:
+        sim = minhash.exact_jaccard(rb.column("ta"), rb.column("tb"), config.shingle_words)
+        ok = sim >= t
+        a, b = (np_values(rb.column(c)).astype(np.int64)[ok] for c in ("a", "b"))
+        return {"a": a, "b": b, "similarity": sim[ok]}
+
     with _PairWriter(similar_file, SIMILAR_SCHEMA) as out:
-        for rb in reader:
-            sim = minhash.exact_jaccard(rb.column("ta"), rb.column("tb"), config.shingle_words)
-            ok = sim >= t
-            out.write(
-                {
-                    "a": np_values(rb.column("a")).astype(np.int64)[ok],
-                    "b": np_values(rb.column("b")).astype(np.int64)[ok],
-                    "similarity": sim[ok],
-                }
-            )
+        for cols in in_threads(verify, reader, verify_threads(config)):
+            out.write(cols)
     con.execute("DROP TABLE cand_text")
     info["similar_pairs"] = out.rows
     # engine figures: logged, never in the report (which the memory setting must not change)
@@ -247,6 +251,27 @@ def _near_dedup(
     for f in (screened_file, similar_file, drops_file):
         f.unlink()
     return info
+
+
+def verify_threads(config: CleanConfig) -> int:
+    """Threads for the exact check: numpy's sorts, which take most of its time, release the GIL."""
+    return config.threads or len(os.sched_getaffinity(0))
+
+
+def in_threads(fn: Callable[[T], R], items: Iterable[T], threads: int) -> Iterator[R]:
+    """fn over items in `threads` threads, results in the items' order, with at most 2 x threads
+    items read ahead (Executor.map would read them all first)."""
+    if threads <= 1:
+        yield from map(fn, items)
+        return
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        pending: collections.deque[concurrent.futures.Future[R]] = collections.deque()
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= 2 * threads:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 PAIR_SCHEMA = pa.schema([("a", pa.int64()), ("b", pa.int64())])

@@ -18,7 +18,9 @@ What bounds each phase, and how the cores are shared:
   memory setting.
 - dedup and output (one process): DuckDB's sorts, joins and aggregates over the whole corpus,
   bound by disk and DuckDB threads (all the cores), spilling past half of memory_limit; what
-  Python holds there comes in batches sized from the other half (dedup.pair_batch).
+  Python holds there comes in batches sized from the other half (dedup.pair_batch). The exact
+  check of the candidate pairs (numpy sorts of shingle hashes, which release the GIL) runs its
+  batches in one thread per core.
 """
 
 from __future__ import annotations

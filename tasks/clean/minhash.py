@@ -259,19 +259,36 @@ def exact_jaccard(
     """The true Jaccard similarity of the shingle sets of row-aligned text pairs (the sets the
     signatures estimate: the same word n-gram hashes), vectorised over the pairs."""
     n = len(texts_a)
-    sets = []
-    for texts in (texts_a, texts_b):
-        sh, doc = shingle_hashes(*word_hashes(texts), shingle_words)
-        keyed = np.unique(np.stack([doc.astype(np.uint64), sh], axis=1), axis=0)  # each pair's set
-        sets.append(keyed)
-    size_a = np.bincount(sets[0][:, 0].astype(np.int64), minlength=n)
-    size_b = np.bincount(sets[1][:, 0].astype(np.int64), minlength=n)
-    both = np.concatenate(sets)
-    both = both[np.lexsort((both[:, 1], both[:, 0]))]
-    same = np.all(both[1:] == both[:-1], axis=1)  # a shingle in both sets of one pair
-    inter = np.bincount(both[1:][same, 0].astype(np.int64), minlength=n)
+    sets = [_shingle_set(texts, shingle_words) for texts in (texts_a, texts_b)]
+    size_a = np.bincount(sets[0][0], minlength=n)
+    size_b = np.bincount(sets[1][0], minlength=n)
+    doc, sh = (np.concatenate([a, b]) for a, b in zip(*sets, strict=True))
+    order = _by_doc_then_hash(doc, sh)
+    doc, sh = doc[order], sh[order]
+    same = (sh[1:] == sh[:-1]) & (doc[1:] == doc[:-1])  # a shingle in both sets of one pair
+    inter = np.bincount(doc[1:][same], minlength=n)
     union = size_a + size_b - inter
     return np.divide(inter, union, out=np.zeros(n), where=union > 0)
+
+
+def _shingle_set(texts: pa.Array | pa.ChunkedArray, shingle_words: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each text's distinct shingle hashes, as (doc, hash) sorted by doc then hash (np.unique
+    over (doc, hash) rows sorts them as opaque 16-byte records and took 5x as long)."""
+    sh, doc = shingle_hashes(*word_hashes(texts), shingle_words)
+    order = _by_doc_then_hash(doc, sh)
+    sh, doc = sh[order], doc[order]
+    first = np.ones(len(sh), bool)
+    first[1:] = (sh[1:] != sh[:-1]) | (doc[1:] != doc[:-1])
+    return doc[first], sh[first]
+
+
+def _by_doc_then_hash(doc: np.ndarray, sh: np.ndarray) -> np.ndarray:
+    """The order that sorts by doc, then hash: the hashes sorted, then a stable sort by doc, which
+    numpy does as a radix sort when doc fits 16 bits (a batch of pairs: 2.7x np.lexsort's time)."""
+    if len(doc) and doc.max() < 1 << 16:
+        by_hash = np.argsort(sh)
+        return by_hash[np.argsort(doc[by_hash].astype(np.uint16), kind="stable")]
+    return np.lexsort((sh, doc))
 
 
 def signatures_from_blobs(blobs: list[bytes] | pa.Array, num_perm: int) -> np.ndarray:

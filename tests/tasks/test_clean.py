@@ -408,9 +408,20 @@ def jaccard(x: str, y: str) -> float:
 def test_exact_jaccard_is_the_jaccard_of_the_word_shingle_sets(paragraphs: list[str]):
     doc = " ".join(paragraphs[200:206])
     others = [doc, near_copy(doc, 20), near_copy(doc, 7), near_copy(doc, 2), paragraphs[0], "too short"]
+    others += [f"{doc} {doc}", f"{near_copy(doc, 5)} {paragraphs[0]} {doc}"]  # shingles seen twice: sets
     got = minhash.exact_jaccard(pa.array([doc] * len(others)), pa.array(others), 5)
     want = [jaccard(doc, o) if shingle_set(o) else 0.0 for o in others]
     assert np.allclose(got, want, rtol=0, atol=1e-12), (got, want)
+
+
+def test_the_shingle_sort_orders_by_document_then_hash_whatever_the_document_numbers():
+    rng = np.random.default_rng(0)
+    sh = rng.integers(0, 2**64 - 1, 5000, dtype=np.uint64)
+    for high in (3, 2**16 + 5):  # the radix path (16-bit documents) and np.lexsort beyond it
+        doc = np.sort(rng.integers(0, high, 5000))
+        order = minhash._by_doc_then_hash(doc, sh)
+        want = sorted(range(5000), key=lambda i: (int(doc[i]), int(sh[i])))
+        assert order.tolist() == want
 
 
 def edit(text: str, every: int, at: int, mark: str) -> str:

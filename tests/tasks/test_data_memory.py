@@ -19,7 +19,7 @@ from test_clean import paragraphs as paragraphs
 from lm.fileio import read_json, sha256_file
 from tasks.clean import CleanConfig, clean_shard, connect, dedup_shards, input_parts, run_clean
 from tasks.clean.chain import sql_list
-from tasks.clean.dedup import keep_first, pair_batch
+from tasks.clean.dedup import in_threads, keep_first, pair_batch
 from tasks.clean.engine import KEY_ORDER
 from tasks.clean.output import bucket_bounds, write_parts
 from tasks.common import duckdb_memory, memory_bytes, write_parquet
@@ -134,3 +134,20 @@ def test_output_sorted_bucket_by_bucket_is_one_order_by_of_the_corpus(tmp_path: 
         ).fetchall()
     assert [tuple(r.values()) for r in got.select(["doc_id", "source", "path", "offset"]).to_pylist()] == ref
     assert len(set(got.column("doc_id").to_pylist())) < got.num_rows  # shared doc_ids were there
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_the_exact_check_runs_in_threads_in_order_reading_ahead_a_bounded_number_of_batches(threads: int):
+    read: list[int] = []
+
+    def batches():
+        for i in range(50):
+            read.append(i)
+            yield i
+
+    ahead = []
+    for i, got in enumerate(in_threads(lambda x: x * x, batches(), threads)):
+        assert got == i * i  # in the items' order, whichever thread finished first
+        ahead.append(len(read) - (i + 1))
+    assert len(read) == 50
+    assert max(ahead) <= 2 * threads - 1  # never the whole input at once
