@@ -15,7 +15,8 @@ switching on one more rule group each time:
     exact     + exact_dedup
     all       + near_dedup (the default config)
 
-Prints wall seconds, MB/s of input text, CPU seconds (the step's process and its worker
+Prints wall seconds (for the steps with a dedup rule, split into the parts, dedup and output
+phases), MB/s of input text, CPU seconds (the step's process and its worker
 processes, all threads: the work done, whatever else the machine runs), the cost of each group
 over the previous step, peak RSS (of the step's process; with --workers, the largest worker's
 too), and a JSON summary with the rule counts of each run.
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import os
 import random
 import shutil
@@ -132,15 +134,41 @@ def make_ingest_dir(folder: Path, mb: float, parts: int) -> tuple[int, int]:
     return len(docs), sum(len(d.encode()) for d in docs)
 
 
+class PhaseClock(logging.Handler):
+    """Splits a clean's wall time into its phases from the stage's own log line at the end of
+    dedup ("dedup: ... in 5.7s"): the parts (clean_shard on every part, in workers), dedup (one
+    process; its exact check in threads), and output (the kept parts, report and manifest)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.dedup: tuple[float, float] | None = None  # (when it ended, its seconds)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("dedup: "):
+            self.dedup = (time.perf_counter(), float(record.args[2]))
+
+    def split(self, t0: float, seconds: float) -> dict:
+        if self.dedup is None:  # no corpus rule ran
+            return {}
+        end, dedup_s = self.dedup
+        parts_s = end - dedup_s - t0
+        return {"parts_s": parts_s, "dedup_s": dedup_s, "output_s": seconds - parts_s - dedup_s}
+
+
 def step(ingest: Path, out: Path, on: list[str], engine: dict) -> dict:
     from tasks.clean import CleanConfig, rule_names, run_clean
 
     rules = {r: r in on for r in rule_names()}
     config = CleanConfig(rules=rules, verify_input=False, **engine)
+    phases = PhaseClock()
+    logging.getLogger("forja.clean").addHandler(phases)
+    logging.getLogger("forja.clean").setLevel(logging.INFO)
     t0, c0 = time.perf_counter(), cpu_seconds()
     manifest = run_clean(ingest, out, config)
+    seconds = time.perf_counter() - t0
     return {
-        "seconds": time.perf_counter() - t0,
+        "seconds": seconds,
+        **phases.split(t0, seconds),
         "cpu_s": cpu_seconds() - c0,
         "rows_out": manifest["counts"]["rows_out"],
         "dropped": manifest["counts"]["dropped"],
@@ -215,6 +243,11 @@ def main() -> None:
                 f"peak RSS {r['peak_rss_mb']:5.0f} MB"
                 + (f" (workers {r['worker_peak_rss_mb']:.0f} MB)" if args.workers > 1 else "")
                 + extra
+                + (
+                    f"  parts {r['parts_s']:.2f} s, dedup {r['dedup_s']:.2f} s, output {r['output_s']:.2f} s"
+                    if "parts_s" in r
+                    else ""
+                )
             )
             report["steps"][name] = {k: round(v, 2) if isinstance(v, float) else v for k, v in r.items()}
             prev = r
