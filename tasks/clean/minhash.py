@@ -284,7 +284,7 @@ def _shingle_set(texts: pa.Array | pa.ChunkedArray, shingle_words: int) -> tuple
 
 def _by_doc_then_hash(doc: np.ndarray, sh: np.ndarray) -> np.ndarray:
     """The order that sorts by doc, then hash: the hashes sorted, then a stable sort by doc, which
-    numpy does as a radix sort when doc fits 16 bits (a batch of pairs: 2.7x np.lexsort's time)."""
+    numpy does as a radix sort when doc fits 16 bits (on a batch of pairs, 2.7x faster than np.lexsort)."""
     if len(doc) and doc.max() < 1 << 16:
         by_hash = np.argsort(sh)
         return by_hash[np.argsort(doc[by_hash].astype(np.uint16), kind="stable")]
