@@ -9,6 +9,9 @@
 - Threads: one OpenMP thread per process (OMP_NUM_THREADS=1, inherited by every child process)
   unless the shell sets it; see pytest_configure.
 - Hypothesis: derandomised when CI=true, so a CI failure replays from the same examples.
+- Workers: `make test` runs two pytest-xdist processes (`-n 2 --dist loadfile`). Each worker runs
+  pytest_configure, so each has its own FORJA_HOME; a test file stays on one worker, so a module's
+  servers start once. The controller receives every worker's reports, so the skip rules above hold.
 
 tests/ is put on sys.path so that test modules import `helpers` and `support` by name.
 """
