@@ -24,6 +24,7 @@ from prefect import task, unmapped
 from prefect.results import get_default_result_storage, get_result_store
 from prefect.tasks import exponential_backoff
 
+from tasks.common import interrupts_kept
 from tasks.ingest import SourceUnavailable
 from tasks.stage import StageRun, get_stage
 
@@ -83,14 +84,16 @@ IO_RETRIES = {
 # Not persisted: ingest's plan holds the sources' URLs as given, credentials included (docs/security.md).
 @task(name="plan", task_run_name="{stage_name}-plan", persist_result=False, **IO_RETRIES)
 def plan_task(stage_name: str, spec: dict[str, Any]) -> list[dict[str, Any]]:
-    return get_stage(stage_name).plan(StageRun.from_spec(spec))
+    with interrupts_kept():
+        return get_stage(stage_name).plan(StageRun.from_spec(spec))
 
 
 @task(name="shard", task_run_name="{stage_name}-shard-{index}", **IO_RETRIES)
 def shard_task(
     stage_name: str, shard: dict[str, Any], work: str, config: dict[str, Any], index: int
 ) -> dict[str, Any]:
-    return get_stage(stage_name).run_shard(shard, work, config)
+    with interrupts_kept():
+        return get_stage(stage_name).run_shard(shard, work, config)
 
 
 @task(name="publish", task_run_name="{stage_name}", cache_key_fn=by_key, **TASK_OPTS)
@@ -102,7 +105,8 @@ def publish_task(
     run = StageRun.from_spec(spec)
     if results is None and (m := run.reuse()) is not None:
         return summary({**m, "changed": False}, run.out)
-    return summary(run.finish(results or []), run.out)
+    with interrupts_kept():  # Ctrl-C in a DuckDB query: the task ends Crashed, not Failed
+        return summary(run.finish(results or []), run.out)
 
 
 def run_stage_in_flow(

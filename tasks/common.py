@@ -14,6 +14,7 @@ with a manifest is complete. It records
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -96,6 +97,26 @@ def configure_duckdb(
     con.execute("SET temp_directory = ?", [str(spill_dir)])
     con.execute(f"SET threads = {int(threads)}")
     con.execute(f"SET preserve_insertion_order = {'true' if ordered else 'false'}")
+
+
+QUERY_INTERRUPTED = "Query interrupted"
+
+
+@contextlib.contextmanager
+def interrupts_kept() -> Iterator[None]:
+    """Keep Ctrl-C an interrupt through DuckDB.
+
+    Ctrl-C during a DuckDB query cancels the query, and DuckDB raises RuntimeError("Query
+    interrupted") in place of the KeyboardInterrupt, which is lost. A stage would then end as a
+    failed stage, not an interrupted run: the flow run Failed where it should be Crashed, no resume
+    line from the CLI. Raised again here as KeyboardInterrupt, the DuckDB error as its cause. Around
+    every call into a stage's work (tasks/stage.py, flows/stages.py)."""
+    try:
+        yield
+    except Exception as e:
+        if str(e) == QUERY_INTERRUPTED or type(e).__name__ == "InterruptException":
+            raise KeyboardInterrupt(f"interrupted during a DuckDB query ({e})") from e
+        raise
 
 
 def utcnow() -> dt.datetime:

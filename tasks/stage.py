@@ -51,6 +51,7 @@ from tasks.common import (
     Progress,
     StageError,
     config_dict,
+    interrupts_kept,
     read_manifest,
     verify_outputs,
     write_manifest,
@@ -388,9 +389,10 @@ def run_stage(
     t0 = time.perf_counter()
     staging = run.begin()
     try:
-        shards = stage.plan(run)
-        results = map_shards(stage, shards, str(staging / "work"), config_dict(run.config))
-        manifest = run.finish(results)
+        with interrupts_kept():  # Ctrl-C in a DuckDB query: still a KeyboardInterrupt
+            shards = stage.plan(run)
+            results = map_shards(stage, shards, str(staging / "work"), config_dict(run.config))
+            manifest = run.finish(results)
     except BaseException:
         run.abort()
         raise

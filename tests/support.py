@@ -11,10 +11,12 @@ import functools
 import http.server
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -330,3 +332,25 @@ def s3_server(folder: Path, bucket: str) -> Iterator[dict[str, Any]]:
         finally:
             proc.kill()  # its filer retries for long after SIGTERM; nothing here needs a clean stop
             proc.wait()
+
+
+LONG_QUERY = "SELECT sum(hash(i)) FROM range(100000000000) t(i)"  # minutes of work
+
+
+def query_interrupted_by_ctrl_c() -> None:
+    """A DuckDB query in this (the main) thread, and one SIGINT to this process once DuckDB reports
+    the query running (its progress, read from another thread): no timing guess."""
+    import duckdb
+
+    con = duckdb.connect()
+    # One thread: DuckDB looks for a pending signal between the tasks its calling thread runs; with
+    # more, that thread may only wait for the others, and the signal waits with it (measured).
+    con.execute("SET threads = 1; SET enable_progress_bar = true; SET enable_progress_bar_print = false")
+
+    def press_ctrl_c_while_it_runs() -> None:
+        while con.query_progress() < 0:  # -1 until the query runs
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=press_ctrl_c_while_it_runs, daemon=True).start()
+    con.execute(LONG_QUERY)

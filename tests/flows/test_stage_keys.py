@@ -90,3 +90,51 @@ def test_clean_re_runs_on_a_new_or_edited_rule_and_a_new_config_and_is_cached_ot
     changed = prepare(servers, home, corpus, *sets, "clean.min_chars=200")
     assert states(servers, changed["flow_run_id"])["clean"] == "Completed"
     assert changed["clean"]["key"] not in {edited["clean"]["key"], added["clean"]["key"]}
+
+
+CTRL_C_SCRIPT = """
+import sys
+sys.path.insert(0, "tests")
+from prefect import flow
+from support import query_interrupted_by_ctrl_c
+from flows.stages import run_stage_in_flow
+from tasks.stage import get_stage
+
+def write(self, run, results):  # ingest's commit, reduced to a DuckDB query that Ctrl-C interrupts
+    query_interrupted_by_ctrl_c()
+
+type(get_stage("ingest")).write = write
+
+@flow(name="ctrl-c-in-a-query")
+def one_stage(source, out):
+    return run_stage_in_flow("ingest", [source], out, {}, True)
+
+try:
+    one_stage(sys.argv[1], sys.argv[2])
+except KeyboardInterrupt:
+    print("interrupted")
+"""
+
+
+def test_ctrl_c_in_a_stage_query_ends_the_task_and_flow_run_crashed_not_failed(servers, tmp_path):
+    """DuckDB turns Ctrl-C into RuntimeError("Query interrupted"): the publish task must still end
+    Crashed (interrupted), as `forja serve` and `forja run` promise, not Failed (found under load:
+    Ctrl-C landed in ingest's commit)."""
+    corpus = write_corpus(tmp_path / "corpus", shakespeare_text(5_000), n_files=1)
+    r = subprocess.run(
+        [sys.executable, "-c", CTRL_C_SCRIPT, str(corpus), str(tmp_path / "out")],
+        env={**servers.env, "FORJA_HOME": str(tmp_path / "home")},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.stdout.strip().splitlines()[-1:] == ["interrupted"], r.stdout[-2000:] + r.stderr[-3000:]
+    flows = httpx.post(
+        f"{servers.prefect_api}/flow_runs/filter",
+        json={"flows": {"name": {"any_": ["ctrl-c-in-a-query"]}}},
+        timeout=30,
+    ).json()
+    assert [f["state"]["type"] for f in flows] == ["CRASHED"], flows
+    assert states(servers, flows[0]["id"])["ingest"] == "Crashed"
+    assert not (tmp_path / "out" / "manifest.json").exists()  # ingest grows in place: nothing committed

@@ -11,14 +11,16 @@ from pathlib import Path
 
 import pytest
 from pydantic import BaseModel
+from support import query_interrupted_by_ctrl_c
 
-from tasks.common import StageError, make_manifest, output_record, write_manifest
+from tasks.common import StageError, interrupts_kept, make_manifest, output_record, write_manifest
 from tasks.stage import STAGES, Stage, get_stage, run_stage
 
 
 class UpperConfig(BaseModel):
     suffix: str = "!"
     fail: bool = False  # a way to make `write` fail half-way
+    ctrl_c_in_query: bool = False  # a way to press Ctrl-C while `write` runs a DuckDB query
 
 
 class UpperStage(Stage):
@@ -52,6 +54,8 @@ class UpperStage(Stage):
             outputs.append(output_record(final, run.staging))
             if run.config.fail:
                 raise RuntimeError("failing half-way, as asked")
+            if run.config.ctrl_c_in_query:
+                query_interrupted_by_ctrl_c()
         return make_manifest(
             self.name, self.identity(run.config), outputs, {"files": len(outputs)}, run.upstream
         )
@@ -116,6 +120,28 @@ def test_a_failure_half_way_leaves_the_previous_output_and_no_staging(toy):
     before = texts(toy["out"])
     with pytest.raises(RuntimeError, match="half-way"):
         run_stage("toy-upper", toy["src"], toy["out"], {"suffix": "?", "fail": True})
+    assert texts(toy["out"]) == before
+    assert [p.name for p in toy["out"].parent.iterdir() if p.name.startswith(".tmp-")] == []
+
+
+def test_duckdb_turns_ctrl_c_into_an_error_and_interrupts_kept_makes_it_an_interrupt_again():
+    """Why interrupts_kept exists: DuckDB cancels the query and raises RuntimeError, the
+    KeyboardInterrupt is gone (a Ctrl-C'd stage would end Failed, not interrupted)."""
+    with pytest.raises(RuntimeError, match=r"^Query interrupted$"):
+        query_interrupted_by_ctrl_c()
+    with pytest.raises(KeyboardInterrupt) as caught, interrupts_kept():
+        query_interrupted_by_ctrl_c()
+    assert str(caught.value.__cause__) == "Query interrupted"
+    with pytest.raises(RuntimeError, match="half-way"), interrupts_kept():  # other errors pass as they are
+        raise RuntimeError("failing half-way")
+
+
+def test_ctrl_c_in_a_query_of_write_is_an_interrupt_and_leaves_the_previous_output(toy):
+    run_stage("toy-upper", toy["src"], toy["out"])
+    before = texts(toy["out"])
+    with pytest.raises(KeyboardInterrupt) as caught:
+        run_stage("toy-upper", toy["src"], toy["out"], {"suffix": "?", "ctrl_c_in_query": True})
+    assert str(caught.value.__cause__) == "Query interrupted"
     assert texts(toy["out"]) == before
     assert [p.name for p in toy["out"].parent.iterdir() if p.name.startswith(".tmp-")] == []
 
