@@ -352,5 +352,12 @@ def query_interrupted_by_ctrl_c() -> None:
             time.sleep(0.05)
         os.kill(os.getpid(), signal.SIGINT)
 
-    threading.Thread(target=press_ctrl_c_while_it_runs, daemon=True).start()
-    con.execute(LONG_QUERY)
+    # Ctrl-C as a terminal delivers it: a suite started in the background (`make test &`, some CI
+    # runners) inherits SIGINT ignored, and the signal would never reach DuckDB (seen: the query ran
+    # to its end, 10 minutes). signal.signal works in the main thread only, where DuckDB looks.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        threading.Thread(target=press_ctrl_c_while_it_runs, daemon=True).start()
+        con.execute(LONG_QUERY)
+    finally:
+        signal.signal(signal.SIGINT, previous)
