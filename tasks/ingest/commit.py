@@ -24,11 +24,13 @@ import pyarrow.parquet as pq
 
 from lm.fileio import atomic_path, atomic_write_json, file_lock, fsync_dir, remove_stale_tmp, sha256_file
 from tasks.common import (
+    DUCKDB_SHARE,
     MANIFEST,
     ROW_GROUP_ROWS,
     StageError,
     configure_duckdb,
     make_manifest,
+    memory_bytes,
     read_manifest,
     write_manifest,
 )
@@ -82,17 +84,36 @@ def _cleanup(out: Path, prev: dict[str, Any] | None, keep_run: str | None) -> No
                 p.unlink()
 
 
+def _sql_str(path: Path) -> str:
+    return str(path).replace("'", "''")
+
+
 def _sql_list(paths: list[Path]) -> str:
-    return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
+    return "[" + ", ".join(f"'{_sql_str(p)}'" for p in paths) + "]"
+
+
+BUCKET_BYTES = 500  # what one row costs a bucket's query in DuckDB, with room (key, window sort, join)
+MAX_BUCKET_ROWS = 1_000_000  # at most this many rows per query: the commit's peak stays put as OUT grows
+
+
+def bucket_rows(memory_limit: str) -> int:
+    """Rows classified per DuckDB query: as many as DuckDB's share of `memory_limit` holds, at most
+    MAX_BUCKET_ROWS (2GB: 1 M rows, about 1.2 GB of typical text). A 100 GB corpus is classified in
+    ~100 queries of this size, not in one that grows until it fills DuckDB's share and spills."""
+    share = int(memory_bytes(memory_limit) * DUCKDB_SHARE)
+    return max(10_000, min(MAX_BUCKET_ROWS, share // BUCKET_BYTES))
 
 
 class _Classified:
     """Which staged rows are new, repeats within the run ('dup'), or first occurrences of what an
     earlier run stored ('known') - the same split the shards make, so the counts mean one thing.
 
-    One DuckDB query over the key columns of the staged parts and the stored parts (DuckDB spills
-    to disk, so memory stays bounded however many documents there are). The first occurrence in
-    (shard, part, row) order wins, so the result does not depend on which shard finished first.
+    The staged and stored rows are split by a hash of their key into buckets of at most
+    `bucket_rows` rows (a key's copies all fall in one bucket); one DuckDB query per bucket writes
+    its rows' status to a Parquet file under `work`, sorted by (part, row). So the commit's memory
+    depends on the bucket size, not on the corpus: a 10 GB ingest peaks where a 1 GB one does. The
+    first occurrence in (shard, part, row) order wins, so the result depends neither on which shard
+    finished first nor on the number of buckets.
     """
 
     def __init__(
@@ -103,6 +124,8 @@ class _Classified:
         known: list[Path],
         keys: dict[str, str],
         extras: list[str],
+        work: Path,
+        max_rows: int,
     ):
         self.con, self.table, self.staged = con, table, staged
         self.rows: dict[int, int] = {}
@@ -110,47 +133,66 @@ class _Classified:
         self.status: dict[str, int] = {"new": 0, "dup": 0, "known": 0}
         if not staged:
             return
+        n_rows = sum(pq.ParquetFile(p).metadata.num_rows for p in [*staged, *known])
+        buckets = max(1, -(-n_rows // max_rows))
         cols = ", ".join(f'"{k}"' for k in keys)
+
+        def in_bucket(b: int, prefix: str = "") -> str:
+            key_cols = ", ".join(f'{prefix}"{k}"' for k in keys)
+            return f"hash({key_cols}) % {buckets} = {b}" if buckets > 1 else "TRUE"
+
         files = pa.table({"filename": [str(p) for p in staged], "ord": list(range(len(staged)))})
         con.register(f"{table}_files", files)
-        if known:
-            known_sql = f"SELECT DISTINCT {cols}, TRUE AS hit FROM read_parquet({_sql_list(known)})"
-        else:
-            nulls = ", ".join(f'NULL::{t} AS "{k}"' for k, t in keys.items())
-            known_sql = f"SELECT {nulls}, TRUE AS hit LIMIT 0"
+        nulls = ", ".join(f'NULL::{t} AS "{k}"' for k, t in keys.items())
+        stored = f"read_parquet({_sql_list(known)})" if known else None
         extra = "".join(f', s."{c}"' for c in extras)
         cols_all = [*keys, *(c for c in extras if c not in keys)]
         part_by = ", ".join(f's."{k}"' for k in keys)
-        con.execute(
-            f"""
-            CREATE OR REPLACE TEMP TABLE {table} AS
-            WITH s AS (
-                SELECT f.ord, r.file_row_number AS rn, {", ".join(f'r."{c}"' for c in cols_all)}
-                FROM read_parquet({_sql_list(staged)}, filename = true, file_row_number = true) r
-                JOIN {table}_files f ON f.filename = r.filename
-            ), k AS ({known_sql})
-            SELECT s.ord, s.rn{extra},
-                CASE WHEN row_number() OVER (PARTITION BY {part_by} ORDER BY s.ord, s.rn) > 1 THEN 'dup'
-                     WHEN k.hit THEN 'known'
-                     ELSE 'new' END AS status
-            FROM s LEFT JOIN k USING ({cols})
-            """
-        )
+        work.mkdir(parents=True, exist_ok=True)
+        self.files = [work / f"{table}-{b:05d}.parquet" for b in range(buckets)]
+        for b, path in enumerate(self.files):
+            if known:
+                known_sql = f"SELECT DISTINCT {cols}, TRUE AS hit FROM {stored} WHERE {in_bucket(b)}"
+            else:
+                known_sql = f"SELECT {nulls}, TRUE AS hit LIMIT 0"
+            con.execute(
+                f"""
+                COPY (
+                    WITH s AS (
+                        SELECT f.ord, r.file_row_number AS rn, {", ".join(f'r."{c}"' for c in cols_all)}
+                        FROM read_parquet({_sql_list(staged)}, filename = true, file_row_number = true) r
+                        JOIN {table}_files f ON f.filename = r.filename
+                        WHERE {in_bucket(b, "r.")}
+                    ), k AS ({known_sql})
+                    SELECT s.ord, s.rn{extra},
+                        CASE WHEN row_number() OVER (PARTITION BY {part_by} ORDER BY s.ord, s.rn) > 1 THEN 'dup'
+                             WHEN k.hit THEN 'known'
+                             ELSE 'new' END AS status
+                    FROM s LEFT JOIN k USING ({cols})
+                    ORDER BY s.ord, s.rn
+                ) TO '{_sql_str(path)}' (FORMAT parquet)
+                """
+            )
+        self.source = f"read_parquet({_sql_list(self.files)})"
         for ord_, rows, new in con.execute(
-            f"SELECT ord, count(*), count(*) FILTER (WHERE status = 'new') FROM {table} GROUP BY ord"
+            f"SELECT ord, count(*), count(*) FILTER (WHERE status = 'new') FROM {self.source} GROUP BY ord"
         ).fetchall():
             self.rows[ord_], self.new[ord_] = rows, new
-        for status, n in con.execute(f"SELECT status, count(*) FROM {table} GROUP BY status").fetchall():
+        for status, n in con.execute(
+            f"SELECT status, count(*) FROM {self.source} GROUP BY status"
+        ).fetchall():
             self.status[status] = n
+        if buckets > 1:
+            log.info("classified %s rows of %s in %d buckets", f"{n_rows:,}", table, buckets)
 
     def kept_rows(self, ord_: int) -> np.ndarray:
         rows = self.con.execute(
-            f"SELECT rn FROM {self.table} WHERE ord = ? AND status = 'new' ORDER BY rn", [ord_]
+            f"SELECT rn FROM {self.source} WHERE ord = ? AND status = 'new' ORDER BY rn", [ord_]
         ).fetchnumpy()["rn"]
         return np.asarray(rows, dtype=np.int64)
 
     def query(self, sql: str) -> list[tuple[Any, ...]]:
-        return self.con.execute(sql.format(t=self.table)).fetchall() if self.staged else []
+        return self.con.execute(sql.format(t=self.source)).fetchall() if self.staged else []
 
 
 def _publish(cls: _Classified, folder: Path, stem: str, out: Path) -> list[dict[str, Any]]:
@@ -330,6 +372,8 @@ def _commit_locked(
     run: dict[str, Any],
     key: str | None,
 ) -> tuple[dict[str, Any], bool]:
+    work = staging_folder(out, results[0]["run_id"]) / "classified"
+    max_rows = bucket_rows(config.memory_limit)
     prev_outputs = list((prev or {}).get("outputs", []))
     prev_q = dict((prev or {}).get("quarantine", {}))
     prev_q_outputs = list(prev_q.get("outputs", []))
@@ -340,6 +384,8 @@ def _commit_locked(
         [out / o["path"] for o in prev_outputs],
         {"doc_id": "VARCHAR"},
         ["n_bytes", "encoding"],
+        work,
+        max_rows,
     )
     quarantine = _Classified(
         con,
@@ -348,6 +394,8 @@ def _commit_locked(
         [out / o["path"] for o in prev_q_outputs],
         {"source": "VARCHAR", "path": "VARCHAR", "offset": "BIGINT", "reason": "VARCHAR"},
         ["reason"],
+        work,
+        max_rows,
     )
     if sum(data.status.values()) != run["staged"]:
         raise StageError(

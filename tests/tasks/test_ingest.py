@@ -14,6 +14,7 @@ import logging
 import lzma
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -543,6 +544,54 @@ def test_shards_commit_in_any_order_with_cross_shard_duplicates(tmp_path):
     again = run_ingest([str(src)], out, cfg)  # repeats count as duplicates, first ones as known
     assert not again["changed"]
     assert (again["run"]["already_known"], again["run"]["duplicates"]) == (7, 5)
+
+
+def test_the_commit_classifies_in_buckets_as_in_one_query(tmp_path, monkeypatch, caplog):
+    """The commit's dedup runs one DuckDB query per hash bucket of doc_ids (its memory bounded by the
+    bucket, not the corpus); with 3 rows per bucket it stores the same rows, counts and digests as
+    with one bucket: copies across shards and buckets, repeats of an earlier snapshot, quarantine."""
+
+    def history(out: Path) -> list[dict]:
+        src = tmp_path / "in"  # the same paths for both, so the same digests
+        shutil.rmtree(src, ignore_errors=True)
+        for i in range(6):
+            write(src / f"f{i}.txt", "\n\n".join(["shared text", f"unique {i}", f"pair {i // 2}"]))
+        write(src / "x.png", PNG)
+        write(src / "y.png", PNG)
+        cfg = IngestConfig(split="blank_line", shard_files=2, part_bytes=10, max_reject_ratio=0.9)
+        first = run_ingest([str(src)], out, cfg)
+        for i in range(6, 9):  # new documents, repeats of stored ones, and a new unreadable file
+            write(src / f"f{i}.txt", "\n\n".join([f"unique {i - 6}", f"unique {i}", "shared text"]))
+        write(src / "z.png", PNG)
+        second = run_ingest([str(src)], out, cfg)
+        return [first, second]
+
+    one = history(tmp_path / "one")
+    monkeypatch.setattr(commit_mod, "bucket_rows", lambda memory_limit: 3)
+    with caplog.at_level(logging.INFO, logger="forja.ingest"):
+        many = history(tmp_path / "many")
+    assert re.search(r"classified \d+ rows of data_cls in [4-9] buckets", caplog.text)
+    assert [m["digest"] for m in many] == [m["digest"] for m in one]
+    assert [m["run"] for m in many] == [m["run"] for m in one]
+    assert one[0]["run"]["duplicates"] == 5 + 3  # "shared text" 5 times, each "pair" once
+    assert (one[1]["run"]["already_known"], one[1]["run"]["duplicates"], one[1]["run"]["accepted"]) == (
+        10,
+        14,
+        3,
+    )
+
+    def rows(out: Path) -> list[dict]:
+        return [{k: v for k, v in r.items() if k != "ingested_at"} for r in data_rows(out)]
+
+    assert rows(tmp_path / "many") == rows(tmp_path / "one")
+    assert len(quarantine_rows(tmp_path / "many")) == len(quarantine_rows(tmp_path / "one")) == 3
+
+
+def test_commit_bucket_size_follows_the_memory_setting():
+    assert (
+        commit_mod.bucket_rows("2GB") == commit_mod.MAX_BUCKET_ROWS
+    )  # capped: a 10 GB run peaks as a 1 GB one
+    assert 10_000 < commit_mod.bucket_rows("256MB") < commit_mod.MAX_BUCKET_ROWS
 
 
 def test_max_reject_ratio_fails_and_leaves_the_manifest_alone(tmp_path):
