@@ -7,7 +7,7 @@ itself or a near copy, half unrelated), and times per batch of --pairs pairs (th
 VERIFY_BATCH): the shingling alone, `exact_jaccard` as it is, and the formulation it replaced
 (np.unique over (document, hash) rows, kept below as the reference), checking that both give the
 same similarities. Then dedup's loop over the batches, one thread and one per core
-(dedup.in_threads). Prints seconds and ratios; medians over --batches batches.
+(tasks.common.in_threads). Prints seconds and ratios; medians over --batches batches.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 from clean_bench import make_corpus  # noqa: E402
 
 from tasks.clean import minhash  # noqa: E402
-from tasks.clean.dedup import VERIFY_BATCH, in_threads  # noqa: E402
+from tasks.clean.dedup import VERIFY_BATCH  # noqa: E402
+from tasks.common import in_threads  # noqa: E402
 
 
 def exact_jaccard_unique_rows(texts_a, texts_b, shingle_words: int) -> np.ndarray:

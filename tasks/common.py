@@ -14,13 +14,15 @@ with a manifest is complete. It records
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import contextlib
 import datetime as dt
 import logging
 import os
 import re
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -35,6 +37,7 @@ MANIFEST = "manifest.json"
 ROW_GROUP_ROWS = 8192  # bounded row groups: readers never need a whole file in memory
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 class StageError(ForjaError):
@@ -117,6 +120,22 @@ def interrupts_kept() -> Iterator[None]:
         if str(e) == QUERY_INTERRUPTED or type(e).__name__ == "InterruptException":
             raise KeyboardInterrupt(f"interrupted during a DuckDB query ({e})") from e
         raise
+
+
+def in_threads(fn: Callable[[T], R], items: Iterable[T], threads: int) -> Iterator[R]:
+    """fn over items in `threads` threads, results in the items' order, with at most 2 x threads
+    items read ahead (Executor.map would read them all first)."""
+    if threads <= 1:
+        yield from map(fn, items)
+        return
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        pending: collections.deque[concurrent.futures.Future[R]] = collections.deque()
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= 2 * threads:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def utcnow() -> dt.datetime:

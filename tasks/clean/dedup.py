@@ -13,14 +13,11 @@ corpus in Python is the set of near-duplicates dropped (one int each).
 
 from __future__ import annotations
 
-import collections
-import concurrent.futures
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -35,11 +32,9 @@ from tasks.clean.config import CleanConfig, as_config
 from tasks.clean.engine import KEY_ORDER, connect
 from tasks.clean.report import doc_key, snippet
 from tasks.clean.rules import Rule, load_rules
-from tasks.common import DUCKDB_SHARE, StageError, memory_bytes
+from tasks.common import DUCKDB_SHARE, StageError, in_threads, memory_bytes
 
 log = logging.getLogger("forja.clean")
-T = TypeVar("T")
-R = TypeVar("R")
 
 PAIR_BATCH = 65536  # at most this many candidate pairs per numpy batch (2 x 512 B of signature each)
 MIN_PAIR_BATCH = 256
@@ -256,22 +251,6 @@ def _near_dedup(
 def verify_threads(config: CleanConfig) -> int:
     """Threads for the exact check: numpy's sorts, which take most of its time, release the GIL."""
     return config.threads or len(os.sched_getaffinity(0))
-
-
-def in_threads(fn: Callable[[T], R], items: Iterable[T], threads: int) -> Iterator[R]:
-    """fn over items in `threads` threads, results in the items' order, with at most 2 x threads
-    items read ahead (Executor.map would read them all first)."""
-    if threads <= 1:
-        yield from map(fn, items)
-        return
-    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-        pending: collections.deque[concurrent.futures.Future[R]] = collections.deque()
-        for item in items:
-            pending.append(pool.submit(fn, item))
-            if len(pending) >= 2 * threads:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
 
 
 PAIR_SCHEMA = pa.schema([("a", pa.int64()), ("b", pa.int64())])

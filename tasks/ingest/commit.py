@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from tasks.common import (
     ROW_GROUP_ROWS,
     StageError,
     configure_duckdb,
+    in_threads,
     make_manifest,
     memory_bytes,
     read_manifest,
@@ -197,43 +199,59 @@ class _Classified:
 
 def _publish(cls: _Classified, folder: Path, stem: str, out: Path) -> list[dict[str, Any]]:
     """Give the new rows of the staged parts their final names: parts without duplicates are
-    renamed as they are; the others are rewritten row group by row group without them."""
+    renamed as they are; the others are rewritten row group by row group without them. The
+    rewrites (zstd, in pyarrow, which releases the GIL) run in one thread per core; they are most
+    of a large commit, where the shards' own set of texts (SEEN_MAX) no longer catches repeats."""
     folder.mkdir(parents=True, exist_ok=True)
-    records: list[dict[str, Any]] = []
-    for ord_, staged in enumerate(cls.staged):
-        new, rows = cls.new.get(ord_, 0), cls.rows.get(ord_, 0)
-        if new == 0:
-            continue
-        final = folder / f"{stem}-{len(records):05d}.parquet"
-        if new == rows:
+
+    def parts() -> Iterator[tuple[Path, Path, int, np.ndarray | None]]:  # DuckDB: this thread only
+        n = 0
+        for ord_, staged in enumerate(cls.staged):
+            new, rows = cls.new.get(ord_, 0), cls.rows.get(ord_, 0)
+            if new:
+                yield (
+                    staged,
+                    folder / f"{stem}-{n:05d}.parquet",
+                    new,
+                    None if new == rows else cls.kept_rows(ord_),
+                )
+                n += 1
+
+    def place(part: tuple[Path, Path, int, np.ndarray | None]) -> dict[str, Any]:
+        staged, final, new, keep = part
+        if keep is None:
             os.replace(staged, final)
         else:
-            keep = cls.kept_rows(ord_)
-            pf = pq.ParquetFile(staged)
-            with atomic_path(final, fsync=False) as tmp:
-                writer = parquet_writer(tmp, pf.schema_arrow)
-                start = 0
-                for rg in range(pf.num_row_groups):
-                    table = pf.read_row_group(rg)
-                    idx = keep[(keep >= start) & (keep < start + table.num_rows)] - start
-                    start += table.num_rows
-                    if len(idx):
-                        writer.write_table(table.take(pa.array(idx)), row_group_size=ROW_GROUP_ROWS)
-                    del table
-                writer.close()
-            staged.unlink()
+            _rewrite(staged, final, keep)
         _fsync_file(final)
-        records.append(
-            {
-                "path": str(final.relative_to(out)),
-                "sha256": sha256_file(final),
-                "content_sha256": content_sha256(final),
-                "rows": new,
-                "bytes": final.stat().st_size,
-            }
-        )
+        return {
+            "path": str(final.relative_to(out)),
+            "sha256": sha256_file(final),
+            "content_sha256": content_sha256(final),
+            "rows": new,
+            "bytes": final.stat().st_size,
+        }
+
+    records = list(in_threads(place, parts(), len(os.sched_getaffinity(0))))
     fsync_dir(folder)
     return records
+
+
+def _rewrite(staged: Path, final: Path, keep: np.ndarray) -> None:
+    """`staged` without the rows not in `keep` (sorted row numbers), as `final`."""
+    pf = pq.ParquetFile(staged)
+    with atomic_path(final, fsync=False) as tmp:
+        writer = parquet_writer(tmp, pf.schema_arrow)
+        start = 0
+        for rg in range(pf.num_row_groups):
+            table = pf.read_row_group(rg)
+            idx = keep[(keep >= start) & (keep < start + table.num_rows)] - start
+            start += table.num_rows
+            if len(idx):
+                writer.write_table(table.take(pa.array(idx)), row_group_size=ROW_GROUP_ROWS)
+            del table
+        writer.close()
+    staged.unlink()
 
 
 def content_sha256(path: Path) -> str:
