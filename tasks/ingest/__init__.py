@@ -17,7 +17,7 @@ The package, by concern:
     records.py      Doc, Reject, Skip, ReadOptions and the quarantine's reason codes
     plan.py         plan_ingest
     shard.py        ingest_shard and its Parquet part writer
-    commit.py       commit_ingest: dedup in DuckDB, publish, manifest
+    commit.py       commit_ingest: dedup in DuckDB (hash buckets of doc_ids), publish, manifest
     layout.py       OUT's names and schemas, run ids
     stage.py        the stage declared once (tasks/stage.py runs it); run_ingest
 

@@ -1,7 +1,8 @@
 """Committing an ingest run: the shards' staged parts -> a new snapshot of OUT (or nothing new).
 
-One DuckDB query per table (`_Classified`) sorts the staged rows into new ones, repeats within
-the run and ones an earlier run stored; `_publish` gives the new rows their final part names;
+DuckDB queries (`_Classified`, one per hash bucket of keys, so memory does not grow with the corpus)
+sort the staged rows into new ones, repeats within the run and ones an earlier run stored;
+`_publish` gives the new rows their final part names (rewriting parts in one thread per core);
 the manifest is written last. The commit holds OUT's lock, and first removes what interrupted
 runs left behind (`_cleanup`).
 """
