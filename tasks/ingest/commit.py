@@ -2,7 +2,7 @@
 
 DuckDB queries (`_Classified`, one per hash bucket of keys, so memory does not grow with the corpus)
 sort the staged rows into new ones, repeats within the run and ones an earlier run stored;
-`_publish` gives the new rows their final part names (rewriting parts in one thread per core);
+`_publish` gives the new rows their final part names (rewriting parts in threads, bounded by memory);
 the manifest is written last. The commit holds OUT's lock, and first removes what interrupted
 runs left behind (`_cleanup`).
 """
@@ -199,11 +199,21 @@ class _Classified:
         return self.con.execute(sql.format(t=self.source)).fetchall() if self.staged else []
 
 
-def _publish(cls: _Classified, folder: Path, stem: str, out: Path) -> list[dict[str, Any]]:
+REWRITE_BYTES = 128 * 2**20  # what rewriting one part holds at once (a row group read, taken, encoded)
+
+
+def rewrite_threads(memory_limit: str) -> int:
+    """Parts rewritten at once: one per core, as many as three quarters of the memory DuckDB does
+    not get holds (1GB: 2, 2GB: 5), at least one."""
+    budget = memory_bytes(memory_limit) * (1 - DUCKDB_SHARE) * 0.75
+    return max(1, min(len(os.sched_getaffinity(0)), int(budget // REWRITE_BYTES)))
+
+
+def _publish(cls: _Classified, folder: Path, stem: str, out: Path, threads: int) -> list[dict[str, Any]]:
     """Give the new rows of the staged parts their final names: parts without duplicates are
     renamed as they are; the others are rewritten row group by row group without them. The
-    rewrites (zstd, in pyarrow, which releases the GIL) run in one thread per core; they are most
-    of a large commit, where the shards' own set of texts (SEEN_MAX) no longer catches repeats."""
+    rewrites (zstd, in pyarrow, which releases the GIL) run in `threads` threads; they are most of a
+    large commit, where the shards' own set of texts (SEEN_MAX) no longer catches repeats."""
     folder.mkdir(parents=True, exist_ok=True)
 
     def parts() -> Iterator[tuple[Path, Path, int, np.ndarray | None]]:  # DuckDB: this thread only
@@ -234,7 +244,7 @@ def _publish(cls: _Classified, folder: Path, stem: str, out: Path) -> list[dict[
             "bytes": final.stat().st_size,
         }
 
-    records = list(in_threads(place, parts(), len(os.sched_getaffinity(0))))
+    records = list(in_threads(place, parts(), threads))
     fsync_dir(folder)
     return records
 
@@ -462,8 +472,9 @@ def _commit_locked(
 
     snapshot = int((prev or {}).get("snapshot", 0)) + 1
     stem = f"part-{snapshot:06d}"
-    new_outputs = _publish(data, out / "data", stem, out)
-    new_q = _publish(quarantine, out / "quarantine", stem, out)
+    threads = rewrite_threads(config.memory_limit)
+    new_outputs = _publish(data, out / "data", stem, out, threads)
+    new_q = _publish(quarantine, out / "quarantine", stem, out, threads)
     ptotal = (prev or {}).get("counts", {}).get("total", {})
     q_reasons = Counter(ptotal.get("quarantine_by_reason", {}))
     q_reasons.update(new_reasons)

@@ -587,11 +587,15 @@ def test_the_commit_classifies_in_buckets_as_in_one_query(tmp_path, monkeypatch,
     assert len(quarantine_rows(tmp_path / "many")) == len(quarantine_rows(tmp_path / "one")) == 3
 
 
-def test_commit_bucket_size_follows_the_memory_setting():
+def test_commit_bucket_size_and_rewrite_threads_follow_the_memory_setting():
     assert (
         commit_mod.bucket_rows("2GB") == commit_mod.MAX_BUCKET_ROWS
     )  # capped: a 10 GB run peaks as a 1 GB one
     assert 10_000 < commit_mod.bucket_rows("256MB") < commit_mod.MAX_BUCKET_ROWS
+    cores = len(os.sched_getaffinity(0))
+    assert commit_mod.rewrite_threads("256MB") == 1  # each rewrite holds ~128 MB: the setting bounds them
+    assert commit_mod.rewrite_threads("64GB") == cores
+    assert commit_mod.rewrite_threads("1GB") == min(cores, 2)
 
 
 def test_max_reject_ratio_fails_and_leaves_the_manifest_alone(tmp_path):
