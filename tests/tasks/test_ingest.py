@@ -593,7 +593,7 @@ def test_commit_bucket_size_and_rewrite_threads_follow_the_memory_setting():
     )  # capped: a 10 GB run peaks as a 1 GB one
     assert 10_000 < commit_mod.bucket_rows("256MB") < commit_mod.MAX_BUCKET_ROWS
     cores = len(os.sched_getaffinity(0))
-    assert commit_mod.rewrite_threads("256MB") == 1  # each rewrite holds ~128 MB: the setting bounds them
+    assert commit_mod.rewrite_threads("256MB") == 1  # the setting bounds them at 128 MB each
     assert commit_mod.rewrite_threads("64GB") == cores
     assert commit_mod.rewrite_threads("1GB") == min(cores, 2)
 
