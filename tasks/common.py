@@ -138,6 +138,16 @@ def in_threads(fn: Callable[[T], R], items: Iterable[T], threads: int) -> Iterat
             yield pending.popleft().result()
 
 
+def sql_string(s: str | os.PathLike) -> str:
+    """A SQL string literal."""
+    return "'" + str(s).replace("'", "''") + "'"
+
+
+def sql_list(paths: list[str] | list[Path]) -> str:
+    """A SQL list of string literals."""
+    return "[" + ", ".join(sql_string(p) for p in paths) + "]"
+
+
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 

@@ -11,7 +11,6 @@ Also the SQL literal helpers every module that writes SQL text uses.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import duckdb
@@ -21,7 +20,7 @@ from tasks.clean.langid import LANG_TYPE, language_of_arrow
 from tasks.clean.minhash import MINHASH_TYPE, minhash_udf
 from tasks.clean.rules import Rule
 from tasks.clean.text import STATS_TYPE, fix_mojibake, text_stats_arrow
-from tasks.common import StageError
+from tasks.common import StageError, sql_string
 
 # The columns of the ingest output that the rules see (see engine.source_sql), with none of its rows.
 EMPTY_INPUT_SQL = (
@@ -29,16 +28,6 @@ EMPTY_INPUT_SQL = (
     'NULL::BIGINT AS "offset", NULL::VARCHAR AS text WHERE false'
 )
 CHAIN_COLUMNS = {"doc_id", "source", "path", "offset", "text", "_bytes_in", "_drop", "_reason"}
-
-
-def sql_string(s: str | os.PathLike) -> str:
-    """A SQL string literal."""
-    return "'" + str(s).replace("'", "''") + "'"
-
-
-def sql_list(paths: list[str]) -> str:
-    """A SQL list of string literals."""
-    return "[" + ", ".join(sql_string(p) for p in paths) + "]"
 
 
 def register_udfs(

@@ -27,12 +27,12 @@ import pyarrow.parquet as pq
 from lm.fileio import atomic_path
 from tasks.clean import minhash
 from tasks.clean.arrays import np_values
-from tasks.clean.chain import over_input, sql_list, sql_string
+from tasks.clean.chain import over_input
 from tasks.clean.config import CleanConfig, as_config
 from tasks.clean.engine import KEY_ORDER, connect
 from tasks.clean.report import doc_key, snippet
 from tasks.clean.rules import Rule, load_rules
-from tasks.common import DUCKDB_SHARE, StageError, in_threads, memory_bytes
+from tasks.common import DUCKDB_SHARE, StageError, in_threads, memory_bytes, sql_list, sql_string
 
 log = logging.getLogger("forja.clean")
 

@@ -41,7 +41,7 @@ import pyarrow.parquet as pq
 
 from lm.errors import DataError
 from lm.fileio import atomic_path
-from tasks.clean.chain import chain_sql, register_udfs, sql_string, validate_chain
+from tasks.clean.chain import chain_sql, register_udfs, validate_chain
 from tasks.clean.config import CleanConfig, as_config
 from tasks.clean.decontam import OVERLAP_TYPE
 from tasks.clean.minhash import MINHASH_TYPE
@@ -53,6 +53,7 @@ from tasks.common import (
     StageError,
     configure_duckdb,
     read_manifest,
+    sql_string,
     verify_outputs,
 )
 

@@ -26,7 +26,6 @@ import pyarrow.parquet as pq
 
 from lm.fileio import atomic_path, atomic_write_json, sha256_file
 from tasks.clean.arrays import np_values
-from tasks.clean.chain import sql_list, sql_string
 from tasks.clean.config import CleanConfig
 from tasks.clean.engine import KEY_ORDER, connect
 from tasks.clean.report import build_report
@@ -37,6 +36,8 @@ from tasks.common import (
     make_manifest,
     memory_bytes,
     output_record,
+    sql_list,
+    sql_string,
 )
 
 OUT_SCHEMA = pa.schema(

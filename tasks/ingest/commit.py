@@ -35,6 +35,8 @@ from tasks.common import (
     make_manifest,
     memory_bytes,
     read_manifest,
+    sql_list,
+    sql_string,
     write_manifest,
 )
 from tasks.ingest.config import IngestConfig, as_config, identity_dict
@@ -87,14 +89,6 @@ def _cleanup(out: Path, prev: dict[str, Any] | None, keep_run: str | None) -> No
                 p.unlink()
 
 
-def _sql_str(path: Path) -> str:
-    return str(path).replace("'", "''")
-
-
-def _sql_list(paths: list[Path]) -> str:
-    return "[" + ", ".join(f"'{_sql_str(p)}'" for p in paths) + "]"
-
-
 BUCKET_BYTES = 500  # what one row costs a bucket's query in DuckDB, with room (key, window sort, join)
 MAX_BUCKET_ROWS = 500_000  # at most this many rows per query: the commit's peak stays put as OUT grows
 
@@ -131,7 +125,7 @@ class _Classified:
         work: Path,
         max_rows: int,
     ):
-        self.con, self.table, self.staged = con, table, staged
+        self.con, self.staged = con, staged
         self.rows: dict[int, int] = {}
         self.new: dict[int, int] = {}
         self.status: dict[str, int] = {"new": 0, "dup": 0, "known": 0}
@@ -147,37 +141,38 @@ class _Classified:
 
         files = pa.table({"filename": [str(p) for p in staged], "ord": list(range(len(staged)))})
         con.register(f"{table}_files", files)
-        nulls = ", ".join(f'NULL::{t} AS "{k}"' for k, t in keys.items())
-        stored = f"read_parquet({_sql_list(known)})" if known else None
+
+        def known_sql(b: int) -> str:
+            if known:
+                return f"SELECT DISTINCT {cols}, TRUE AS hit FROM read_parquet({sql_list(known)}) WHERE {in_bucket(b)}"
+            nulls = ", ".join(f'NULL::{t} AS "{k}"' for k, t in keys.items())
+            return f"SELECT {nulls}, TRUE AS hit LIMIT 0"
+
         extra = "".join(f', s."{c}"' for c in extras)
         cols_all = [*keys, *(c for c in extras if c not in keys)]
         part_by = ", ".join(f's."{k}"' for k in keys)
         work.mkdir(parents=True, exist_ok=True)
-        self.files = [work / f"{table}-{b:05d}.parquet" for b in range(buckets)]
-        for b, path in enumerate(self.files):
-            if known:
-                known_sql = f"SELECT DISTINCT {cols}, TRUE AS hit FROM {stored} WHERE {in_bucket(b)}"
-            else:
-                known_sql = f"SELECT {nulls}, TRUE AS hit LIMIT 0"
+        bucket_files = [work / f"{table}-{b:05d}.parquet" for b in range(buckets)]
+        for b, path in enumerate(bucket_files):
             con.execute(
                 f"""
                 COPY (
                     WITH s AS (
                         SELECT f.ord, r.file_row_number AS rn, {", ".join(f'r."{c}"' for c in cols_all)}
-                        FROM read_parquet({_sql_list(staged)}, filename = true, file_row_number = true) r
+                        FROM read_parquet({sql_list(staged)}, filename = true, file_row_number = true) r
                         JOIN {table}_files f ON f.filename = r.filename
                         WHERE {in_bucket(b, "r.")}
-                    ), k AS ({known_sql})
+                    ), k AS ({known_sql(b)})
                     SELECT s.ord, s.rn{extra},
                         CASE WHEN row_number() OVER (PARTITION BY {part_by} ORDER BY s.ord, s.rn) > 1 THEN 'dup'
                              WHEN k.hit THEN 'known'
                              ELSE 'new' END AS status
                     FROM s LEFT JOIN k USING ({cols})
                     ORDER BY s.ord, s.rn
-                ) TO '{_sql_str(path)}' (FORMAT parquet)
+                ) TO {sql_string(path)} (FORMAT parquet)
                 """
             )
-        self.source = f"read_parquet({_sql_list(self.files)})"
+        self.source = f"read_parquet({sql_list(bucket_files)})"
         for ord_, rows, new in con.execute(
             f"SELECT ord, count(*), count(*) FILTER (WHERE status = 'new') FROM {self.source} GROUP BY ord"
         ).fetchall():

@@ -18,11 +18,10 @@ from test_clean import paragraphs as paragraphs
 
 from lm.fileio import read_json, sha256_file
 from tasks.clean import CleanConfig, clean_shard, connect, dedup_shards, input_parts, run_clean
-from tasks.clean.chain import sql_list
 from tasks.clean.dedup import keep_first, pair_batch
 from tasks.clean.engine import KEY_ORDER
 from tasks.clean.output import bucket_bounds, write_parts
-from tasks.common import duckdb_memory, in_threads, memory_bytes, write_parquet
+from tasks.common import duckdb_memory, in_threads, memory_bytes, sql_list, write_parquet
 from tasks.ingest import IngestConfig
 
 
