@@ -57,7 +57,7 @@ from flows.stages import (
     run_ingest_stage,
     run_tokenize_stage,
 )
-from forja import tracking
+from forja import session, tracking
 from forja.home import Home
 from forja.plots import loss_curve_png
 from lm import checkpoint as ckpt
@@ -235,7 +235,14 @@ def train_task(
         }
     else:
         r = lm_train(
-            model_cfg, train_cfg, tokens_dir, run_dir, resume=True, on_metrics=on_metrics, init_from=init_from
+            model_cfg,
+            train_cfg,
+            tokens_dir,
+            run_dir,
+            resume=True,
+            on_metrics=on_metrics,
+            init_from=init_from,
+            should_stop=session.reraise_lost_interrupt,  # a no-op outside `forja run`'s interrupts()
         )
         final, result = r.checkpoint, {"step": r.step, "metrics": r.metrics}
     if progress:

@@ -130,7 +130,14 @@ def train(
     try:
         with session.interrupts():
             result = run_training(
-                model_cfg, train_cfg, data, out, resume=resume, init_from=init, on_metrics=on_metrics
+                model_cfg,
+                train_cfg,
+                data,
+                out,
+                resume=resume,
+                init_from=init,
+                on_metrics=on_metrics,
+                should_stop=session.reraise_lost_interrupt,
             )
     except KeyboardInterrupt:
         from lm.checkpoint import latest_checkpoint
