@@ -194,6 +194,7 @@ class _Classified:
         return self.con.execute(sql.format(t=self.source)).fetchall() if self.staged else []
 
 
+FLUSH_BYTES = 16 * 2**20  # DuckDB's cache of freed memory in the commit (default 128 MiB)
 REWRITE_BYTES = 128 * 2**20  # what rewriting one part holds at once (a row group read, taken, encoded)
 
 
@@ -245,7 +246,11 @@ def _publish(cls: _Classified, folder: Path, stem: str, out: Path, threads: int)
 
 
 def _rewrite(staged: Path, final: Path, keep: np.ndarray) -> None:
-    """`staged` without the rows not in `keep` (sorted row numbers), as `final`."""
+    """`staged` without the rows not in `keep` (sorted row numbers), as `final`, row group by row
+    group. A thread rewriting a part held ~90 MB (RssAnon) with `take`, whose copy of the text
+    mimalloc kept after it was freed; with zero-copy slices and the pool's free pages given back
+    after each row group, ~18 MB (9 MB row groups; /tmp experiments of stop 29, bench/README.md)."""
+    pool = pa.default_memory_pool()
     pf = pq.ParquetFile(staged)
     with atomic_path(final, fsync=False) as tmp:
         writer = parquet_writer(tmp, pf.schema_arrow)
@@ -255,11 +260,23 @@ def _rewrite(staged: Path, final: Path, keep: np.ndarray) -> None:
             idx = keep[(keep >= start) & (keep < start + table.num_rows)] - start
             start += table.num_rows
             if len(idx):
-                writer.write_table(table.take(pa.array(idx)), row_group_size=ROW_GROUP_ROWS)
+                writer.write_table(_rows(table, idx), row_group_size=ROW_GROUP_ROWS)
             del table
+            pool.release_unused()
         writer.close()
     staged.unlink()
-    pa.default_memory_pool().release_unused()  # mimalloc keeps a freed row group per thread otherwise (~50 MB)
+
+
+def _rows(table: pa.Table, idx: np.ndarray) -> pa.Table:
+    """The rows `idx` (sorted, distinct) of `table` as zero-copy slices, one per run of consecutive
+    rows (a part loses a few repeats: a handful of runs), not a copy as `take` makes."""
+    cuts = np.flatnonzero(np.diff(idx) != 1) + 1
+    starts, ends = idx[np.r_[0, cuts]], idx[np.r_[cuts - 1, len(idx) - 1]] + 1
+    if len(starts) == 1 and starts[0] == 0 and ends[0] == table.num_rows:
+        return table
+    return pa.concat_tables(
+        [table.slice(a, b - a) for a, b in zip(starts.tolist(), ends.tolist(), strict=True)]
+    )
 
 
 def content_sha256(path: Path) -> str:
@@ -379,6 +396,9 @@ def commit_ingest(
         con = duckdb.connect()
         # the dedup query is bound by DuckDB's sort and join (it spills to disk beyond its share)
         configure_duckdb(con, config.memory_limit, tmpdir)
+        # what a query freed goes back to the system when it ends (by default DuckDB keeps up to
+        # 128 MiB cached): the rewrite threads that follow the classification get that memory
+        con.execute(f"SET allocator_flush_threshold = '{FLUSH_BYTES}B'")
         try:
             manifest, changed = _commit_locked(con, out, results, config, prev, run, key)
         finally:
