@@ -5,6 +5,7 @@ stage, so each phase (shards, classification, publishing; parts, dedup, output) 
 
     python bench/stage_trace.py ingest /work/fd/10GB --memory 1GB
     python bench/stage_trace.py clean /work/fd/1GB --memory 1GB
+    python bench/stage_trace.py ingest /work/fd/1GB --memory 1GB --seen-max 100000  # rewrites, as at 10 GB
 
 ingest reads WORK/corpus/corpus.jsonl into WORK/ingest-trace; clean reads WORK/ingest into
 WORK/clean-trace (both removed first, and kept after for inspection). Linux only (/proc).
@@ -28,9 +29,12 @@ CHILD = """
 import logging, shutil, sys, time
 from pathlib import Path
 logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s %(message)s")
-stage, work, memory = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
+stage, work, memory, seen_max = sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 t0 = time.perf_counter()
 if stage == "ingest":
+    if seen_max:
+        import tasks.ingest.shard
+        tasks.ingest.shard.SEEN_MAX = seen_max
     from tasks.ingest import IngestConfig, run_ingest
     out = work / "ingest-trace"
     shutil.rmtree(out, ignore_errors=True)
@@ -62,9 +66,16 @@ def main() -> None:
     ap.add_argument("work", type=Path, help="a `forja bench data --keep` folder for one size")
     ap.add_argument("--memory", default="2GB", help="the stage's memory_limit")
     ap.add_argument("--every", type=float, default=0.2, help="seconds between samples")
+    ap.add_argument(
+        "--seen-max",
+        type=int,
+        default=0,
+        help="ingest: the shards' SEEN_MAX (0: as it is); below a corpus's document count, the "
+        "commit rewrites its parts as a larger corpus's does",
+    )
     a = ap.parse_args()
     proc = subprocess.Popen(
-        [sys.executable, "-c", CHILD, a.stage, str(a.work), a.memory],
+        [sys.executable, "-c", CHILD, a.stage, str(a.work), a.memory, str(a.seen_max)],
         cwd=ROOT,
         stderr=subprocess.PIPE,
         text=True,

@@ -247,9 +247,9 @@ def _publish(cls: _Classified, folder: Path, stem: str, out: Path, threads: int)
 
 def _rewrite(staged: Path, final: Path, keep: np.ndarray) -> None:
     """`staged` without the rows not in `keep` (sorted row numbers), as `final`, row group by row
-    group. A thread rewriting a part held ~90 MB (RssAnon) with `take`, whose copy of the text
-    mimalloc kept after it was freed; with zero-copy slices and the pool's free pages given back
-    after each row group, ~18 MB (9 MB row groups; /tmp experiments of stop 29, bench/README.md)."""
+    group. With `take` (a copy of the kept rows) a thread held ~90 MB more than the pool's live
+    bytes, mimalloc keeping what was freed; with zero-copy slices and the pool's free pages given
+    back after each row group, ~18 MB (9 MB row groups). bench/README.md, "Rewrites from slices"."""
     pool = pa.default_memory_pool()
     pf = pq.ParquetFile(staged)
     with atomic_path(final, fsync=False) as tmp:
