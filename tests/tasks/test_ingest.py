@@ -597,6 +597,24 @@ def test_commit_bucket_size_and_rewrite_threads_follow_the_memory_setting():
     assert commit_mod.rewrite_threads("1GB") == min(cores, 2)
 
 
+@given(st.lists(st.booleans(), min_size=1, max_size=60))
+@settings(max_examples=200, deadline=None)
+def test_a_rewrite_keeps_exactly_the_kept_rows_as_slices_of_the_row_group(mask):
+    import numpy as np
+
+    text = pa.array([f"row {i} " * 40 for i in range(len(mask))])
+    table = pa.table({"n": pa.array(range(len(mask)), pa.int64()), "text": text})
+    idx = np.flatnonzero(mask)
+    if not len(idx):
+        return  # a row group with no kept row is not written at all
+    kept = commit_mod._rows(table, idx)
+    assert kept["n"].to_pylist() == idx.tolist()
+    assert kept["text"].to_pylist() == [text[i].as_py() for i in idx]
+    data = text.buffers()[2]  # the text's bytes: every slice points into them, none is a copy
+    for chunk in kept["text"].chunks:
+        assert data.address <= chunk.buffers()[2].address < data.address + data.size
+
+
 def test_max_reject_ratio_fails_and_leaves_the_manifest_alone(tmp_path):
     src = tmp_path / "in"
     write(src / "good.txt", "fine")
