@@ -53,7 +53,7 @@ def test_overrides_parse_by_field_type_and_reach_both_configs():
         p.model,
         p.train,
         [
-            "max_steps=200",
+            "max_steps=333",
             "model.n_layer=2",
             "lr=1e-3",
             "qk_norm=true",
@@ -62,14 +62,14 @@ def test_overrides_parse_by_field_type_and_reach_both_configs():
         ],
     )
     assert (t.max_steps, m.n_layer, t.lr, m.qk_norm, t.dtype, t.checkpoint_every) == (
-        200,
+        333,
         2,
         1e-3,
         True,
         "float32",
         1000,
     )
-    assert p.train.max_steps != 200  # the preset itself is untouched
+    assert p.train.max_steps != 333  # the preset itself is untouched
 
 
 @pytest.mark.parametrize(

@@ -350,7 +350,8 @@ def _champion_and_retrained(on_stack, pipeline_run, retrain_run):
     [version] = ml.search_model_versions(f"run_id = '{run.info.run_id}'")  # new data: it trained
     [pipeline_version] = ml.search_model_versions(f"run_id = '{first.info.run_id}'")
     champion = ml.get_model_version_by_alias(model_name_for("stack"), "champion")
-    return champion, version, pipeline_version, _run_logs(retrain_run.id)
+    decision = f"{model_name_for('stack')} version {version.version} "  # promoted, or stays a challenger
+    return champion, version, pipeline_version, _run_logs(retrain_run.id, until=decision)
 
 
 def _bpb(version) -> float:
@@ -426,8 +427,15 @@ def _log_entries(flow_run_id) -> list:
                 return entries
 
 
-def _run_logs(flow_run_id) -> str:
-    return "\n".join(e.message for e in _log_entries(flow_run_id))
+def _run_logs(flow_run_id, until: str | None = None, timeout: float = 60) -> str:
+    """A flow run's log text. With `until`, once that text is in it: a run's last lines can reach
+    the API after its final state (a worker ships its log lines in batches, every few seconds)."""
+    deadline = time.time() + timeout
+    while True:
+        text = "\n".join(e.message for e in _log_entries(flow_run_id))
+        if until is None or until in text or time.time() > deadline:
+            return text
+        time.sleep(1)
 
 
 def _weights(run_dir) -> tuple[int, str]:
@@ -621,7 +629,7 @@ def test_faults_on_the_stack_a_lost_host_postgres_restart_object_store_down_and_
         ("ingest", "clean", "tokenize"), "Cached"
     )
     assert tasks["train"].state.is_completed() and tasks["train"].state.name != "Cached"
-    assert f"(step {KILL_AT_STEP})" in _run_logs(again.id)
+    assert f"(step {KILL_AT_STEP})" in _run_logs(again.id, until=f"(step {KILL_AT_STEP})")
     assert _weights(run_dir) == _weights(tmp / "uninterrupted")
     assert _weights(run_dir)[0] == params["train"]["max_steps"]
 
