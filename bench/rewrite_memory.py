@@ -18,6 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow.parquet as pq
+
 ROOT = Path(__file__).resolve().parents[1]
 MODES = ("take", "slices", "slices+free")
 
@@ -73,7 +75,7 @@ def main() -> None:
     ap.add_argument("part", type=Path, help="an ingest part (Parquet)")
     ap.add_argument("--rounds", type=int, default=2)
     a = ap.parse_args()
-    md = __import__("pyarrow.parquet", fromlist=["ParquetFile"]).ParquetFile(a.part).metadata
+    md = pq.ParquetFile(a.part).metadata
     print(f"{a.part}: {md.num_rows:,} rows in {md.num_row_groups} row groups")
     for _ in range(a.rounds):
         for mode in MODES:

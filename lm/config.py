@@ -194,7 +194,7 @@ PRESETS: dict[str, Preset] = {
     # Sized for time to quality on 2 CPU cores: Muon on the hidden matrices, warmup-stable-decay,
     # no evaluation before the end (bench/README.md, "Time to quality"). 200 steps: 2.29 held-out
     # bits per byte on tinyshakespeare in 78 s of the whole pipeline on 2 AVX-512 cores with native
-    # bf16 (120 steps: 2.33; no setting of 120 steps reached 2.30). AVX2 cores take about twice as long.
+    # bf16 (120 steps: 2.33; no setting of 120 steps reached 2.30). AVX2 cores: about twice as long (from their 120-step times).
     # Also what the CPU demo uses; tests shrink it further with --set.
     "tiny": Preset(
         ModelConfig(n_layer=2, n_head=4, d_model=256, max_seq_len=128, tie_embeddings=True),

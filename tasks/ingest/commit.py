@@ -247,9 +247,10 @@ def _publish(cls: _Classified, folder: Path, stem: str, out: Path, threads: int)
 
 def _rewrite(staged: Path, final: Path, keep: np.ndarray) -> None:
     """`staged` without the rows not in `keep` (sorted row numbers), as `final`, row group by row
-    group. With `take` (a copy of the kept rows) a thread held ~90 MB more than the pool's live
-    bytes, mimalloc keeping what was freed; with zero-copy slices and the pool's free pages given
-    back after each row group, ~18 MB (9 MB row groups). bench/README.md, "Rewrites from slices"."""
+    group. With `take` (a copy of the kept rows) one part's rewrite added 125-138 MB of RssAnon for
+    a pool peak of 30 MB, mimalloc keeping what was freed; with zero-copy slices and the pool's free
+    pages given back after each row group, 37-42 MB (9 MB row groups; `bench/rewrite_memory.py`,
+    bench/README.md "Rewrites from slices")."""
     pool = pa.default_memory_pool()
     pf = pq.ParquetFile(staged)
     with atomic_path(final, fsync=False) as tmp:
@@ -272,8 +273,6 @@ def _rows(table: pa.Table, idx: np.ndarray) -> pa.Table:
     rows (a part loses a few repeats: a handful of runs), not a copy as `take` makes."""
     cuts = np.flatnonzero(np.diff(idx) != 1) + 1
     starts, ends = idx[np.r_[0, cuts]], idx[np.r_[cuts - 1, len(idx) - 1]] + 1
-    if len(starts) == 1 and starts[0] == 0 and ends[0] == table.num_rows:
-        return table
     return pa.concat_tables(
         [table.slice(a, b - a) for a, b in zip(starts.tolist(), ends.tolist(), strict=True)]
     )
