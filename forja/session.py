@@ -18,7 +18,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,9 +40,11 @@ def _free_port() -> int:
 
 def _launch(home: Home) -> tuple[subprocess.Popen, str]:
     """Prefect's API (no UI) on a free loopback port, as Prefect's temporary server runs it; not
-    waited for."""
-    import prefect
+    waited for. Prefect is found, not imported: importing it takes most of a second, and the server
+    starts sooner without that wait (bench/orchestration.py)."""
+    from importlib.util import find_spec
 
+    site = Path(find_spec("prefect").origin).parent.parent
     log_dir = home.root / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     env = {
@@ -62,7 +66,7 @@ def _launch(home: Home) -> tuple[subprocess.Popen, str]:
                 "-m",
                 "uvicorn",
                 "--app-dir",
-                str(Path(prefect.__file__).parent.parent),
+                str(site),
                 "--factory",
                 "prefect.server.api.server:create_app",
                 "--host",
@@ -112,6 +116,23 @@ def start_early(home: Home) -> None:
     migrate_prefect_db(home.prefect_home)
     _early = _launch(home)
     atexit.register(_stop, _early[0])
+    threading.Thread(target=_first_request, args=_early, name="forja-server-warm-up", daemon=True).start()
+
+
+def _first_request(proc: subprocess.Popen, url: str) -> None:
+    """Send the server its first API request as soon as it listens. FastAPI builds its routes on
+    the first request (about 0.5 s of the server's CPU): done now, while the run still imports, the
+    run's own first request does not wait for it (0.2-0.4 s of a run, bench/orchestration.py).
+    Only the standard library, imported already: no import in this thread races the run's own."""
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: no proxy
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            with direct.open(f"{url}/admin/version", timeout=30) as response:
+                response.read()
+                return
+        except OSError:  # not listening yet
+            time.sleep(0.1)
 
 
 def _wait_healthy(proc: subprocess.Popen, url: str) -> bool:
@@ -161,9 +182,16 @@ def prefect_api(home: Home) -> Iterator[str]:
     _early = None
     os.environ["PREFECT_API_URL"] = url
     try:
-        from prefect.settings import PREFECT_API_URL, temporary_settings
+        from prefect.settings import (
+            PREFECT_API_URL,
+            PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+            temporary_settings,
+        )
 
-        with temporary_settings(updates={PREFECT_API_URL: url}):
+        # No heartbeats: they let a server find a flow run whose process died (forja/stack/guard.py),
+        # and this server dies with the process. Each flow run's heartbeat thread also cost up to 1 s
+        # at its end, waiting out its sleep (about 1.5 s of a small run; bench/orchestration.py).
+        with temporary_settings(updates={PREFECT_API_URL: url, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
             yield url
     finally:
         _drain_prefect_workers()  # logs and events still queued reach the server before it stops
