@@ -1,6 +1,11 @@
-"""Plots of a run, drawn with matplotlib's file-only backend (no display needed on a server).
+"""Plots of a run, drawn by matplotlib into files (no display needed on a server).
 
 `loss_curve_png` draws the loss curve that the pipeline logs to the run's MLflow artifacts.
+
+A `Figure` made directly, not through pyplot: no global figure registry or backend to set, so
+importing this module changes nothing for a notebook that imports the flows, and matplotlib is
+imported with the flow's modules, while a `forja run`'s temporary Prefect server is still starting
+(bench/orchestration.py), instead of inside the run.
 """
 
 from __future__ import annotations
@@ -9,16 +14,14 @@ import json
 import os
 from pathlib import Path
 
+from matplotlib.figure import Figure
+
 
 def loss_curve_png(metrics_jsonl: str | os.PathLike, out_png: str | os.PathLike) -> Path:
     """Training loss and validation loss against step, from a run's metrics.jsonl."""
-    import matplotlib  # deferred: importing forja should not cost matplotlib's start-up
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = [json.loads(line) for line in Path(metrics_jsonl).read_text().splitlines() if line.strip()]
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    fig = Figure(figsize=(7, 4), dpi=100)
+    ax = fig.subplots()
     ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label="train loss", lw=1)
     val = [r for r in rows if "val_loss" in r]
     if val:
@@ -28,6 +31,5 @@ def loss_curve_png(metrics_jsonl: str | os.PathLike, out_png: str | os.PathLike)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out_png)
-    plt.close(fig)
+    fig.savefig(out_png)  # the format from the file's extension
     return Path(out_png)
