@@ -46,16 +46,16 @@ def tracked_run(params: PipelineParams, kind: str, extra_tags: dict[str, str] | 
             description="This flow run's MLflow run",
         )
         yield run_id
+        _finish(monitor)
         tracking.end_run(run_id, "FINISHED")
     except (KeyboardInterrupt, SystemExit):
+        _finish(monitor)
         tracking.end_run(run_id, "KILLED")
         raise
     except BaseException:
+        _finish(monitor)
         tracking.end_run(run_id, "FAILED")
         raise
-    finally:
-        if monitor is not None:
-            monitor.finish()
 
 
 def _mlflow_ui_url(exp_id: str, run_id: str) -> str:
@@ -66,6 +66,22 @@ def _mlflow_ui_url(exp_id: str, run_id: str) -> str:
     if not base.startswith("http"):
         base = "http://127.0.0.1:5000"  # where `forja ui` serves this store
     return f"{base.rstrip('/')}/#/experiments/{exp_id}/runs/{run_id}"
+
+
+def _finish(monitor) -> None:
+    """Stop sampling, and log the samples of the last, unfinished interval: MLflow's monitor drops
+    them, so a run shorter than one interval had no system metrics at all. Before the run ends: an
+    ended run takes no more metrics."""
+    if monitor is None:
+        return
+    try:
+        monitor.finish()
+        last = monitor.aggregate_metrics()
+        if last:
+            monitor.publish_metrics(last)
+            monitor.mlflow_logger.flush()
+    except Exception as e:  # the run goes on without them
+        log.warning("the last system metrics were not logged: %s", e)
 
 
 def _system_metrics(run_id: str):
