@@ -132,6 +132,7 @@ class _Progress:
     """
 
     EVERY_S = 10.0
+    MIN_S = 1.0  # a short run stepping many times a second: each update costs the server's CPU too
 
     def __init__(self, total_steps: int):
         self.total_steps = total_steps
@@ -148,8 +149,13 @@ class _Progress:
 
     def __call__(self, metrics: dict[str, float], step: int) -> None:
         pct = min(100.0, round(100.0 * step / self.total_steps, 1))
-        now = time.monotonic()  # every 2 %, and every EVERY_S at least (a run that stops by time)
-        if pct - self.last >= 2.0 or step == self.total_steps or now - self.last_at >= self.EVERY_S:
+        now = time.monotonic()  # every 2 % (MIN_S apart), and every EVERY_S at least (a run that
+        since = now - self.last_at  # stops by time)
+        if (
+            (pct - self.last >= 2.0 and since >= self.MIN_S)
+            or step == self.total_steps
+            or since >= self.EVERY_S
+        ):
             self.last, self.last_at = pct, now
             with self.cond:
                 self.latest = pct  # an older value not sent yet is replaced
