@@ -116,11 +116,15 @@ def main() -> None:
         print(json.dumps({"rounds": rows, "mean": summary}, indent=2))
         return
     print(f"load average before: {load:.1f}; {a.rounds} round(s), means")
-    print(f"{'':18}{'wall':>7}{'work':>7}{'overhead':>10}{'to flow':>9}{'in flow':>9}{'after':>7}")
+    print(
+        f"{'':18}{'wall':>7}{'work':>7}{'overhead':>10}{'to flow':>9}{'in flow':>9}{'after':>7}  overhead range"
+    )
     for k, m in summary.items():
+        spread = sorted(x["overhead_s"] for x in rows[k])
         print(
             f"{k:18}{m['wall_s']:7.1f}{m['work_s']:7.1f}{m['overhead_s']:10.1f}"
             f"{m['to_flow_start_s']:9.1f}{m['in_flow_s']:9.1f}{m['after_flow_s']:7.1f}"
+            f"  {spread[0]:.1f}-{spread[-1]:.1f}"
         )
 
 
