@@ -149,8 +149,9 @@ class _Progress:
 
     def __call__(self, metrics: dict[str, float], step: int) -> None:
         pct = min(100.0, round(100.0 * step / self.total_steps, 1))
-        now = time.monotonic()  # every 2 % (MIN_S apart), and every EVERY_S at least (a run that
-        since = now - self.last_at  # stops by time)
+        now = time.monotonic()
+        since = now - self.last_at
+        # every 2 % (MIN_S apart at least), the last step, and every EVERY_S (a run that stops by time)
         if (
             (pct - self.last >= 2.0 and since >= self.MIN_S)
             or step == self.total_steps

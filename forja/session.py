@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -136,6 +137,8 @@ def _first_request(proc: subprocess.Popen, url: str) -> None:
             with direct.open(f"{url}/admin/version", timeout=30) as response:
                 response.read()
                 return
+        except urllib.error.HTTPError:  # it answered (an auth string, say): the routes are built
+            return
         except OSError:  # not listening yet
             time.sleep(0.1)
 

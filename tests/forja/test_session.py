@@ -1,9 +1,13 @@
-"""forja.session's interrupts: one that a finaliser swallowed still stops training, silently."""
+"""forja.session: an interrupt that a finaliser swallowed still stops training, silently; the
+temporary server's warm-up request ends once the server answers or dies."""
 
 import os
 import signal
+import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from support import small_configs
@@ -50,3 +54,54 @@ def test_an_interrupt_lost_in_a_finaliser_stops_training_at_the_next_step(token_
 
     with session.interrupts():  # a new block starts with no interrupt pending
         assert session.reraise_lost_interrupt(1) is False
+
+
+def test_the_warm_up_request_is_sent_once_when_the_server_answers_even_with_an_error():
+    """Any answer means the server has built its routes: not retried (a server with an auth
+    string answers 401 to every request; polled, that was 10 requests a second for 2 minutes)."""
+    hits = []
+
+    class Answers401(BaseHTTPRequestHandler):
+        def do_GET(self):
+            hits.append(self.path)
+            self.send_response(401)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Answers401)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    alive = subprocess.Popen(["sleep", "60"])
+    try:
+        t0 = time.monotonic()
+        session._first_request(alive, f"http://127.0.0.1:{server.server_port}/api")
+        assert time.monotonic() - t0 < 5
+        assert hits == ["/api/admin/version"]
+    finally:
+        alive.kill()
+        alive.wait()
+        server.shutdown()
+
+
+def test_the_warm_up_request_gives_up_when_the_server_process_ends():
+    with socket_nobody_listens_on() as port:
+        dies = subprocess.Popen(["sleep", "0.5"])
+        t0 = time.monotonic()
+        session._first_request(dies, f"http://127.0.0.1:{port}/api")  # refused until it ends
+        assert 0.4 < time.monotonic() - t0 < 5
+        dies.wait()
+
+
+class socket_nobody_listens_on:
+    """A loopback port bound but not listening: connections to it are refused."""
+
+    def __enter__(self) -> int:
+        import socket
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        return self.sock.getsockname()[1]
+
+    def __exit__(self, *exc) -> None:
+        self.sock.close()
