@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psutil
 
 from forja import ui as ui_mod
@@ -180,6 +181,17 @@ class Servers:
             MLFLOW_TRACKING_URI=self.home.default_tracking_uri,
             PYTHONUNBUFFERED="1",
         )
+
+    def api(self, path: str, body: dict | None = None) -> Any:
+        """POST to the Prefect API, retried on 503 as Prefect's own client retries it: the server
+        answers 503 while its SQLite database is busy with another writer, having written nothing."""
+        for attempt in range(6):
+            r = httpx.post(f"{self.prefect_api}{path}", json=body or {}, timeout=30)
+            if r.status_code != 503:
+                break
+            time.sleep(0.25 * 2**attempt)
+        r.raise_for_status()
+        return r.json()
 
     def forja(self, *args: str, timeout: int = 600, check: bool = True) -> subprocess.CompletedProcess:
         return run_python(["-m", "forja.cli", *args], env=self.env, timeout=timeout, check=check)

@@ -26,20 +26,14 @@ def sets(*extra):
     return [a for kv in [*FAST, *extra] for a in ("--set", kv)]
 
 
-def api(servers, path, body=None):
-    r = httpx.post(f"{servers.prefect_api}{path}", json=body or {}, timeout=30)
-    r.raise_for_status()
-    return r.json()
-
-
 def task_states(servers, flow_run_id):
-    runs = api(servers, "/task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}}, "limit": 200})
+    runs = servers.api("/task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}}, "limit": 200})
     return {re.sub(r"-(\d+|[0-9a-f]{3})$", "", t["name"]): t["state"]["name"] for t in runs}
 
 
 def all_task_states(servers, flow_run_id):
     """Task states of a flow run and of its sub-flow runs (prepare-data)."""
-    subs = api(servers, "/flow_runs/filter", {"flow_runs": {"parent_flow_run_id": {"any_": [flow_run_id]}}})
+    subs = servers.api("/flow_runs/filter", {"flow_runs": {"parent_flow_run_id": {"any_": [flow_run_id]}}})
     states = task_states(servers, flow_run_id)
     for sub in subs:
         states |= task_states(servers, sub["id"])
@@ -81,9 +75,9 @@ def test_flow_run_and_every_task_completed(servers, first):
 def test_prefect_artifacts(servers, first):
     run = mlflow.MlflowClient().get_run(first["result"]["mlflow_run_id"])
     flow_run_id = run.data.tags["prefect.flow_run_id"]
-    subs = api(servers, "/flow_runs/filter", {"flow_runs": {"parent_flow_run_id": {"any_": [flow_run_id]}}})
+    subs = servers.api("/flow_runs/filter", {"flow_runs": {"parent_flow_run_id": {"any_": [flow_run_id]}}})
     ids = [flow_run_id, *(s["id"] for s in subs)]
-    arts = api(servers, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": ids}}, "limit": 50})
+    arts = servers.api("/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": ids}}, "limit": 50})
     by_key = {a["key"]: a for a in arts if a["key"]}
     keys = {"clean-report", "ingest-report", "training-progress", "evaluation", "mlflow-run", "report-card"}
     assert keys <= set(by_key)
@@ -248,7 +242,7 @@ def test_served_deployments_run_from_the_ui_api_and_keep_the_nightly_schedule(se
     try:
 
         def deployments():
-            found = {d["name"]: d for d in api(servers, "/deployments/filter")}
+            found = {d["name"]: d for d in servers.api("/deployments/filter")}
             return found if {"forja-pipeline", "forja-retrain-nightly"} <= set(found) else None
 
         # the trigger lines are printed once the deployments exist: the printed line works at once
@@ -267,7 +261,7 @@ def test_served_deployments_run_from_the_ui_api_and_keep_the_nightly_schedule(se
 
         params = apply_sets(PipelineParams(sources=[str(first["corpus"])]), FAST)
         body = {"parameters": params.model_dump(mode="json")}
-        run = api(servers, f"/deployments/{found['forja-pipeline']['id']}/create_flow_run", body)
+        run = servers.api(f"/deployments/{found['forja-pipeline']['id']}/create_flow_run", body)
 
         def finished():
             state = httpx.get(f"{servers.prefect_api}/flow_runs/{run['id']}", timeout=30).json()["state"]

@@ -562,12 +562,6 @@ CLI_RUNNER = textwrap.dedent(
 # ------------------------------------------------------------------ non-finite values
 
 
-def api(servers, path: str, body: dict | None = None):
-    r = httpx.post(f"{servers.prefect_api}{path}", json=body or {}, timeout=30)
-    r.raise_for_status()
-    return r.json()
-
-
 @pytest.mark.slow
 def test_nan_in_a_forja_run_fails_the_mlflow_run_and_the_prefect_task(servers, tmp_path):
     import mlflow
@@ -591,7 +585,7 @@ def test_nan_in_a_forja_run_fails_the_mlflow_run_and_the_prefect_task(servers, t
     assert run.info.status == "FAILED"
     flow_run = httpx.get(f"{servers.prefect_api}/flow_runs/{run.data.tags['prefect.flow_run_id']}").json()
     assert flow_run["state"]["type"] == "FAILED"
-    tasks = api(servers, "/task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run["id"]]}}, "limit": 200})
+    tasks = servers.api("/task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run["id"]]}}, "limit": 200})
     states = {re.sub(r"-(\d+|[0-9a-f]{3})$", "", t["name"]): t["state"]["name"] for t in tasks}
     assert states["train"] == "Failed", states
 

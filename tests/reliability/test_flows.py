@@ -101,20 +101,14 @@ def tiny_corpus(tmp_path_factory) -> Path:
     return folder
 
 
-def api(servers, path: str, body: dict | None = None):
-    r = httpx.post(f"{servers.prefect_api}{path}", json=body or {}, timeout=30)
-    r.raise_for_status()
-    return r.json()
-
-
 def task_states(servers, flow_run_id: str) -> dict[str, str]:
     """Task states of a flow run and of its sub-flow runs, by task name."""
     ids = [flow_run_id]
     ids += [
         s["id"]
-        for s in api(servers, "/flow_runs/filter", {"flow_runs": {"parent_flow_run_id": {"any_": ids}}})
+        for s in servers.api("/flow_runs/filter", {"flow_runs": {"parent_flow_run_id": {"any_": ids}}})
     ]
-    runs = api(servers, "/task_runs/filter", {"flow_runs": {"id": {"any_": ids}}, "limit": 200})
+    runs = servers.api("/task_runs/filter", {"flow_runs": {"id": {"any_": ids}}, "limit": 200})
     return {re.sub(r"-(\d+|[0-9a-f]{3})$", "", t["name"]): t["state"]["name"] for t in runs}
 
 
