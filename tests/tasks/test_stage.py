@@ -164,12 +164,17 @@ def run_in_flow(stage_name, inputs, out):
     from prefect import flow
 
     from flows.stages import run_stage_in_flow
+    from forja import session
+    from forja.home import Home
 
     @flow(name="toy-stage")
     def toy_flow():
         return run_stage_in_flow(stage_name, inputs, out, {}, False)
 
-    return toy_flow()
+    # forja's temporary server, stopped when the flow is done: Prefect's own, started for a flow
+    # without an API, outlived the test and logged into pytest's closed output at exit
+    with session.prefect_api(Home.from_env()):
+        return toy_flow()
 
 
 @pytest.mark.parametrize(
