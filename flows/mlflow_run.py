@@ -38,6 +38,7 @@ def tracked_run(params: PipelineParams, kind: str, extra_tags: dict[str, str] | 
     }
     run_id = start_tracked_run(flow_run.name or kind, tags, exp_id)
     monitor = _system_metrics(run_id)
+    status = "FINISHED"
     try:
         create_link_artifact(
             key="mlflow-run",
@@ -46,16 +47,15 @@ def tracked_run(params: PipelineParams, kind: str, extra_tags: dict[str, str] | 
             description="This flow run's MLflow run",
         )
         yield run_id
-        _finish(monitor)
-        tracking.end_run(run_id, "FINISHED")
     except (KeyboardInterrupt, SystemExit):
-        _finish(monitor)
-        tracking.end_run(run_id, "KILLED")
+        status = "KILLED"
         raise
     except BaseException:
-        _finish(monitor)
-        tracking.end_run(run_id, "FAILED")
+        status = "FAILED"
         raise
+    finally:
+        _finish(monitor)
+        tracking.end_run(run_id, status)
 
 
 def _mlflow_ui_url(exp_id: str, run_id: str) -> str:

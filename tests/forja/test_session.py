@@ -10,7 +10,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from support import small_configs
+from support import free_port, small_configs
 
 from forja import session
 from lm.train import train
@@ -85,23 +85,9 @@ def test_the_warm_up_request_is_sent_once_when_the_server_answers_even_with_an_e
 
 
 def test_the_warm_up_request_gives_up_when_the_server_process_ends():
-    with socket_nobody_listens_on() as port:
-        dies = subprocess.Popen(["sleep", "0.5"])
-        t0 = time.monotonic()
-        session._first_request(dies, f"http://127.0.0.1:{port}/api")  # refused until it ends
-        assert 0.4 < time.monotonic() - t0 < 5
-        dies.wait()
-
-
-class socket_nobody_listens_on:
-    """A loopback port bound but not listening: connections to it are refused."""
-
-    def __enter__(self) -> int:
-        import socket
-
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        return self.sock.getsockname()[1]
-
-    def __exit__(self, *exc) -> None:
-        self.sock.close()
+    port = free_port()  # nothing listens there: refused until the process ends
+    dies = subprocess.Popen(["sleep", "0.5"])
+    t0 = time.monotonic()
+    session._first_request(dies, f"http://127.0.0.1:{port}/api")
+    assert 0.4 < time.monotonic() - t0 < 5
+    dies.wait()
