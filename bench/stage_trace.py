@@ -5,7 +5,7 @@ stage, so each phase (shards, classification, publishing; parts, dedup, output) 
 
     python bench/stage_trace.py ingest /work/fd/10GB --memory 1GB
     python bench/stage_trace.py clean /work/fd/1GB --memory 1GB
-    python bench/stage_trace.py ingest /work/fd/1GB --memory 1GB --seen-max 100000  # rewrites, as at 10 GB
+    python bench/stage_trace.py ingest /work/fd/1GB --memory 1GB --seen-max 100000  # rewrites, as past a full table
 
 ingest reads WORK/corpus/corpus.jsonl into WORK/ingest-trace; clean reads WORK/ingest into
 WORK/clean-trace (both removed first, and kept after for inspection). Linux only (/proc).
@@ -32,9 +32,13 @@ logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s %(me
 stage, work, memory, seen_max = sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 t0 = time.perf_counter()
 if stage == "ingest":
-    if seen_max:
-        import tasks.ingest.shard
-        tasks.ingest.shard.SEEN_MAX = seen_max
+    if seen_max:  # the shards' tables record at most seen_max texts
+        import tasks.ingest.seen as seen
+        init = seen.SeenTexts.__init__
+        def capped(self, slots):
+            init(self, slots)
+            self.capacity = min(self.capacity, seen_max)
+        seen.SeenTexts.__init__ = capped
     from tasks.ingest import IngestConfig, run_ingest
     out = work / "ingest-trace"
     shutil.rmtree(out, ignore_errors=True)
@@ -70,8 +74,8 @@ def main() -> None:
         "--seen-max",
         type=int,
         default=0,
-        help="ingest: the shards' SEEN_MAX (0: as it is); below a corpus's document count, the "
-        "commit rewrites its parts as a larger corpus's does",
+        help="ingest: record at most this many texts in a shard's table (0: as it holds); below a "
+        "corpus's document count, the commit rewrites its parts as it does past a full table",
     )
     a = ap.parse_args()
     proc = subprocess.Popen(

@@ -209,7 +209,7 @@ def _publish(cls: _Classified, folder: Path, stem: str, out: Path, threads: int)
     """Give the new rows of the staged parts their final names: parts without duplicates are
     renamed as they are; the others are rewritten row group by row group without them. The
     rewrites (zstd, in pyarrow, which releases the GIL) run in `threads` threads; they are most of a
-    large commit, where the shards' own set of texts (SEEN_MAX) no longer catches repeats."""
+    commit where repeats cross shards or outgrow a shard's table of the texts it read (seen.py)."""
     folder.mkdir(parents=True, exist_ok=True)
 
     def parts() -> Iterator[tuple[Path, Path, int, np.ndarray | None]]:  # DuckDB: this thread only

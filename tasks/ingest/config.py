@@ -57,8 +57,10 @@ class IngestConfig(BaseModel):
 
     memory_limit: MemoryLimit = Field(
         "2GB",
-        description="Memory the stage may use, e.g. '2GB': DuckDB (the commit's dedup, which spills "
-        "to disk in the staging folder beyond it) gets half. Never changes the output.",
+        description="Memory the stage may use, e.g. '2GB': a shard's table of the texts it has read "
+        "(to drop repeats before staging them) gets up to a third, and DuckDB (the commit's dedup, "
+        "which runs after the shards and spills to disk in the staging folder) half. Never changes "
+        "the output.",
     )
     encodings: dict[str, str] = Field(
         default_factory=dict,

@@ -1,7 +1,7 @@
 """Reading one shard: its items -> staged data and quarantine parts under OUT/.staging/<run_id>/.
 
-A shard drops repeats of a text it already read (cheaper than the commit's rewrite); the commit
-drops the repeats across shards and runs.
+A shard drops repeats of a text it already read (seen.py: cheaper than the commit's rewrite); the
+commit drops the repeats across shards and runs, and those a full table let through.
 """
 
 from __future__ import annotations
@@ -19,18 +19,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lm.fileio import atomic_path
-from tasks.common import ROW_GROUP_ROWS, Progress, utcnow
+from tasks.common import ROW_GROUP_ROWS, Progress, memory_bytes, utcnow
 from tasks.ingest.charsets import LOW_CONFIDENCE
 from tasks.ingest.config import IngestConfig, MiB, as_config
 from tasks.ingest.layout import EXTRA_COLUMNS, QUARANTINE_SCHEMA, data_schema, parquet_writer, staging_folder
 from tasks.ingest.readers import columns_of, read_item
 from tasks.ingest.records import Doc, ReadOptions, Skip
+from tasks.ingest.seen import SeenTexts, table_slots
 
 log = logging.getLogger("forja.ingest")
 
 DOUBT_EXAMPLES = 5  # low-confidence decodes a shard reports with their text
 ROW_GROUP_BYTES = 8 * MiB  # a row group holds at most this much text (or one larger document)
-SEEN_MAX = 1_000_000  # a shard drops repeats of up to this many texts itself (~100 MB of digests)
+CHECK_DOCS = 16384  # documents checked against the shard's table at once (or CHECK_BYTES of text)
+CHECK_BYTES = 8 * MiB
 
 
 class PartWriter:
@@ -175,9 +177,38 @@ def ingest_shard(
     quarantine = PartWriter(folder, "quarantine", QUARANTINE_SCHEMA, config.part_bytes)
     counts: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
-    seen: set[bytes] = set()
+    seen = SeenTexts(table_slots(memory_bytes(config.memory_limit), int(shard.get("bytes") or 0)))
+    pending: list[tuple[Doc, str, bytes]] = []  # read, not yet checked against `seen`
+    pending_bytes = 0
     doubts: list[dict[str, Any]] = []
     progress = _Progress(f"ingest shard {index + 1}/{shard.get('count', '?')}", len(items), "files", log)
+
+    def stage_pending() -> None:
+        nonlocal extra, pending_bytes
+        new = seen.first_seen([digest for _, _, digest in pending]).tolist()
+        for (ev, source, digest), is_new in zip(pending, new, strict=True):
+            if not is_new:  # caught here, it costs the commit no rewrite
+                counts["duplicates_in_shard"] += 1
+                continue
+            counts["staged"] += 1
+            counts["legacy_encoding"] += ev.encoding != "utf-8"
+            n = len(ev.data)
+            row = (digest.hex(), source, ev.path, ev.offset, ev.data, n, ev.encoding, now)
+            cols = ev.columns or {}
+            if any(c not in extra for c in cols):  # a first detected encoding: its column
+                extra = [c for c in EXTRA_COLUMNS if c in extra or c in cols]
+                data.set_schema(data_schema(extra))
+            if extra:
+                row += tuple(cols.get(c) for c in extra)
+            conf = cols.get("encoding_confidence")
+            if conf is not None and conf < LOW_CONFIDENCE:
+                counts["low_confidence_encoding"] += 1
+                if len(doubts) < DOUBT_EXAMPLES:
+                    doubts.append(_doubt(ev, conf))
+            data.add(row, n)
+        pending.clear()
+        pending_bytes = 0
+
     try:
         for item in items:
             counts["urls" if item["kind"] == "url" else "files"] += item["kind"] != "error"
@@ -188,28 +219,10 @@ def ingest_shard(
                 counts["items"] += 1
                 if isinstance(ev, Doc):
                     counts["documents"] += 1
-                    digest = hashlib.sha256(ev.data).digest()
-                    if digest in seen:  # caught here, it costs the commit no rewrite
-                        counts["duplicates_in_shard"] += 1
-                        continue
-                    if len(seen) < SEEN_MAX:
-                        seen.add(digest)
-                    counts["staged"] += 1
-                    counts["legacy_encoding"] += ev.encoding != "utf-8"
-                    n = len(ev.data)
-                    row = (digest.hex(), item["source"], ev.path, ev.offset, ev.data, n, ev.encoding, now)
-                    cols = ev.columns or {}
-                    if any(c not in extra for c in cols):  # a first detected encoding: its column
-                        extra = [c for c in EXTRA_COLUMNS if c in extra or c in cols]
-                        data.set_schema(data_schema(extra))
-                    if extra:
-                        row += tuple(cols.get(c) for c in extra)
-                    conf = cols.get("encoding_confidence")
-                    if conf is not None and conf < LOW_CONFIDENCE:
-                        counts["low_confidence_encoding"] += 1
-                        if len(doubts) < DOUBT_EXAMPLES:
-                            doubts.append(_doubt(ev, conf))
-                    data.add(row, n)
+                    pending.append((ev, item["source"], hashlib.sha256(ev.data).digest()))
+                    pending_bytes += len(ev.data)
+                    if len(pending) >= CHECK_DOCS or pending_bytes >= CHECK_BYTES:
+                        stage_pending()
                 else:
                     counts["quarantined"] += 1
                     reasons[ev.reason] += 1
@@ -217,6 +230,7 @@ def ingest_shard(
                     row = (ev.path, ev.offset, ev.reason, ev.detail, item["source"], now)
                     quarantine.add(row, len(ev.detail))
             progress.n += 1  # counted silently: close() reports the end once
+        stage_pending()
         parts, qparts = data.close(), quarantine.close()
     except BaseException:
         data.abort()

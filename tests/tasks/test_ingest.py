@@ -763,3 +763,61 @@ def test_digest_is_the_same_for_the_same_content_ingested_at_another_time(tmp_pa
     second = run_ingest([str(src)], tmp_path / "two", cfg)
     assert first["outputs"][0]["sha256"] != second["outputs"][0]["sha256"]  # the timestamps differ
     assert first["digest"] == second["digest"]
+
+
+# --------------------------------------------------------------------------- a shard's table of texts
+
+
+def test_the_shard_table_finds_repeats_as_a_set_does_within_and_across_batches():
+    import hashlib
+    import random
+
+    from tasks.ingest.seen import SeenTexts
+
+    rng = random.Random(7)
+    texts_ = [f"text {rng.randrange(3000)}".encode() for _ in range(20_000)]  # many repeats
+    table = SeenTexts(1 << 14)
+    got, expected, known = [], [], set()
+    i = 0
+    while i < len(texts_):
+        batch = texts_[i : i + rng.choice([1, 7, 500, 4096])]  # repeats inside batches too
+        got += table.first_seen([hashlib.sha256(t).digest() for t in batch]).tolist()
+        for t in batch:
+            expected.append(t not in known)
+            known.add(t)
+        i += len(batch)
+    assert got == expected
+    assert table.size == len(known) <= table.capacity
+
+
+def test_a_full_table_stores_new_texts_and_leaves_their_repeats_to_the_commit(tmp_path, monkeypatch):
+    """Past its load limit a shard's table records no more texts: a new text is still staged (never
+    taken for a repeat), its repeats reach the commit, which drops them by rewriting the parts; the
+    dataset is the same as with a table that holds everything."""
+    from tasks.ingest import seen as seen_mod
+
+    lines = [json.dumps({"text": f"document {i % 1500} " * 3}) for i in range(4000)]
+    write(tmp_path / "in" / "c.jsonl", "\n".join(lines) + "\n")
+    cfg = IngestConfig(part_bytes=20_000)
+    roomy = run_ingest([str(tmp_path / "in")], tmp_path / "roomy", cfg)
+    slots = seen_mod.MIN_SLOTS  # records 614 of the 1,500 texts
+    monkeypatch.setattr(shard_mod, "table_slots", lambda memory_limit, input_bytes: slots)
+    monkeypatch.setattr(shard_mod, "CHECK_DOCS", 100)  # a batch catches its own repeats: small ones
+    full = run_ingest([str(tmp_path / "in")], tmp_path / "full", cfg)
+    assert roomy["run"]["duplicates_in_shard"] == 2500  # the shard caught every repeat
+    assert 0 < full["run"]["duplicates_in_shard"] < 1500  # the commit had the rest to drop
+    assert roomy["run"]["duplicates"] == full["run"]["duplicates"] == 2500
+    assert roomy["digest"] == full["digest"]
+    assert texts(tmp_path / "full") == texts(tmp_path / "roomy")
+    assert len(texts(tmp_path / "full")) == 1500
+
+
+def test_the_shard_table_is_sized_by_the_memory_setting_not_the_corpus():
+    from tasks.ingest.seen import SLOT_BYTES, table_slots
+
+    gb = 10**9
+    # a 1 GB and a 10 GB file get the same table, within a third of the setting
+    assert table_slots(gb, gb) == table_slots(gb, 10 * gb) == 1 << 24
+    assert table_slots(gb, 10 * gb) * SLOT_BYTES <= gb / 3
+    assert table_slots(2 * gb, 10 * gb) == 2 * table_slots(gb, 10 * gb)
+    assert table_slots(gb, 1000) == 1 << 10  # a small shard: a small table
