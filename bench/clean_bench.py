@@ -1,6 +1,6 @@
 """Clean throughput and memory, per rule group, on a generated ~100 MB ingest folder.
 
-    python bench/clean_bench.py [--mb 100] [--parts 2] [--threads 0] [--memory-limit 2GB] [--workers 1]
+    python bench/clean_bench.py [--mb 100] [--parts 2] [--threads 0] [--memory-limit 2GB] [--workers 0]
 
 Builds an ingest-stage folder from tinyshakespeare: documents of 3-16 speeches drawn at random, plus exact
 duplicates (some re-cased or re-indented), near-duplicates (a few words changed), junk (symbol
@@ -184,10 +184,12 @@ def main() -> None:
         "--threads",
         type=int,
         default=0,
-        help="DuckDB threads per process (0: the cores divided between the workers)",
+        help="DuckDB threads per process (0: the stage's cores divided between its processes)",
     )
     ap.add_argument("--memory-limit", default="2GB", help="the stage's memory_limit (DuckDB gets half)")
-    ap.add_argument("--workers", type=int, default=1, help="run_clean worker processes (1: in process)")
+    ap.add_argument(
+        "--workers", type=int, default=0, help="the stage's cores (0: all; 1: one core, in process)"
+    )
     ap.add_argument("--steps", default=",".join(STEPS), help="comma-separated subset of " + ",".join(STEPS))
     ap.add_argument("--step", choices=sorted(STEPS), help=argparse.SUPPRESS)
     ap.add_argument("--ingest", type=Path, help=argparse.SUPPRESS)
@@ -204,7 +206,11 @@ def main() -> None:
         )
         return
 
-    engine = {"memory_limit": args.memory_limit, "threads": args.threads or None, "workers": args.workers}
+    engine = {
+        "memory_limit": args.memory_limit,
+        "threads": args.threads or None,
+        "workers": args.workers or None,
+    }
     tmp = Path(tempfile.mkdtemp(prefix="forja-clean-bench-"))
     try:
         t0 = time.perf_counter()
@@ -213,7 +219,7 @@ def main() -> None:
         print(
             f"corpus: {n_docs:,} docs, {mb:.1f} MB in {args.parts} parts (built in {time.perf_counter() - t0:.0f}s); "
             f"{os.cpu_count()} cores, DuckDB threads {args.threads or 'all'}, memory_limit {args.memory_limit}, "
-            f"workers {args.workers}"
+            f"workers {args.workers or 'all cores'}"
         )
         print("(wall time counts whatever else the machine runs; cpu is the step's own work)")
         report: dict = {"corpus_mb": round(mb, 1), "docs": n_docs, "parts": args.parts, "steps": {}}
@@ -241,7 +247,7 @@ def main() -> None:
             print(
                 f"{name:8s} {r['seconds']:7.2f} s  {r['mb_per_s']:6.1f} MB/s  cpu {r['cpu_s']:7.2f} s  "
                 f"peak RSS {r['peak_rss_mb']:5.0f} MB"
-                + (f" (workers {r['worker_peak_rss_mb']:.0f} MB)" if args.workers > 1 else "")
+                + (f" (workers {r['worker_peak_rss_mb']:.0f} MB)" if r.get("worker_peak_rss_mb") else "")
                 + extra
                 + (
                     f"  parts {r['parts_s']:.2f} s, dedup {r['dedup_s']:.2f} s, output {r['output_s']:.2f} s"

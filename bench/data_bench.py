@@ -2,7 +2,7 @@
 
     python bench/data_bench.py [--mb 100] [--files 8] [--vocab 4096] [--keep DIR]
     forja bench data [--mb 100]
-    forja bench data --sizes 200MB,1GB [--memory 2GB] [--workers 1] [--compare-workers 2] [--keep DIR]
+    forja bench data --sizes 200MB,1GB [--memory 2GB] [--workers 0] [--compare-workers 2] [--keep DIR]
                      [--skip-tokenize] [--compare datatrove [--datatrove-python PATH]]
 
 With --sizes (issue #18): a planted JSONL corpus per size (make_jsonl), ingest + clean (+ tokenize,
@@ -218,8 +218,9 @@ def planted_step(name: str, work: Path, memory: str, workers: int) -> dict:
     elif name == "clean":
         from tasks.clean import CleanConfig, run_clean
 
-        out_dir = work / "clean" if workers == 1 else work / f"clean-w{workers}"
-        m = run_clean(work / "ingest", out_dir, CleanConfig(memory_limit=memory, workers=workers))
+        out_dir = work / "clean" if not workers else work / f"clean-w{workers}"
+        cfg = CleanConfig(memory_limit=memory, workers=workers or None)  # 0: all the cores
+        m = run_clean(work / "ingest", out_dir, cfg)
         out = {
             "rows_in": m["counts"]["rows_in"],
             "rows_out": m["counts"]["rows_out"],
@@ -283,7 +284,13 @@ def run_sizes(a: argparse.Namespace) -> None:
             reuse = work / "corpus" / "corpus.json"
             if a.keep and reuse.is_file():  # the same size gives the same corpus: kept from a run before
                 corpus = json.loads(reuse.read_text())
-                for sub in ("ingest", "clean", f"clean-w{a.compare_workers}", "tokens"):
+                for sub in (
+                    "ingest",
+                    "clean",
+                    f"clean-w{a.workers}",
+                    f"clean-w{a.compare_workers}",
+                    "tokens",
+                ):
                     shutil.rmtree(work / sub, ignore_errors=True)
             else:
                 shutil.rmtree(work, ignore_errors=True)
@@ -354,7 +361,8 @@ def run_sizes(a: argparse.Namespace) -> None:
         if other:
             c1, c2 = r["steps"]["clean"], r["steps"][other]
             print(
-                f"{r['size']}: clean with {other[7:]} workers vs {r['workers']}: {c1['seconds'] / c2['seconds']:.2f}x "
+                f"{r['size']}: clean with {other[7:]} workers vs {r['workers'] or 'all cores'}: "
+                f"{c1['seconds'] / c2['seconds']:.2f}x "
                 f"as fast (cpu {c2['cpu_s']:.0f} s vs {c1['cpu_s']:.0f} s, peak tree RSS "
                 f"{c2['peak_tree_rss_mb']:.0f} vs {c1['peak_tree_rss_mb']:.0f} MB), load {r['loadavg']:.1f}"
             )
@@ -457,8 +465,8 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--sizes", help="ingest + clean a planted JSONL corpus of each size, e.g. 200MB,1GB")
     ap.add_argument("--memory", default="2GB", help="--sizes: the stages' memory setting")
-    ap.add_argument("--workers", type=int, default=1, help="--sizes: clean's worker processes")
-    ap.add_argument("--compare-workers", type=int, help="--sizes: clean again with this many workers")
+    ap.add_argument("--workers", type=int, default=0, help="--sizes: clean's cores (0: all)")
+    ap.add_argument("--compare-workers", type=int, help="--sizes: clean again with this many cores")
     ap.add_argument("--skip-tokenize", action="store_true", help="--sizes: ingest + clean only")
     ap.add_argument(
         "--compare",

@@ -24,8 +24,8 @@ rules. Where SQL is slow or cannot do it, Python UDFs help: mojibake repair (onl
 expression flags), numpy character-class counts for the quality heuristics (`text_stats`,
 vectorised over a batch), numpy MinHash signatures. DuckDB runs Python UDFs one call at a time, so
 a shard uses about one core; shards run in parallel (an orchestrator mapping clean_shard, or
-`workers` in run_clean), each process with its share of the cores and of `memory_limit` (engine.py
-says what bounds each phase).
+processes in run_clean), each process with its share of the stage's cores (`workers`, all by
+default) and of `memory_limit` (engine.py says what bounds each phase).
 
 Output folder OUT: part-*.parquet and dropped.parquet (output.py), report.json (report.py), and
 manifest.json: stage "clean", upstream = the ingest digest, outputs = the parts, artifacts =

@@ -4,6 +4,7 @@ engine's limits; and `rule_files`, the rule files a config runs (for cache keys)
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -138,16 +139,27 @@ class CleanConfig(BaseModel):
         None,
         ge=1,
         le=512,
-        description="DuckDB threads per process; none: the CPU cores divided between the workers.",
+        description="DuckDB threads per process; none: the stage's cores (workers) divided between "
+        "the processes cleaning parts at once, and all of them in dedup and output.",
     )
-    workers: int = Field(
-        1,
+    workers: int | None = Field(
+        None,
         ge=1,
         le=256,
-        description="run_clean: clean this many parts at once, each in its own process (1: one after "
-        "another in this process). DuckDB runs Python UDFs one at a time, so processes are what "
-        "uses several cores; an orchestrator that maps clean_shard itself leaves this at 1.",
+        description="CPU cores the stage uses; none: all of this machine's. run_clean cleans the "
+        "parts in up to this many processes (at most one per 32 MB of input parts: a small corpus "
+        "stays in this process), each with its share of the DuckDB threads; dedup and output run "
+        "DuckDB with this many threads. 1: one core. Under an orchestrator that maps clean_shard "
+        "itself, the mapping decides how many parts run at once.",
     )
+
+    def cores(self) -> int:
+        """The cores the stage uses: `workers`, or all that this process may run on."""
+        return self.workers or len(os.sched_getaffinity(0))
+
+    def duckdb_threads(self, processes: int = 1) -> int:
+        """DuckDB threads of one of `processes` connections running at once."""
+        return self.threads or max(1, self.cores() // max(1, processes))
 
     # The user's rules as read when the config was validated, and the sha256 of each file.
     _user_rules: tuple[Rule, ...] = PrivateAttr(default=())

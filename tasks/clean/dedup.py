@@ -250,7 +250,7 @@ def _near_dedup(
 
 def verify_threads(config: CleanConfig) -> int:
     """Threads for the exact check: numpy's sorts, which take most of its time, release the GIL."""
-    return config.threads or len(os.sched_getaffinity(0))
+    return config.threads or config.cores()
 
 
 PAIR_SCHEMA = pa.schema([("a", pa.int64()), ("b", pa.int64())])

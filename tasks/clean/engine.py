@@ -9,15 +9,17 @@ Nothing is materialised between rules: each rule is a CTE over the previous one 
 
 What bounds each phase, and how the cores are shared:
 
+The stage uses `workers` cores (config.cores(): all of them by default), and no more:
+
 - clean_shard: CPU, in the Python UDFs (text_stats, minhash, language_of, eval_overlap), which
   DuckDB calls one at a time under the GIL; DuckDB's own threads read Parquet, run the SQL rules
-  and write the work file around them, so one process uses a little more than one core. Shards
-  run in parallel in processes (`workers` in run_clean, or an orchestrator mapping clean_shard):
-  each process gets cores // workers DuckDB threads and memory_limit / 2 / workers of DuckDB
-  memory (`connect(processes=...)`), so processes neither fight for cores nor add up past the
-  memory setting.
+  and write the work file around them, so one process with two threads keeps 1.7 cores busy, and
+  with one thread one core. Shards run in parallel in processes (shard_processes of them in
+  run_clean, or as an orchestrator maps clean_shard): each of the P processes gets cores // P
+  DuckDB threads and memory_limit / 2 / P of DuckDB memory (`connect(processes=P)`), so processes
+  neither fight for cores nor add up past the memory setting.
 - dedup and output (one process): DuckDB's sorts, joins and aggregates over the whole corpus,
-  bound by disk and DuckDB threads (all the cores), spilling past half of memory_limit; what
+  bound by disk and DuckDB threads (one per core), spilling past half of memory_limit; what
   Python holds there comes in batches sized from the other half (dedup.pair_batch). The exact
   check of the candidate pairs (numpy sorts of shingle hashes, which release the GIL) runs its
   batches in one thread per core.
@@ -61,6 +63,7 @@ log = logging.getLogger("forja.clean")
 
 REQUIRED_COLUMNS = ("doc_id", "source", "path", "offset", "text")
 KEY_ORDER = 'doc_id, source, path, "offset"'
+PROCESS_BYTES = 32 << 20  # input parts per cleaning process at least (below: fewer processes)
 # The exact-dedup key (see 080_exact_dedup.sql): md5 of the cleaned text, lower-cased.
 NORM_KEY_SQL = "md5_number(lower(text))"
 
@@ -93,9 +96,8 @@ def connect(
 def _configure(
     con: duckdb.DuckDBPyConnection, config: CleanConfig, spill: Path, ordered: bool, processes: int
 ) -> None:
-    configure_duckdb(
-        con, config.memory_limit, spill, processes=processes, threads=config.threads, ordered=ordered
-    )
+    threads = config.duckdb_threads(processes)
+    configure_duckdb(con, config.memory_limit, spill, processes=processes, threads=threads, ordered=ordered)
     con.execute("SET enable_progress_bar = false")
     for name, value in config.sql_variables().items():
         con.execute(f"SET VARIABLE {name} = ?", [value])
@@ -119,6 +121,14 @@ def input_parts(in_dir: str | os.PathLike, config: CleanConfig | dict[str, Any] 
         _check_schema(p)
         parts.append(p)
     return parts
+
+
+def shard_processes(parts: list[Path], config: CleanConfig) -> int:
+    """How many processes run_clean cleans the parts in: one per core of the stage, at most one per
+    part and per PROCESS_BYTES of parts (a fresh interpreter costs ~1.2 s of imports: a small
+    corpus is cleaned in this process, with all the stage's cores as DuckDB threads)."""
+    size = sum(p.stat().st_size for p in parts)
+    return max(1, min(config.cores(), len(parts), size // PROCESS_BYTES))
 
 
 def _check_schema(part: Path) -> None:
@@ -151,8 +161,10 @@ def clean_shard(
     part_path: str | os.PathLike,
     work_dir: str | os.PathLike,
     config: CleanConfig | dict[str, Any] | None = None,
+    processes: int = 1,
 ) -> dict[str, Any]:
-    """Apply the per-document rules to one input part.
+    """Apply the per-document rules to one input part (one of `processes` cleaning parts at once,
+    which share the stage's cores and memory).
 
     Writes `work_dir/shards/<part>.parquet`: every input row with its cleaned text, `_drop` and
     `_reason`, the `_changed_<rule>` flags, and the dedup keys (`norm_key`, `mh`) of the rows
@@ -168,7 +180,7 @@ def clean_shard(
     shard_dir.mkdir(parents=True, exist_ok=True)
     work_file = shard_dir / f"{part.parent.name}-{part.stem}.parquet"
     t0 = time.perf_counter()
-    with connect(config, work_dir, ordered=False, processes=config.workers) as con:
+    with connect(config, work_dir, ordered=False, processes=processes) as con:
         validate_chain(con, rules)
         ctes, last = chain_sql(rules, source_sql(part))
         changed = [f'"_changed_{r.name}"' for r in rules if r.kind == "map"]

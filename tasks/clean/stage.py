@@ -18,7 +18,7 @@ from typing import Any
 
 from tasks.clean.config import CleanConfig, rule_files
 from tasks.clean.dedup import dedup_shards
-from tasks.clean.engine import clean_shard, input_parts
+from tasks.clean.engine import clean_shard, input_parts, shard_processes
 from tasks.clean.output import write_output
 from tasks.clean.report import ingest_duplicates
 from tasks.stage import Stage, StageRun, register, run_stage
@@ -44,10 +44,11 @@ class CleanStage(Stage):
 
     def plan(self, run: StageRun) -> list[dict[str, Any]]:
         parts = input_parts(run.inputs, run.config)
-        return [{"index": i, "part": str(p)} for i, p in enumerate(parts)]
+        processes = shard_processes(parts, run.config)
+        return [{"index": i, "part": str(p), "processes": processes} for i, p in enumerate(parts)]
 
     def run_shard(self, shard: dict[str, Any], work: str, config: dict[str, Any]) -> dict[str, Any]:
-        return clean_shard(shard["part"], work, config)
+        return clean_shard(shard["part"], work, config, processes=shard.get("processes", 1))
 
     def write(self, run: StageRun, results: list[dict[str, Any]]) -> dict[str, Any]:
         work = run.staging / "work"
@@ -65,9 +66,13 @@ class CleanStage(Stage):
 
 def run_clean(in_dir, out, config: CleanConfig | dict[str, Any] | None = None) -> dict[str, Any]:
     """Clean an ingest output folder into OUT (what `forja clean` does); returns the manifest (with
-    the report). OUT already holding the output of the same key is returned as it is. With
-    `workers` > 1 the parts are cleaned in that many processes."""
+    the report). OUT already holding the output of the same key is returned as it is. The parts
+    are cleaned in as many processes as the plan says (engine.shard_processes: up to `workers`)."""
     from tasks.stage import map_in_processes
 
+    def map_shards(stage: Stage, shards: list[dict[str, Any]], work: str, config: dict[str, Any]):
+        processes = shards[0]["processes"] if shards else 1
+        return map_in_processes(processes)(stage, shards, work, config)
+
     cfg = CleanStage().validate(config)
-    return run_stage(STAGE, in_dir, out, cfg, map_shards=map_in_processes(cfg.workers))
+    return run_stage(STAGE, in_dir, out, cfg, map_shards=map_shards)

@@ -515,10 +515,18 @@ def test_same_input_gives_byte_identical_output(tmp_path: Path, paragraphs: list
         assert sha256_file(tmp_path / "a" / f) == sha256_file(tmp_path / "b" / f), f
 
 
-def test_worker_processes_give_the_same_output(tmp_path: Path, paragraphs: list[str]):
+def test_worker_processes_give_the_same_output(tmp_path: Path, paragraphs: list[str], monkeypatch):
+    import tasks.stage
+    from tasks.clean import engine
+
     ing = make_ingest(tmp_path / "in", [paragraphs[:200], paragraphs[150:400], paragraphs[380:500]])
+    pools: list[int] = []
+    real = tasks.stage.map_in_processes
+    monkeypatch.setattr(tasks.stage, "map_in_processes", lambda n: pools.append(n) or real(n))
     one = run_clean(ing, tmp_path / "one", CleanConfig(workers=1))
+    monkeypatch.setattr(engine, "PROCESS_BYTES", 1)  # small parts: processes all the same
     two = run_clean(ing, tmp_path / "two", CleanConfig(workers=2))
+    assert pools == [1, 2]  # one core in this process; then two processes
     assert one["digest"] == two["digest"] and one["counts"] == two["counts"]
     assert read_json(tmp_path / "one" / "report.json") == read_json(tmp_path / "two" / "report.json")
 

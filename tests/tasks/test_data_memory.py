@@ -36,21 +36,43 @@ def test_memory_setting_is_checked_at_the_edge():
     assert "memory_limit" not in CleanConfig(memory_limit="1GB").identity()
 
 
-def test_memory_limit_reaches_duckdb_shared_between_workers(tmp_path: Path):
+def test_memory_limit_and_the_cores_reach_duckdb_shared_between_processes(tmp_path: Path):
     cores = len(os.sched_getaffinity(0))
-    for workers in (1, 2):
+    for workers, processes, expect_threads in [
+        (None, 1, cores),  # all the cores by default
+        (None, 2, max(1, cores // 2)),
+        (1, 1, 1),  # workers=1: one core
+        (4, 2, 2),
+    ]:
         cfg = CleanConfig(memory_limit="1GB", workers=workers)
-        with connect(cfg, tmp_path, ordered=False, processes=workers) as con:
+        with connect(cfg, tmp_path, ordered=False, processes=processes) as con:
             limit, threads, spill, ordered = con.execute(
                 "SELECT current_setting('memory_limit'), current_setting('threads'), "
                 "current_setting('temp_directory'), current_setting('preserve_insertion_order')"
             ).fetchone()
             # DuckDB gets half of the stage's memory, split between the processes running at once
-            assert limit == duckdb_memory("1GB", workers).replace("MiB", ".0 MiB")
-            assert memory_bytes(limit.replace(" ", "")) == (10**9 // 2 // workers) // 2**20 * 2**20
-            assert threads == max(1, cores // workers)
+            assert limit == duckdb_memory("1GB", processes).replace("MiB", ".0 MiB")
+            assert memory_bytes(limit.replace(" ", "")) == (10**9 // 2 // processes) // 2**20 * 2**20
+            assert threads == expect_threads
             assert Path(spill).parent == tmp_path and Path(spill).is_dir() and ordered is False
         assert not Path(spill).exists()  # the spill folder goes with the connection
+
+
+def test_clean_runs_one_process_per_core_for_large_parts_and_one_for_a_small_corpus(tmp_path: Path):
+    from tasks.clean.engine import PROCESS_BYTES, shard_processes
+
+    parts = []
+    for i in range(4):
+        parts.append(tmp_path / f"part-{i}.parquet")
+        with open(parts[-1], "wb") as f:
+            f.truncate(PROCESS_BYTES)  # sparse: the size is what counts
+    assert shard_processes(parts, CleanConfig(workers=2)) == 2
+    assert shard_processes(parts, CleanConfig(workers=8)) == 4  # at most one per part
+    assert shard_processes(parts, CleanConfig(workers=1)) == 1
+    assert shard_processes(parts[:1], CleanConfig(workers=2)) == 1
+    small = tmp_path / "small.parquet"
+    small.write_bytes(b"x" * 1000)
+    assert shard_processes([small] * 3, CleanConfig(workers=2)) == 1  # not worth an interpreter
 
 
 def test_keep_first_in_batches_decides_as_in_one_pass():
