@@ -200,7 +200,7 @@ def score(work: Path, threshold: float, dropped_file: Path | None = None) -> dic
     }
 
 
-def planted_step(name: str, work: Path, memory: str, workers: int) -> dict:
+def planted_step(name: str, work: Path, memory: str, workers: int, clean_out: str = "clean") -> dict:
     t0, c0 = time.perf_counter(), cpu_seconds()
     out: dict = {}
     if name == "ingest":
@@ -218,9 +218,8 @@ def planted_step(name: str, work: Path, memory: str, workers: int) -> dict:
     elif name == "clean":
         from tasks.clean import CleanConfig, run_clean
 
-        out_dir = work / "clean" if not workers else work / f"clean-w{workers}"
         cfg = CleanConfig(memory_limit=memory, workers=workers or None)  # 0: all the cores
-        m = run_clean(work / "ingest", out_dir, cfg)
+        m = run_clean(work / "ingest", work / clean_out, cfg)
         out = {
             "rows_in": m["counts"]["rows_in"],
             "rows_out": m["counts"]["rows_out"],
@@ -284,13 +283,7 @@ def run_sizes(a: argparse.Namespace) -> None:
             reuse = work / "corpus" / "corpus.json"
             if a.keep and reuse.is_file():  # the same size gives the same corpus: kept from a run before
                 corpus = json.loads(reuse.read_text())
-                for sub in (
-                    "ingest",
-                    "clean",
-                    f"clean-w{a.workers}",
-                    f"clean-w{a.compare_workers}",
-                    "tokens",
-                ):
+                for sub in ("ingest", "clean", f"clean-w{a.compare_workers}", "tokens"):
                     shutil.rmtree(work / sub, ignore_errors=True)
             else:
                 shutil.rmtree(work, ignore_errors=True)
@@ -302,6 +295,7 @@ def run_sizes(a: argparse.Namespace) -> None:
             steps = {s: run_step_tree(__file__, ["--planted-step", s, *args]) for s in names}
             if a.compare_workers and a.compare_workers != a.workers:  # the same clean, other workers
                 other = ["--work", str(work), "--memory", a.memory, "--workers", str(a.compare_workers)]
+                other += ["--clean-out", f"clean-w{a.compare_workers}"]
                 steps[f"clean_w{a.compare_workers}"] = run_step_tree(
                     __file__, ["--planted-step", "clean", *other]
                 )
@@ -480,10 +474,11 @@ def main() -> None:
     )
     ap.add_argument("--step", help=argparse.SUPPRESS)
     ap.add_argument("--planted-step", help=argparse.SUPPRESS)
+    ap.add_argument("--clean-out", default="clean", help=argparse.SUPPRESS)
     ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.planted_step:
-        print(json.dumps(planted_step(a.planted_step, a.work, a.memory, a.workers)))
+        print(json.dumps(planted_step(a.planted_step, a.work, a.memory, a.workers, a.clean_out)))
         return
     if a.sizes:
         if a.compare == "datatrove":
