@@ -30,6 +30,7 @@ import logging, shutil, sys, time
 from pathlib import Path
 logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s %(message)s")
 stage, work, memory, seen_max = sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+workers = int(sys.argv[5]) or None
 t0 = time.perf_counter()
 if stage == "ingest":
     if seen_max:  # the shards' tables record at most seen_max texts
@@ -48,7 +49,7 @@ else:
     from tasks.clean import CleanConfig, run_clean
     out = work / "clean-trace"
     shutil.rmtree(out, ignore_errors=True)
-    m = run_clean(work / "ingest", out, CleanConfig(memory_limit=memory))
+    m = run_clean(work / "ingest", out, CleanConfig(memory_limit=memory, workers=workers))
     print(f"done: {m['counts']['rows_in']:,} -> {m['counts']['rows_out']:,} rows", file=sys.stderr)
 print(f"stage seconds {time.perf_counter() - t0:.1f}", file=sys.stderr)
 """
@@ -61,6 +62,8 @@ def rss_split_mb(pid: int) -> tuple[int, int]:
     except OSError:
         return 0, 0
     field = {k: v for k, _, v in (line.partition(":") for line in status.splitlines())}
+    if "RssAnon" not in field:  # the process is exiting (a zombie has no memory lines)
+        return 0, 0
     return int(field["RssAnon"].split()[0]) // 1024, int(field["RssFile"].split()[0]) // 1024
 
 
@@ -77,9 +80,10 @@ def main() -> None:
         help="ingest: record at most this many texts in a shard's table (0: as it holds); below a "
         "corpus's document count, the commit rewrites its parts as it does past a full table",
     )
+    ap.add_argument("--workers", type=int, default=0, help="clean: the stage's cores (0: all)")
     a = ap.parse_args()
     proc = subprocess.Popen(
-        [sys.executable, "-c", CHILD, a.stage, str(a.work), a.memory, str(a.seen_max)],
+        [sys.executable, "-c", CHILD, a.stage, str(a.work), a.memory, str(a.seen_max), str(a.workers)],
         cwd=ROOT,
         stderr=subprocess.PIPE,
         text=True,

@@ -11,6 +11,7 @@ row groups at fixed sizes: the same input gives byte-identical files, whatever t
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import shutil
 import tempfile
@@ -73,9 +74,9 @@ SAMPLE_ROWS = 200_000  # doc_ids sampled for the bucket bounds
 
 
 def bucket_bytes(config: CleanConfig) -> int:
-    """Text per sort bucket of the output phase. A bucket and its sorted copy are held at once,
-    beside the row group being written, out of
-    the half of memory_limit that DuckDB does not get: a sixteenth of that half."""
+    """Text per sort bucket of the output phase: a sixteenth of the half of memory_limit that
+    DuckDB does not get. The bucket being written, the next one and its sorted copy (read ahead on
+    a second core) are held at once, beside the row group being written."""
     own = memory_bytes(config.memory_limit) * (1 - DUCKDB_SHARE)
     return max(4 * 2**20, int(own / 16))
 
@@ -138,16 +139,29 @@ def _split(
     return [p for i, p in enumerate(paths) if i in writers], total, languages
 
 
-def _sorted_buckets(paths: list[Path]) -> Iterator[pa.Table]:
-    """Each bucket in turn, read and sorted as the whole corpus would be (ORDER BY doc_id, source,
-    path, offset, text: byte order, nulls last, as DuckDB sorts), then removed."""
-    for path in paths:
-        with pa.OSFile(str(path)) as f:
-            table = pa.ipc.open_stream(f).read_all()
-        path.unlink()
-        table = table.sort_by([(c, "ascending") for c in SORT_KEYS])
-        yield table
-        del table
+def _sorted_bucket(path: Path) -> pa.Table:
+    """One bucket, read and sorted as the whole corpus would be (ORDER BY doc_id, source, path,
+    offset, text: byte order, nulls last, as DuckDB sorts), its file removed."""
+    with pa.OSFile(str(path)) as f:
+        table = pa.ipc.open_stream(f).read_all()
+    path.unlink()
+    return table.sort_by([(c, "ascending") for c in SORT_KEYS])
+
+
+def _sorted_buckets(paths: list[Path], ahead: bool) -> Iterator[pa.Table]:
+    """Each bucket in turn, sorted. `ahead`: the next bucket is read and sorted in a thread while
+    the caller writes this one (Arrow's sort and Parquet writer release the GIL: two cores)."""
+    if not ahead:
+        for path in paths:
+            yield _sorted_bucket(path)
+        return
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        following = [pool.submit(_sorted_bucket, p) for p in paths[:1]]
+        for i in range(len(paths)):
+            table = following.pop().result()
+            following += [pool.submit(_sorted_bucket, p) for p in paths[i + 1 : i + 2]]
+            yield table
+            del table
 
 
 def write_parts(
@@ -164,8 +178,8 @@ def write_parts(
 
     No sort of the whole corpus: the rows are split by doc_id range into bucket files under
     `scratch` (about bucket_bytes of text each, one pass, in no order), then each bucket is sorted
-    in memory and cut in turn. What is held at once is one bucket and one row group, whatever
-    the corpus size; the parts are the same bytes as one ORDER BY over the whole corpus gives.
+    in memory and cut in turn (the next one sorted while this one is written). What is held at
+    once is two buckets and one row group, whatever the corpus size; the parts are the same bytes as one ORDER BY over the whole corpus gives.
     `n_buckets` (none: from the text and bucket_bytes) changes how, never what, it writes.
     """
     if not works:
@@ -175,7 +189,7 @@ def write_parts(
     bounds = bucket_bounds(con, works, n_buckets)
     buckets, total, languages = _split(con, _kept_sql(works, dedup_file), bounds, scratch)
     with _Parts(tmp, config.part_bytes) as parts:
-        for table in _sorted_buckets(buckets):
+        for table in _sorted_buckets(buckets, ahead=config.cores() > 1):
             parts.add(table)
             parts.release()
             del table

@@ -129,24 +129,25 @@ def test_output_sorted_bucket_by_bucket_is_one_order_by_of_the_corpus(tmp_path: 
     dedup = dedup_shards(shards, work, cfg)
     works = [s["work"] for s in shards]
     digests = {}
-    for n in (1, 4, 40):
-        out, scratch = tmp_path / f"out{n}", tmp_path / f"scratch{n}"
+    for n, workers in ((1, 2), (4, 1), (4, 2), (40, 2)):  # workers=2: the next bucket sorted ahead
+        out, scratch = tmp_path / f"out{n}-{workers}", tmp_path / f"scratch{n}-{workers}"
         out.mkdir()
-        with connect(cfg, work, ordered=False) as con:
+        w_cfg = cfg.model_copy(update={"workers": workers})
+        with connect(w_cfg, work, ordered=False) as con:
             if n > 1:
                 assert len(bucket_bounds(con, works, n)) > 1
-            parts, total, _ = write_parts(con, works, dedup["output"], out, cfg, scratch, n_buckets=n)
+            parts, total, _ = write_parts(con, works, dedup["output"], out, w_cfg, scratch, n_buckets=n)
         assert not list(scratch.iterdir())  # every bucket file is removed once it is cut
-        digests[n] = [p["sha256"] for p in parts]
+        digests[n, workers] = [p["sha256"] for p in parts]
         assert len(parts) > 3 and total == sum(
             len(t.encode()) for t in docs[:200] + docs[100:300] + docs[:50]
         )
-    assert digests[1] == digests[4] == digests[40]
-    for i, digest in enumerate(digests[40]):  # row group by row group: what one write of the part gives
-        whole = pq.read_table(tmp_path / "out40" / f"part-{i:05d}.parquet")
+    assert digests[1, 2] == digests[4, 1] == digests[4, 2] == digests[40, 2]
+    for i, digest in enumerate(digests[40, 2]):  # row group by row group: what one write of the part gives
+        whole = pq.read_table(tmp_path / "out40-2" / f"part-{i:05d}.parquet")
         assert write_parquet(whole, tmp_path / "whole.parquet")["sha256"] == digest
     got = pa.concat_tables(
-        [pq.read_table(tmp_path / "out40" / f"part-{i:05d}.parquet") for i in range(len(digests[40]))]
+        [pq.read_table(tmp_path / "out40-2" / f"part-{i:05d}.parquet") for i in range(len(digests[40, 2]))]
     )
     with connect(cfg, work) as con:
         ref = con.sql(
