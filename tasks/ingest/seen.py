@@ -18,7 +18,7 @@ import numpy as np
 
 MAX_LOAD = 0.6  # probes stay short (linear probing averages ~3.6 for a miss at 0.6)
 MEMORY_SHARE = 1 / 3  # of memory_limit, for the table: the shards run before the commit's DuckDB
-BYTES_PER_TEXT = 128  # a shard's input holds at most one text per this many bytes, for sizing
+BYTES_PER_TEXT = 128  # sizing a small shard's table: shorter texts fill it sooner (the commit copes)
 SLOT_BYTES = 16
 MIN_SLOTS = 1 << 10
 
@@ -26,7 +26,8 @@ MIN_SLOTS = 1 << 10
 def table_slots(memory_limit: int, input_bytes: int) -> int:
     """Slots for one shard's table, a power of two: MEMORY_SHARE of memory_limit (rounded down),
     or fewer for a small shard (room for one text per BYTES_PER_TEXT of its input, rounded up).
-    The same at any corpus size past that: memory set by the setting, not by the corpus."""
+    The same at any corpus size past that: memory set by the setting, not by the corpus. Shards
+    that run at once (a flow's threads) hold a table each."""
     budget = 1 << max(0, (int(memory_limit * MEMORY_SHARE) // SLOT_BYTES).bit_length() - 1)
     wanted = 1 << max(0, int(input_bytes / BYTES_PER_TEXT / MAX_LOAD)).bit_length()
     return max(MIN_SLOTS, min(budget, wanted))
