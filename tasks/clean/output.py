@@ -155,11 +155,14 @@ def _sorted_buckets(paths: list[Path], ahead: bool) -> Iterator[pa.Table]:
         for path in paths:
             yield _sorted_bucket(path)
         return
+    if not paths:
+        return
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        following = [pool.submit(_sorted_bucket, p) for p in paths[:1]]
-        for i in range(len(paths)):
-            table = following.pop().result()
-            following += [pool.submit(_sorted_bucket, p) for p in paths[i + 1 : i + 2]]
+        coming = pool.submit(_sorted_bucket, paths[0])
+        for path in [*paths[1:], None]:
+            table = coming.result()
+            if path is not None:
+                coming = pool.submit(_sorted_bucket, path)
             yield table
             del table
 
@@ -179,7 +182,8 @@ def write_parts(
     No sort of the whole corpus: the rows are split by doc_id range into bucket files under
     `scratch` (about bucket_bytes of text each, one pass, in no order), then each bucket is sorted
     in memory and cut in turn (the next one sorted while this one is written). What is held at
-    once is two buckets and one row group, whatever the corpus size; the parts are the same bytes as one ORDER BY over the whole corpus gives.
+    once is two buckets and one row group, whatever the corpus size; the parts are the same bytes
+    as one ORDER BY over the whole corpus gives.
     `n_buckets` (none: from the text and bucket_bytes) changes how, never what, it writes.
     """
     if not works:
