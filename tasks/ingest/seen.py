@@ -90,9 +90,7 @@ class SeenTexts:
                 kept = winners[:room]  # past the load limit a new key is not recorded
                 self.table[slot[kept]] = keys[kept]
                 self.size += len(kept)
-                won = np.zeros(len(keys), dtype=bool)
-                won[winners] = True
-                done |= won[todo]
+                done[np.flatnonzero(empty)[first]] = True  # the winners' places in `todo`
             moving = ~same & ~empty
             slot[todo[moving]] = (slot[todo[moving]] + np.uint64(1)) & self.mask
             todo = todo[~done]
