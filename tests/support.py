@@ -11,6 +11,7 @@ import functools
 import http.server
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -192,6 +193,17 @@ class Servers:
             time.sleep(0.25 * 2**attempt)
         r.raise_for_status()
         return r.json()
+
+    def task_states(self, flow_run_id: str) -> dict[str, str]:
+        """Task states of a flow run and of its sub-flow runs (prepare-data), by task name without
+        Prefect's run suffix ("train-3f2" -> "train")."""
+        ids = [flow_run_id]
+        ids += [
+            s["id"]
+            for s in self.api("/flow_runs/filter", {"flow_runs": {"parent_flow_run_id": {"any_": ids}}})
+        ]
+        runs = self.api("/task_runs/filter", {"flow_runs": {"id": {"any_": ids}}, "limit": 200})
+        return {re.sub(r"-(\d+|[0-9a-f]{3})$", "", t["name"]): t["state"]["name"] for t in runs}
 
     def forja(self, *args: str, timeout: int = 600, check: bool = True) -> subprocess.CompletedProcess:
         return run_python(["-m", "forja.cli", *args], env=self.env, timeout=timeout, check=check)

@@ -26,20 +26,6 @@ def sets(*extra):
     return [a for kv in [*FAST, *extra] for a in ("--set", kv)]
 
 
-def task_states(servers, flow_run_id):
-    runs = servers.api("/task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}}, "limit": 200})
-    return {re.sub(r"-(\d+|[0-9a-f]{3})$", "", t["name"]): t["state"]["name"] for t in runs}
-
-
-def all_task_states(servers, flow_run_id):
-    """Task states of a flow run and of its sub-flow runs (prepare-data)."""
-    subs = servers.api("/flow_runs/filter", {"flow_runs": {"parent_flow_run_id": {"any_": [flow_run_id]}}})
-    states = task_states(servers, flow_run_id)
-    for sub in subs:
-        states |= task_states(servers, sub["id"])
-    return states
-
-
 @pytest.fixture(autouse=True)
 def _tracking_uri(servers):
     """Every test reads this module's MLflow store, whichever module ran before it and whichever
@@ -60,7 +46,7 @@ def test_flow_run_and_every_task_completed(servers, first):
     flow_run_id = run.data.tags["prefect.flow_run_id"]
     fr = httpx.get(f"{servers.prefect_api}/flow_runs/{flow_run_id}").json()
     assert fr["state"]["type"] == "COMPLETED"
-    states = all_task_states(servers, flow_run_id)
+    states = servers.task_states(flow_run_id)
     stages = ("ingest", "clean", "tokenize")
     names = [f"{s}{part}" for s in stages for part in ("-plan", "-shard", "")] + [
         "train",
@@ -206,7 +192,7 @@ def test_rerun_on_unchanged_data_is_cached_end_to_end(servers, first):
     r = servers.forja("run", "--source", str(first["corpus"]), *sets())
     result = json.loads(r.stdout[r.stdout.index("{") : r.stdout.rindex("}") + 1])
     run = mlflow.MlflowClient().get_run(result["mlflow_run_id"])
-    states = all_task_states(servers, run.data.tags["prefect.flow_run_id"])
+    states = servers.task_states(run.data.tags["prefect.flow_run_id"])
     for name in ("ingest", "clean", "tokenize", "train", "evaluate", "register"):
         assert states[name] == "Cached", (name, states)
     for name in ("ingest-shard", "clean-shard", "tokenize-shard", "tokenize-plan", "clean-plan"):
@@ -269,7 +255,7 @@ def test_served_deployments_run_from_the_ui_api_and_keep_the_nightly_schedule(se
 
         state = wait_for("the triggered flow run", finished, timeout=900)
         assert state["type"] == "COMPLETED", (state, (tmp_path / "serve.log").read_text()[-3000:])
-        states = all_task_states(servers, run["id"])
+        states = servers.task_states(run["id"])
         for name in ("ingest", "clean", "tokenize"):  # the same data as the first run: cached
             assert states[name] == "Cached", (name, states)
         assert states["evaluate"] in ("Completed", "Cached"), states

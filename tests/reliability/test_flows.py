@@ -10,7 +10,6 @@ uninterrupted reference the resumed run must equal, bit for bit (CPU).
 
 import json
 import os
-import re
 import signal
 import sqlite3
 import subprocess
@@ -99,17 +98,6 @@ def tiny_corpus(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("tiny")
     (folder / "a.txt").write_text(shakespeare_text(1000))
     return folder
-
-
-def task_states(servers, flow_run_id: str) -> dict[str, str]:
-    """Task states of a flow run and of its sub-flow runs, by task name."""
-    ids = [flow_run_id]
-    ids += [
-        s["id"]
-        for s in servers.api("/flow_runs/filter", {"flow_runs": {"parent_flow_run_id": {"any_": ids}}})
-    ]
-    runs = servers.api("/task_runs/filter", {"flow_runs": {"id": {"any_": ids}}, "limit": 200})
-    return {re.sub(r"-(\d+|[0-9a-f]{3})$", "", t["name"]): t["state"]["name"] for t in runs}
 
 
 # ------------------------------------------------------------------ bad parameters
@@ -205,7 +193,7 @@ def test_bad_parameters_fail_the_flow_before_any_task(flow_servers, tiny_corpus)
         assert BAD[name][1] in res["message"], (name, res["message"])
         flow_run = httpx.get(f"{flow_servers.prefect_api}/flow_runs/{res['id']}", timeout=30).json()
         assert flow_run["state"]["type"] == "FAILED"
-        assert task_states(flow_servers, res["id"]) == {}, name  # no task, no sub-flow
+        assert flow_servers.task_states(res["id"]) == {}, name  # no task, no sub-flow
         print(f"flow with a bad {name}: Failed after {res['seconds']:.2f}s, no task run: {res['message']}")
     assert not flow_servers.home.dataset("badparams").exists()
 
@@ -359,7 +347,7 @@ def test_killed_run_is_marked_and_resumes_to_the_uninterrupted_weights(flow_serv
     assert state["type"] == "CRASHED", state
 
     new = c.get_run(result["mlflow_run_id"])
-    states = task_states(flow_servers, new.data.tags["prefect.flow_run_id"])
+    states = flow_servers.task_states(new.data.tags["prefect.flow_run_id"])
     for name in ("ingest", "clean", "tokenize"):
         assert states[name] == "Cached", (name, states)
     assert states["train"] == "Completed" and new.info.status == "FINISHED"
