@@ -7,7 +7,8 @@ shards' MinHash band keys (minhash.py), whose candidate pairs are screened with 
 decided by their true shingle Jaccard here. The corpus-wide tables (`keys`, the band keys, the
 candidate pairs) live in DuckDB, which spills to disk past its share of `memory_limit`; the
 buckets are formed a few bands at a time; Python sees batches of pairs sized from the memory
-setting, and the pairs it keeps stream to Parquet files in the work folder. What grows with the
+setting, and the pairs it keeps and the candidates' shingle sets stream to Parquet files in the
+work folder. What grows with the
 corpus in Python is the set of near-duplicates dropped (one int each).
 """
 
@@ -62,6 +63,7 @@ def dedup_shards(
     corpus_rules = {r.name: r for r in load_rules() if r.kind in ("corpus", "candidates")}
     summary: dict[str, Any] = {}
     t0 = time.perf_counter()
+    lap = _Laps()
     with connect(config, work_dir) as con:
         _work_view(con, works)
         con.execute(
@@ -73,6 +75,7 @@ def dedup_shards(
         )
         rows_in = con.execute("SELECT count(*) FROM keys").fetchone()[0]
         remaining = rows_in
+        lap("keys")
         for name in ("exact_dedup", "near_dedup"):
             if name not in corpus_rules or not config.is_on(name):
                 continue
@@ -103,6 +106,7 @@ def dedup_shards(
                 **info,
             }
             remaining -= n
+            lap(name)
         with atomic_path(out, fsync=False) as tmp:
             con.execute(
                 f'COPY (SELECT w.doc_id, w.source, w.path, w."offset", d.rule, d.reason, wo.doc_id AS dup_of, '
@@ -111,13 +115,15 @@ def dedup_shards(
                 f"JOIN keys o ON o.gid = d.dup_of JOIN work wo ON wo.shard = o.shard AND wo.row = o.row "
                 f"ORDER BY d.gid) TO {sql_string(tmp)} (FORMAT parquet)"
             )
+        lap("drops file")
     dt = time.perf_counter() - t0
     log.info(
-        "dedup: %d rows -> %d in %.1fs %s",
+        "dedup: %d rows -> %d in %.1fs %s (%s)",
         rows_in,
         remaining,
         dt,
         {k: v["dropped"] for k, v in summary.items()},
+        lap,
     )
     return {"output": str(out), "rows_in": int(rows_in), "rows_out": int(remaining), "rules": summary}
 
@@ -146,31 +152,40 @@ def _near_dedup(
 ) -> dict[str, Any]:
     """Candidates from LSH buckets (SQL); their MinHash estimate screens them (with a margin below
     the threshold, as the estimate is noisy on short documents: standard deviation about 0.1 under
-    20 shingles); the true shingle Jaccard of the screened pairs decides. A document is removed
+    20 shingles); the true shingle Jaccard of the screened pairs decides: each screened document's
+    set of shingle hashes is computed once (a document is in 3.5 screened pairs on average in the
+    1 GB benchmark), then the sets of every pair are compared. A document is removed
     only as a verified duplicate of a document that is kept, so every removal names its kept
     document and a measured similarity at or above the threshold (no chain of near-duplicates
     removes a document unlike the one kept).
 
     Out of core, step by step: the band keys live in a DuckDB table (which spills past its share
     of memory_limit); the buckets are formed one band at a time; the screened and the similar
-    pairs stream to Parquet files in work_dir, `pair_batch` pairs at a time (sized from
-    memory_limit); the keep decision streams the similar pairs in (b, a) order and holds only the
+    pairs, and the shingle sets, stream to Parquet files in work_dir, `pair_batch` pairs at a time
+    (sized from memory_limit); the keep decision streams the similar pairs in (b, a) order and holds only the
     set of documents dropped so far."""
     t = config.near_dedup_threshold
     bands, _ = minhash.lsh_params(t, config.num_perm)
     batch = pair_batch(config)
-    con.execute(f"CREATE TEMP TABLE live_bands AS {live}")
+    lap = _Laps()
+    # one column per band: a pass reads its bands' columns alone, so the passes read the keys once
+    columns = ", ".join(f"bands[{i}] AS b{i}" for i in range(1, bands + 1))
+    con.execute(
+        f"CREATE TEMP TABLE live_bands AS SELECT gid, {columns} FROM ({live}) WHERE bands IS NOT NULL"
+    )
     con.execute("CREATE TEMP TABLE band_pairs (a BIGINT, b BIGINT)")
-    n_live = con.execute("SELECT count(*) FROM live_bands WHERE bands IS NOT NULL").fetchone()[0]
+    n_live = con.execute("SELECT count(*) FROM live_bands").fetchone()[0]
     group = bands_per_pass(config, n_live, bands)
     for first in range(1, bands + 1, group):  # a few bands at a time: their buckets fit DuckDB's share
-        some = (
-            f"SELECT gid, bands[{first}:{first + group - 1}] AS bands FROM live_bands WHERE bands IS NOT NULL"
+        some = ", ".join(f"b{i}" for i in range(first, min(first + group, bands + 1)))
+        con.execute(
+            f"INSERT INTO band_pairs {over_input(f'SELECT gid, [{some}] AS bands FROM live_bands', rule)}"
         )
-        con.execute(f"INSERT INTO band_pairs {over_input(some, rule)}")
     con.execute("DROP TABLE live_bands")
+    lap("buckets")
     con.execute("CREATE TEMP TABLE pairs AS SELECT DISTINCT a, b FROM band_pairs")
     con.execute("DROP TABLE band_pairs")
+    lap("distinct pairs")
     n_pairs = con.execute("SELECT count(*) FROM pairs").fetchone()[0]
     info = {
         **minhash.describe(config.num_perm, config.shingle_words, t),
@@ -185,10 +200,17 @@ def _near_dedup(
         "CREATE TEMP TABLE cand_sig AS SELECT k.gid, w.mh.sig AS sig FROM keys k JOIN work w USING (shard, row) "
         "WHERE k.gid IN (SELECT a FROM pairs UNION SELECT b FROM pairs)"
     )
+    lap("signatures")
     screened_file = work_dir / "near-screened.parquet"
+    # one join of BLOBs at a time: DuckDB 2.0 spills one, but runs out of memory on two in one
+    # pipeline once both sides outgrow its share (1 GB of corpus at memory 200MB; the sets'
+    # joins below still do at that setting, as DuckDB cannot spill their larger BLOBs there)
+    con.execute(
+        "CREATE TEMP TABLE half AS SELECT p.a, p.b, x.sig AS sa FROM pairs p JOIN cand_sig x ON x.gid = p.a"
+    )
+    con.execute("DROP TABLE pairs")
     reader = con.sql(
-        "SELECT p.a, p.b, x.sig AS sa, y.sig AS sb FROM pairs p "
-        "JOIN cand_sig x ON x.gid = p.a JOIN cand_sig y ON y.gid = p.b"
+        "SELECT h.a, h.b, h.sa, y.sig AS sb FROM half h JOIN cand_sig y ON y.gid = h.b"
     ).to_arrow_reader(batch)
     n_batches = 0
     with _PairWriter(screened_file, PAIR_SCHEMA) as out:
@@ -200,31 +222,48 @@ def _near_dedup(
             out.write({c: np_values(rb.column(c)).astype(np.int64)[ok] for c in ("a", "b")})
     info["verified_pairs"] = out.rows
     con.execute("DROP TABLE cand_sig")
-    con.execute("DROP TABLE pairs")
+    con.execute("DROP TABLE half")
+    lap("screen")
     if not out.rows:
         return info
     screened = f"read_parquet({sql_string(screened_file)})"
-    con.execute(
-        "CREATE TEMP TABLE cand_text AS SELECT k.gid, w.text FROM keys k JOIN work w USING (shard, row) "
+    # each screened document's shingle set, once (a document is in several pairs), to Parquet
+    sets_file = work_dir / "near-sets.parquet"
+    w, threads = config.shingle_words, verify_threads(config)
+    reader = con.sql(
+        "SELECT k.gid, w.text FROM keys k JOIN work w USING (shard, row) "
         f"WHERE k.gid IN (SELECT a FROM {screened} UNION SELECT b FROM {screened})"
+    ).to_arrow_reader(VERIFY_BATCH)
+
+    def shingle(rb: pa.RecordBatch) -> dict[str, Any]:
+        return {"gid": np_values(rb.column("gid")), "shingles": minhash.shingle_sets(rb.column("text"), w)}
+
+    with _PairWriter(sets_file, SETS_SCHEMA) as out:
+        for cols in in_threads(shingle, reader, threads):
+            out.write(cols)
+    lap("shingle sets")
+    # one join at a time, as above (two ran out of memory in the 10 GB benchmark at memory 1GB)
+    sets = f"read_parquet({sql_string(sets_file)})"
+    con.execute(
+        f"CREATE TEMP TABLE half AS SELECT p.a, p.b, x.shingles AS sa FROM {screened} p JOIN {sets} x ON x.gid = p.a"
     )
     similar_file = work_dir / "near-similar.parquet"
     reader = con.sql(
-        f"SELECT p.a, p.b, x.text AS ta, y.text AS tb FROM {screened} p "
-        "JOIN cand_text x ON x.gid = p.a JOIN cand_text y ON y.gid = p.b"
+        f"SELECT h.a, h.b, h.sa, y.shingles AS sb FROM half h JOIN {sets} y ON y.gid = h.b"
     ).to_arrow_reader(min(batch, VERIFY_BATCH))
 
     def verify(rb: pa.RecordBatch) -> dict[str, np.ndarray]:
-        sim = minhash.exact_jaccard(rb.column("ta"), rb.column("tb"), config.shingle_words)
+        sim = minhash.set_jaccard(rb.column("sa"), rb.column("sb"))
         ok = sim >= t
         a, b = (np_values(rb.column(c)).astype(np.int64)[ok] for c in ("a", "b"))
         return {"a": a, "b": b, "similarity": sim[ok]}
 
     with _PairWriter(similar_file, SIMILAR_SCHEMA) as out:
-        for cols in in_threads(verify, reader, verify_threads(config)):
+        for cols in in_threads(verify, reader, threads):
             out.write(cols)
-    con.execute("DROP TABLE cand_text")
+    con.execute("DROP TABLE half")
     info["similar_pairs"] = out.rows
+    lap("verify")
     # engine figures: logged, never in the report (which the memory setting must not change)
     log.info("near_dedup: %d candidate pairs screened in %d batches of <= %d", n_pairs, n_batches, batch)
     # keep the first: in (b, a) order, streamed; only the set of dropped documents is held
@@ -243,9 +282,26 @@ def _near_dedup(
         f"INSERT INTO drops SELECT gid, {sql_string(rule.name)}, 'near', dup_of, round(similarity, 4) "
         f"FROM read_parquet({sql_string(drops_file)})"
     )
-    for f in (screened_file, similar_file, drops_file):
+    for f in (screened_file, sets_file, similar_file, drops_file):
         f.unlink()
+    lap("keep")
+    log.info("near_dedup: %s", lap)
     return info
+
+
+class _Laps:
+    """Seconds per step, for the log: `lap("step")` ends a step; str() lists them."""
+
+    def __init__(self) -> None:
+        self.t, self.steps = time.perf_counter(), []
+
+    def __call__(self, step: str) -> None:
+        now = time.perf_counter()
+        self.steps.append((step, now - self.t))
+        self.t = now
+
+    def __str__(self) -> str:
+        return ", ".join(f"{step} {s:.1f}s" for step, s in self.steps)
 
 
 def verify_threads(config: CleanConfig) -> int:
@@ -254,6 +310,7 @@ def verify_threads(config: CleanConfig) -> int:
 
 
 PAIR_SCHEMA = pa.schema([("a", pa.int64()), ("b", pa.int64())])
+SETS_SCHEMA = pa.schema([("gid", pa.int64()), ("shingles", pa.large_binary())])
 SIMILAR_SCHEMA = pa.schema([("a", pa.int64()), ("b", pa.int64()), ("similarity", pa.float64())])
 DROP_SCHEMA = pa.schema([("gid", pa.int64()), ("dup_of", pa.int64()), ("similarity", pa.float64())])
 

@@ -414,6 +414,29 @@ def test_exact_jaccard_is_the_jaccard_of_the_word_shingle_sets(paragraphs: list[
     assert np.allclose(got, want, rtol=0, atol=1e-12), (got, want)
 
 
+def test_shingle_sets_compare_as_the_texts_do_through_parquet_and_when_top_bits_collide(
+    tmp_path: Path, paragraphs: list[str]
+):
+    import duckdb
+
+    docs = [" ".join(paragraphs[i : i + 4]) for i in range(0, 120, 4)]
+    a = pa.array([docs[i % 7] for i in range(300)] + ["", "too short"])
+    b = pa.array([near_copy(docs[i % (7 if i % 2 else 11)], 20 + i % 9) for i in range(300)] + ["", docs[0]])
+    want = minhash.exact_jaccard(a, b, 5)
+    assert (want > 0.5).any() and (want == 0).any()  # similar pairs and unrelated ones
+    # the sets as dedup reads them back: BLOBs of a Parquet file, through DuckDB
+    pq.write_table(
+        pa.table({"sa": minhash.shingle_sets(a, 5), "sb": minhash.shingle_sets(b, 5)}), tmp_path / "s.parquet"
+    )
+    back = duckdb.sql(f"SELECT sa, sb FROM read_parquet('{tmp_path / 's.parquet'}')").to_arrow_table()
+    assert np.array_equal(minhash.set_jaccard(back["sa"], back["sb"]), want)
+    # two hashes of one set equal in their top bits: the binary search cannot tell them apart
+    sets = [np.array([6, 7, 2**40], np.uint64), np.array([7, 9], np.uint64)]  # 6 >> 1 == 7 >> 1
+    other = [np.array([7, 2**40], np.uint64), np.array([9, 11], np.uint64)]
+    blobs = [pa.array([x.tobytes() for x in xs], pa.binary()) for xs in (sets, other)]
+    assert minhash.set_jaccard(*blobs).tolist() == [2 / 3, 1 / 3]
+
+
 def test_the_shingle_sort_orders_by_document_then_hash_whatever_the_document_numbers():
     rng = np.random.default_rng(0)
     sh = rng.integers(0, 2**64 - 1, 5000, dtype=np.uint64)

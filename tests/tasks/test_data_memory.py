@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from test_clean import make_ingest, near_copy
 from test_clean import paragraphs as paragraphs
 
+import tasks.clean.dedup as dedup_module
 from lm.fileio import read_json, sha256_file
 from tasks.clean import CleanConfig, clean_shard, connect, dedup_shards, input_parts, run_clean
 from tasks.clean.dedup import keep_first, pair_batch
@@ -116,6 +117,25 @@ def test_tiny_memory_gives_the_same_output_in_bounded_batches(
     for f in [*files, "dropped.parquet", "report.json"]:
         assert sha256_file(small / f) == sha256_file(large / f), f
     assert outs["128MB"]["digest"] == outs["16GB"]["digest"]
+
+
+def test_buckets_formed_a_band_at_a_time_decide_as_all_at_once(
+    tmp_path: Path, paragraphs: list[str], monkeypatch: pytest.MonkeyPatch
+):
+    # a corpus too large for DuckDB's share forms its LSH buckets one band per pass (10 GB at 1GB)
+    docs = []
+    for g in range(4):
+        base = " ".join(paragraphs[40 * g : 40 * g + 10])
+        docs += [base] + [near_copy(base, 40 + k, "xyz"[k % 3]) for k in range(1, 20)]
+    ing = make_ingest(tmp_path / "in", [docs[::2], docs[1::2]])
+    outs = {"all at once": run_clean(ing, tmp_path / "once", CleanConfig())}
+    monkeypatch.setattr(dedup_module, "BUCKET_ROW_BYTES", 10**12)
+    assert dedup_module.bands_per_pass(CleanConfig(), len(docs), 14) == 1
+    outs["a band a time"] = run_clean(ing, tmp_path / "banded", CleanConfig())
+    assert outs["a band a time"]["counts"]["dropped"]["near_dedup"] >= 4 * 5
+    for f in ["dropped.parquet", "report.json"]:
+        assert sha256_file(tmp_path / "once" / f) == sha256_file(tmp_path / "banded" / f), f
+    assert outs["all at once"]["digest"] == outs["a band a time"]["digest"]
 
 
 def test_output_sorted_bucket_by_bucket_is_one_order_by_of_the_corpus(tmp_path: Path, paragraphs: list[str]):

@@ -1,0 +1,81 @@
+"""Clean's corpus-wide dedup alone, on the work files of a `forja bench data --keep` folder, so that
+its steps can be timed at 10 GB without cleaning the parts each time.
+
+    python bench/dedup_trace.py /work/fd/10GB --memory 1GB            # parts once, then dedup
+    python bench/dedup_trace.py /work/fd/10GB --memory 1GB --again    # dedup of the same parts
+
+The first form cleans WORK/ingest's parts into WORK/dedup-trace/work (as the stage would, in its
+processes) and keeps them with their results; both forms then run dedup_shards over them and print
+its log (the seconds of each step) with the peak resident memory of this process, sampled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from measure import tree_rss_mb  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("work", type=Path)
+    ap.add_argument("--memory", default="1GB")
+    ap.add_argument("--workers", type=int, default=0, help="cores (0: all)")
+    ap.add_argument("--again", action="store_true", help="reuse the cleaned parts of an earlier run")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+
+    from tasks.clean import CleanConfig, dedup_shards, input_parts
+    from tasks.clean.engine import shard_processes
+    from tasks.clean.stage import CleanStage
+    from tasks.common import config_dict
+    from tasks.stage import map_in_processes
+
+    config = CleanConfig(memory_limit=args.memory, workers=args.workers or None)
+    trace = args.work / "dedup-trace"
+    results_file = trace / "shards.json"
+    if not args.again:
+        shutil.rmtree(trace, ignore_errors=True)
+        (trace / "work").mkdir(parents=True)
+        parts = input_parts(args.work / "ingest", config)
+        processes = shard_processes(parts, config)
+        shards = [{"index": i, "part": str(p), "processes": processes} for i, p in enumerate(parts)]
+        t = time.perf_counter()
+        results = map_in_processes(processes)(CleanStage(), shards, str(trace / "work"), config_dict(config))
+        print(f"parts: {len(parts)} in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+        results_file.write_text(json.dumps(results))
+    results = json.loads(results_file.read_text())
+
+    peak = [0.0]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.5):
+            peak[0] = max(peak[0], tree_rss_mb(os.getpid()))
+
+    threading.Thread(target=sample, daemon=True).start()
+    t = time.perf_counter()
+    out = dedup_shards(results, trace / "work", config)
+    done.set()
+    print(
+        f"dedup: {out['rows_in']:,} -> {out['rows_out']:,} rows in {time.perf_counter() - t:.1f} s, "
+        f"peak tree RSS {peak[0]:.0f} MB; near: {json.dumps(out['rules'].get('near_dedup', {}).get('candidate_pairs'))} "
+        f"candidate pairs",
+        file=sys.stderr,
+    )
+
+
+if __name__ == "__main__":
+    main()
