@@ -153,8 +153,8 @@ def _near_dedup(
     """Candidates from LSH buckets (SQL); their MinHash estimate screens them (with a margin below
     the threshold, as the estimate is noisy on short documents: standard deviation about 0.1 under
     20 shingles); the true shingle Jaccard of the screened pairs decides: each screened document's
-    set of shingle hashes is computed once (a document is in 3.5 screened pairs on average in the
-    1 GB benchmark), then the sets of every pair are compared. A document is removed
+    set of shingle hashes is computed once (a document is in several screened pairs), then the sets
+    of every pair are compared. A document is removed
     only as a verified duplicate of a document that is kept, so every removal names its kept
     document and a measured similarity at or above the threshold (no chain of near-duplicates
     removes a document unlike the one kept).

@@ -264,7 +264,7 @@ def exact_jaccard(
 def shingle_sets(texts: pa.Array | pa.ChunkedArray, shingle_words: int) -> pa.LargeBinaryArray:
     """Each text's distinct shingle hashes, sorted, as the bytes of a uint64 array (one BLOB per
     text, empty under `shingle_words` words): what set_jaccard compares. Near dedup computes them
-    once per candidate document, which takes a few pairs (3.5 on average in the 1 GB benchmark)."""
+    once per candidate document, which is in several pairs."""
     doc, sh = _shingle_set(texts, shingle_words)
     ends = np.searchsorted(doc, np.arange(len(texts)), side="right") * 8
     offsets = np.concatenate([[0], ends]).astype(np.int64)
