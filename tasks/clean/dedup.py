@@ -8,8 +8,8 @@ decided by their true shingle Jaccard here. The corpus-wide tables (`keys`, the 
 candidate pairs) live in DuckDB, which spills to disk past its share of `memory_limit`; the
 buckets are formed a few bands at a time; Python sees batches of pairs sized from the memory
 setting, and the pairs it keeps and the candidates' shingle sets stream to Parquet files in the
-work folder. What grows with the
-corpus in Python is the set of near-duplicates dropped (one int each).
+work folder. What grows with the corpus in Python is the set of near-duplicates dropped (one int
+each).
 """
 
 from __future__ import annotations
@@ -154,16 +154,15 @@ def _near_dedup(
     the threshold, as the estimate is noisy on short documents: standard deviation about 0.1 under
     20 shingles); the true shingle Jaccard of the screened pairs decides: each screened document's
     set of shingle hashes is computed once (a document is in several screened pairs), then the sets
-    of every pair are compared. A document is removed
-    only as a verified duplicate of a document that is kept, so every removal names its kept
-    document and a measured similarity at or above the threshold (no chain of near-duplicates
-    removes a document unlike the one kept).
+    of every pair are compared. A document is removed only as a verified duplicate of a document
+    that is kept, so every removal names its kept document and a measured similarity at or above
+    the threshold (no chain of near-duplicates removes a document unlike the one kept).
 
     Out of core, step by step: the band keys live in a DuckDB table (which spills past its share
     of memory_limit); the buckets are formed one band at a time; the screened and the similar
     pairs, and the shingle sets, stream to Parquet files in work_dir, `pair_batch` pairs at a time
-    (sized from memory_limit); the keep decision streams the similar pairs in (b, a) order and holds only the
-    set of documents dropped so far."""
+    (sized from memory_limit); the keep decision streams the similar pairs in (b, a) order and
+    holds only the set of documents dropped so far. The log gives the seconds of each step."""
     t = config.near_dedup_threshold
     bands, _ = minhash.lsh_params(t, config.num_perm)
     batch = pair_batch(config)
@@ -305,7 +304,7 @@ class _Laps:
 
 
 def verify_threads(config: CleanConfig) -> int:
-    """Threads for the exact check: numpy's sorts, which take most of its time, release the GIL."""
+    """Threads for the exact check: numpy's sorts and searches, most of its time, release the GIL."""
     return config.threads or config.cores()
 
 
