@@ -201,16 +201,7 @@ def _near_dedup(
     )
     lap("signatures")
     screened_file = work_dir / "near-screened.parquet"
-    # one join of BLOBs at a time: DuckDB 2.0 spills one, but runs out of memory on two in one
-    # pipeline once both sides outgrow its share (1 GB of corpus at memory 200MB; the sets'
-    # joins below still do at that setting, as DuckDB cannot spill their larger BLOBs there)
-    con.execute(
-        "CREATE TEMP TABLE half AS SELECT p.a, p.b, x.sig AS sa FROM pairs p JOIN cand_sig x ON x.gid = p.a"
-    )
-    con.execute("DROP TABLE pairs")
-    reader = con.sql(
-        "SELECT h.a, h.b, h.sa, y.sig AS sb FROM half h JOIN cand_sig y ON y.gid = h.b"
-    ).to_arrow_reader(batch)
+    reader = _both_sides(con, "pairs", "cand_sig", "sig", batch, then_drop="pairs")
     n_batches = 0
     with _PairWriter(screened_file, PAIR_SCHEMA) as out:
         for rb in reader:
@@ -241,15 +232,9 @@ def _near_dedup(
         for cols in in_threads(shingle, reader, threads):
             out.write(cols)
     lap("shingle sets")
-    # one join at a time, as above (two ran out of memory in the 10 GB benchmark at memory 1GB)
-    sets = f"read_parquet({sql_string(sets_file)})"
-    con.execute(
-        f"CREATE TEMP TABLE half AS SELECT p.a, p.b, x.shingles AS sa FROM {screened} p JOIN {sets} x ON x.gid = p.a"
-    )
     similar_file = work_dir / "near-similar.parquet"
-    reader = con.sql(
-        f"SELECT h.a, h.b, h.sa, y.shingles AS sb FROM half h JOIN {sets} y ON y.gid = h.b"
-    ).to_arrow_reader(min(batch, VERIFY_BATCH))
+    sets = f"read_parquet({sql_string(sets_file)})"
+    reader = _both_sides(con, screened, sets, "shingles", min(batch, VERIFY_BATCH))
 
     def verify(rb: pa.RecordBatch) -> dict[str, np.ndarray]:
         sim = minhash.set_jaccard(rb.column("sa"), rb.column("sb"))
@@ -286,6 +271,25 @@ def _near_dedup(
     lap("keep")
     log.info("near_dedup: %s", lap)
     return info
+
+
+def _both_sides(
+    con: duckdb.DuckDBPyConnection, pairs: str, values: str, column: str, batch: int, then_drop: str = ""
+) -> pa.RecordBatchReader:
+    """Batches of the pairs (a, b) with the `column` of both documents (sa, sb), from `values`
+    (gid, column), one join of BLOBs per query: DuckDB 2.0 spills one, but runs out of memory on
+    two in one pipeline once both sides outgrow its share (the shingle sets at 10 GB with memory
+    1GB; the signatures at 1 GB with memory 200MB, where the sets' single joins still do, their
+    BLOBs being larger). The first join goes to the temporary table `half` (the caller drops it
+    once read), then `then_drop`, a table the rest does not need."""
+    con.execute(
+        f"CREATE TEMP TABLE half AS SELECT p.a, p.b, x.{column} AS sa FROM {pairs} p JOIN {values} x ON x.gid = p.a"
+    )
+    if then_drop:
+        con.execute(f"DROP TABLE {then_drop}")
+    return con.sql(
+        f"SELECT h.a, h.b, h.sa, y.{column} AS sb FROM half h JOIN {values} y ON y.gid = h.b"
+    ).to_arrow_reader(batch)
 
 
 class _Laps:
