@@ -6,7 +6,8 @@ its steps can be timed at 10 GB without cleaning the parts each time.
 
 The first form cleans WORK/ingest's parts into WORK/dedup-trace/work (as the stage would, in its
 processes) and keeps them with their results; both forms then run dedup_shards over them and print
-its log (the seconds of each step) with the peak resident memory of this process, sampled.
+its log (the seconds of each step) with the peak resident memory of this process (the dedup's,
+with --again).
 """
 
 from __future__ import annotations
@@ -14,10 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -25,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from measure import tree_rss_mb  # noqa: E402
+from measure import peak_rss_mb  # noqa: E402
 
 
 def main() -> None:
@@ -37,9 +36,8 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
 
-    from tasks.clean import CleanConfig, dedup_shards, input_parts
-    from tasks.clean.engine import shard_processes
-    from tasks.clean.stage import CleanStage
+    from tasks.clean import CleanConfig, dedup_shards
+    from tasks.clean.stage import CleanStage, plan_shards
     from tasks.common import config_dict
     from tasks.stage import map_in_processes
 
@@ -49,30 +47,20 @@ def main() -> None:
     if not args.again:
         shutil.rmtree(trace, ignore_errors=True)
         (trace / "work").mkdir(parents=True)
-        parts = input_parts(args.work / "ingest", config)
-        processes = shard_processes(parts, config)
-        shards = [{"index": i, "part": str(p), "processes": processes} for i, p in enumerate(parts)]
+        shards = plan_shards(args.work / "ingest", config)
         t = time.perf_counter()
+        processes = shards[0]["processes"] if shards else 1
         results = map_in_processes(processes)(CleanStage(), shards, str(trace / "work"), config_dict(config))
-        print(f"parts: {len(parts)} in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+        print(f"parts: {len(shards)} in {time.perf_counter() - t:.1f} s", file=sys.stderr)
         results_file.write_text(json.dumps(results))
     results = json.loads(results_file.read_text())
 
-    peak = [0.0]
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.wait(0.5):
-            peak[0] = max(peak[0], tree_rss_mb(os.getpid()))
-
-    threading.Thread(target=sample, daemon=True).start()
     t = time.perf_counter()
     out = dedup_shards(results, trace / "work", config)
-    done.set()
     print(
         f"dedup: {out['rows_in']:,} -> {out['rows_out']:,} rows in {time.perf_counter() - t:.1f} s, "
-        f"peak tree RSS {peak[0]:.0f} MB; near: {json.dumps(out['rules'].get('near_dedup', {}).get('candidate_pairs'))} "
-        f"candidate pairs",
+        f"peak RSS of this process {peak_rss_mb():.0f} MB; near: "
+        f"{out['rules'].get('near_dedup', {}).get('candidate_pairs', 0):,} candidate pairs",
         file=sys.stderr,
     )
 

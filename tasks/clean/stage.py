@@ -43,9 +43,7 @@ class CleanStage(Stage):
         return files + [p for p in rule_files(config) if p not in files]
 
     def plan(self, run: StageRun) -> list[dict[str, Any]]:
-        parts = input_parts(run.inputs, run.config)
-        processes = shard_processes(parts, run.config)
-        return [{"index": i, "part": str(p), "processes": processes} for i, p in enumerate(parts)]
+        return plan_shards(run.inputs, run.config)
 
     def run_shard(self, shard: dict[str, Any], work: str, config: dict[str, Any]) -> dict[str, Any]:
         return clean_shard(shard["part"], work, config, processes=shard.get("processes", 1))
@@ -62,6 +60,13 @@ class CleanStage(Stage):
             f"clean: {c['rows_in']:,} -> {c['rows_out']:,} rows, {c['bytes_in'] / 1e6:.1f} -> "
             f"{c['bytes_out'] / 1e6:.1f} MB; dropped {c['dropped']}"
         )
+
+
+def plan_shards(in_dir: str | Path, config: CleanConfig) -> list[dict[str, Any]]:
+    """The shards of a clean of `in_dir`: its data parts, checked, and how many processes run them."""
+    parts = input_parts(in_dir, config)
+    processes = shard_processes(parts, config)
+    return [{"index": i, "part": str(p), "processes": processes} for i, p in enumerate(parts)]
 
 
 def run_clean(in_dir, out, config: CleanConfig | dict[str, Any] | None = None) -> dict[str, Any]:

@@ -91,14 +91,20 @@ def test_keep_first_in_batches_decides_as_in_one_pass():
     assert len(whole[0]) and set(whole[0].tolist()) == dropped
 
 
+def near_copy_groups(paragraphs: list[str], groups: int, size: int) -> list[str]:
+    """`groups` texts of 10 paragraphs, each followed by size - 1 near copies of it."""
+    docs = []
+    for g in range(groups):
+        base = " ".join(paragraphs[40 * g : 40 * g + 10])
+        docs += [base] + [near_copy(base, 40 + k, "xyz"[k % 3]) for k in range(1, size)]
+    return docs
+
+
 def test_tiny_memory_gives_the_same_output_in_bounded_batches(
     tmp_path: Path, paragraphs: list[str], caplog: pytest.LogCaptureFixture
 ):
     # 6 groups of 30 near copies: hundreds of candidate pairs, each with 2 x 2 KiB of signature
-    docs = []
-    for g in range(6):
-        base = " ".join(paragraphs[40 * g : 40 * g + 10])
-        docs += [base] + [near_copy(base, 40 + k, "xyz"[k % 3]) for k in range(1, 30)]
+    docs = near_copy_groups(paragraphs, 6, 30)
     ing = make_ingest(tmp_path / "in", [docs[::2], docs[1::2]])
     outs = {}
     caplog.set_level(logging.INFO, logger="forja.clean")
@@ -123,10 +129,7 @@ def test_buckets_formed_a_band_at_a_time_decide_as_all_at_once(
     tmp_path: Path, paragraphs: list[str], monkeypatch: pytest.MonkeyPatch
 ):
     # a corpus too large for DuckDB's share forms its LSH buckets one band per pass (10 GB at 1GB)
-    docs = []
-    for g in range(4):
-        base = " ".join(paragraphs[40 * g : 40 * g + 10])
-        docs += [base] + [near_copy(base, 40 + k, "xyz"[k % 3]) for k in range(1, 20)]
+    docs = near_copy_groups(paragraphs, 4, 20)
     ing = make_ingest(tmp_path / "in", [docs[::2], docs[1::2]])
     outs = {"all at once": run_clean(ing, tmp_path / "once", CleanConfig())}
     monkeypatch.setattr(dedup_module, "BUCKET_ROW_BYTES", 10**12)
