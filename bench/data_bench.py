@@ -301,9 +301,11 @@ def run_sizes(a: argparse.Namespace) -> None:
                 )
             scored = run_step(__file__, ["--planted-step", "score", *args])
             if a.compare == "datatrove":  # the same corpus through datatrove, in its own interpreter
+                cores = a.workers or len(os.sched_getaffinity(0))  # as many as clean had
+                dt_args = ["--corpus", str(work / "corpus"), "--work", str(work / "datatrove")]
                 dt = run_step_tree(
                     ROOT / "bench" / "data_compare.py",
-                    ["--corpus", str(work / "corpus"), "--work", str(work / "datatrove")],
+                    [*dt_args, "--workers", str(cores)],
                     python=a.datatrove_python,
                 )
                 dt["dedup"] = run_step(__file__, ["--planted-step", "score-datatrove", *args])
@@ -366,6 +368,7 @@ def run_sizes(a: argparse.Namespace) -> None:
 
             forja = {"tool": "forja ingest+clean", "seconds": r["seconds"], "dedup": r["dedup"]}
             forja["peak_tree_rss_mb"] = max(r["steps"][k]["peak_tree_rss_mb"] for k in ("ingest", "clean"))
+            forja["tree_cpu_s"] = sum(r["steps"][k]["tree_cpu_s"] for k in ("ingest", "clean"))
             print(f"{r['size']}, load {r['loadavg']:.1f}:")
             print(
                 "\n".join(

@@ -1,10 +1,14 @@
 """datatrove's side of `forja bench data --sizes ... --compare datatrove` (issue #18).
 
-    python bench/data_compare.py --corpus CORPUS_DIR --work WORK_DIR    (run by bench/data_bench.py)
+    python bench/data_compare.py --corpus CORPUS_DIR --work WORK_DIR [--workers N]
+                                                                    (run by bench/data_bench.py)
 
 Runs, on the planted corpus.jsonl that forja's ingest + clean get, the datatrove pipeline that does
-the same work (datatrove 0.10, its defaults, English), one task, one worker (forja cleans with
-workers=1; the buckets stage one task per band, one after another), each stage after the one before:
+the same work (datatrove 0.10, its defaults, English) with as many workers as forja's clean has
+cores. datatrove's readers give each task whole files, so the corpus is first cut at line ends into
+one file per worker (counted in datatrove's time); the stages that read documents run one task per
+file, ExactFindDedups and MinhashDedupCluster one task (as datatrove requires), the buckets stage one
+task per band. Each stage starts after the one before:
 
     exact 1-2   ExactDedupSignature + ExactFindDedups on the lower-cased text (forja: ingest drops
                 verbatim copies, clean's exact_dedup the re-cased ones: md5(lower(text)))
@@ -47,7 +51,19 @@ def removed_ids(folder: Path) -> list[str]:
     return ids
 
 
-def run(corpus: Path, work: Path) -> dict:
+def split_lines(src: Path, folder: Path, parts: int) -> None:
+    """`src` cut into `parts` files of about equal size, each ending at a line end."""
+    folder.mkdir(parents=True)
+    size = src.stat().st_size
+    with open(src, "rb") as f:
+        for i in range(parts):
+            end = size * (i + 1) // parts
+            with open(folder / f"part-{i:03d}.jsonl", "wb") as out:
+                while f.tell() < end:
+                    out.writelines(f.readlines(min(end - f.tell(), 1 << 24)))
+
+
+def run(corpus: Path, work: Path, workers: int) -> dict:
     from datatrove.executor import LocalPipelineExecutor
     from datatrove.pipeline.dedup.exact_dedup import (
         ExactDedupConfig,
@@ -75,14 +91,16 @@ def run(corpus: Path, work: Path) -> dict:
     exact = ExactDedupConfig(content_getter=lower_text)
     minhash = MinhashConfig()
 
-    def reader(folder: str, pattern: str = "*.jsonl*") -> JsonlReader:
-        return JsonlReader(folder, glob_pattern=pattern)
+    def reader(folder: str) -> JsonlReader:
+        return JsonlReader(folder, glob_pattern="*.jsonl*")
 
+    t0 = time.perf_counter()
+    split_lines(corpus / "corpus.jsonl", work / "input", workers)
     stages = [
-        [reader(str(corpus), "corpus.jsonl"), ExactDedupSignature(w["exact_sigs"], config=exact)],
+        [reader(str(work / "input")), ExactDedupSignature(w["exact_sigs"], config=exact)],
         [ExactFindDedups(w["exact_sigs"], w["exact_dups"], config=exact)],
         [
-            reader(str(corpus), "corpus.jsonl"),
+            reader(str(work / "input")),
             ExactDedupFilter(
                 w["exact_dups"], config=exact, exclusion_writer=JsonlWriter(str(removed["exact"]))
             ),
@@ -98,10 +116,11 @@ def run(corpus: Path, work: Path) -> dict:
             JsonlWriter(w["out"]),
         ],
     ]
-    t0 = time.perf_counter()
     for i, pipeline in enumerate(stages):
-        tasks = minhash.num_buckets if i == 4 else 1  # the buckets stage runs one task per band
-        LocalPipelineExecutor(pipeline, tasks=tasks, workers=1, logging_dir=str(work / "logs" / str(i))).run()
+        # one task per input file; one for the two single-task steps; one per band for the buckets
+        tasks = {1: 1, 4: minhash.num_buckets, 5: 1}.get(i, workers)
+        log = str(work / "logs" / str(i))
+        LocalPipelineExecutor(pipeline, tasks=tasks, workers=min(tasks, workers), logging_dir=log).run()
     seconds = time.perf_counter() - t0
     ids = {RULES[k]: removed_ids(folder) for k, folder in removed.items()}
     (work / "removed.json").write_text(json.dumps(ids))
@@ -118,6 +137,7 @@ def run(corpus: Path, work: Path) -> dict:
 
     return {
         "tool": f"datatrove {version('datatrove')}",
+        "workers": workers,
         "seconds": seconds,
         "cpu_s": cpu,
         "rows_out": kept,
@@ -141,21 +161,25 @@ def dropped_rows(removed: dict[str, list[str]]) -> list[dict]:
 
 
 def comparison(docs: int, forja: dict, datatrove: dict) -> list[str]:
-    """The side-by-side lines: per tool wall s, docs/s, peak tree RSS, recall (all planted near pairs
-    / those at the threshold), removals that were not planted; then datatrove / forja ratios.
+    """The side-by-side lines: per tool wall s, CPU s of its process tree, docs/s, peak tree RSS,
+    recall (all planted near pairs / those at the threshold), removals that were not planted; then
+    datatrove / forja ratios.
 
-    `forja` and `datatrove`: {"tool", "seconds", "peak_tree_rss_mb", "dedup": data_bench.score's dict}."""
+    `forja` and `datatrove`: {"tool", "seconds", "tree_cpu_s", "peak_tree_rss_mb", "dedup":
+    data_bench.score's dict}."""
     lines = [
-        f"{'tool':<18} {'wall s':>8} {'docs/s':>8} {'peak MB':>8} {'recall':>7} {'@thr':>6} {'not planted':>11}"
+        f"{'tool':<18} {'wall s':>8} {'CPU s':>8} {'docs/s':>8} {'peak MB':>8} {'recall':>7} {'@thr':>6} "
+        f"{'not planted':>11}"
     ]
     for r in (forja, datatrove):
         d = r["dedup"]
         lines.append(
-            f"{r['tool']:<18} {r['seconds']:>8.1f} {docs / r['seconds']:>8,.0f} {r['peak_tree_rss_mb']:>8.0f} "
-            f"{d['recall']:>7} {d['recall_at_threshold']:>6} {d['false_removals']:>11,}"
+            f"{r['tool']:<18} {r['seconds']:>8.1f} {r['tree_cpu_s']:>8.1f} {docs / r['seconds']:>8,.0f} "
+            f"{r['peak_tree_rss_mb']:>8.0f} {d['recall']:>7} {d['recall_at_threshold']:>6} {d['false_removals']:>11,}"
         )
     lines.append(
         f"datatrove / forja: wall time x{datatrove['seconds'] / forja['seconds']:.2f}, "
+        f"CPU x{datatrove['tree_cpu_s'] / forja['tree_cpu_s']:.2f}, "
         f"peak tree RSS x{datatrove['peak_tree_rss_mb'] / forja['peak_tree_rss_mb']:.2f}, "
         f"recall {datatrove['dedup']['recall']} vs {forja['dedup']['recall']}"
     )
@@ -166,8 +190,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--corpus", type=Path, required=True, help="the folder holding corpus.jsonl")
     ap.add_argument("--work", type=Path, required=True, help="datatrove's work folder (replaced)")
+    ap.add_argument("--workers", type=int, default=1, help="processes (and input files)")
     a = ap.parse_args()
-    print(json.dumps(run(a.corpus, a.work)))
+    print(json.dumps(run(a.corpus, a.work, a.workers)))
 
 
 if __name__ == "__main__":

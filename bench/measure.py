@@ -44,8 +44,9 @@ def run_step(script: str | Path, args: list[str]) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def tree_rss_mb(pid: int) -> float:
-    """Resident memory of a process and all its descendants now (MB); 0 once it has gone."""
+def tree_sample(pid: int, cpu: dict[int, float]) -> float:
+    """Resident memory of a process and all its descendants now (MB; 0 once it has gone); records
+    in `cpu` each one's CPU seconds so far (user + system, all threads) by pid."""
     import psutil
 
     try:
@@ -55,30 +56,35 @@ def tree_rss_mb(pid: int) -> float:
         return 0.0
     total = 0
     for p in procs:
-        with contextlib.suppress(psutil.NoSuchProcess):
+        with contextlib.suppress(psutil.NoSuchProcess), p.oneshot():
             total += p.memory_info().rss
+            t = p.cpu_times()
+            cpu[p.pid] = t.user + t.system
     return total / 2**20
 
 
 def run_step_tree(
     script: str | Path, args: list[str], every_s: float = 0.05, python: str = sys.executable
 ) -> dict:
-    """`run_step` (in the interpreter `python`), also sampling the resident memory of the step's whole process tree (its worker
-    processes and their threads included) every `every_s` seconds: adds `peak_tree_rss_mb`, the
-    largest sum seen (what the machine had to hold at once, which ru_maxrss of single processes
-    does not give)."""
+    """`run_step` (in the interpreter `python`), also sampling the step's whole process tree (its
+    worker processes and their threads included) every `every_s` seconds. Adds `peak_tree_rss_mb`,
+    the largest sum of resident memory seen (what the machine had to hold at once, which ru_maxrss
+    of single processes does not give), and `tree_cpu_s`, the CPU seconds of every process of the
+    tree as last seen (a worker's last `every_s` may be missed; getrusage misses more: a pool's
+    workers that the step never waits for)."""
     import tempfile
     import time
 
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen([python, str(script), *args], stdout=out, stderr=err, cwd=ROOT)
-        peak = 0.0
+        peak, cpu = 0.0, {}
         while proc.poll() is None:
-            peak = max(peak, tree_rss_mb(proc.pid))
+            peak = max(peak, tree_sample(proc.pid, cpu))
             time.sleep(every_s)
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read(), err.read()
     if proc.returncode != 0:
         raise SystemExit(f"{Path(script).name} {' '.join(args)} failed:\n{stderr[-3000:]}")
-    return {**json.loads(stdout.strip().splitlines()[-1]), "peak_tree_rss_mb": round(peak, 1)}
+    figures = json.loads(stdout.strip().splitlines()[-1])
+    return {**figures, "peak_tree_rss_mb": round(peak, 1), "tree_cpu_s": round(sum(cpu.values()), 1)}

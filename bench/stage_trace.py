@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from measure import tree_rss_mb  # noqa: E402
+from measure import tree_sample  # noqa: E402
 
 CHILD = """
 import logging, shutil, sys, time
@@ -106,7 +106,7 @@ def main() -> None:
     reader = threading.Thread(target=read_log, daemon=True)
     reader.start()
     while proc.poll() is None:
-        tree = tree_rss_mb(proc.pid)
+        tree = tree_sample(proc.pid, {})
         anon, file = rss_split_mb(proc.pid)
         with lock:
             for d in (peak, overall):

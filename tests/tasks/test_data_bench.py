@@ -75,15 +75,20 @@ def test_another_tool_s_removals_without_dup_of_are_scored_like_clean_s(
 
 
 def test_the_comparison_prints_both_tools_and_the_ratios():
-    def run(tool: str, seconds: float, peak: float, recall: float) -> dict:
+    def run(tool: str, seconds: float, cpu: float, peak: float, recall: float) -> dict:
         dedup = {"recall": recall, "recall_at_threshold": 0.9, "false_removals": 1234}
-        return {"tool": tool, "seconds": seconds, "peak_tree_rss_mb": peak, "dedup": dedup}
+        return {"tool": tool, "seconds": seconds, "tree_cpu_s": cpu, "peak_tree_rss_mb": peak, "dedup": dedup}
 
-    lines = comparison(10_000, run("forja", 4.0, 500.0, 0.73), run("datatrove 0.10", 100.0, 400.0, 0.61))
+    lines = comparison(
+        10_000, run("forja", 4.0, 6.0, 500.0, 0.73), run("datatrove 0.10", 100.0, 150.0, 400.0, 0.61)
+    )
     forja, datatrove = lines[1].split(), lines[2].split()
-    assert forja[:4] == ["forja", "4.0", "2,500", "500"] and forja[-1] == "1,234"
-    assert datatrove[2:5] == ["100.0", "100", "400"] and datatrove[5] == "0.61"
-    assert lines[3] == "datatrove / forja: wall time x25.00, peak tree RSS x0.80, recall 0.61 vs 0.73"
+    assert forja[:5] == ["forja", "4.0", "6.0", "2,500", "500"] and forja[-1] == "1,234"
+    assert datatrove[2:6] == ["100.0", "150.0", "100", "400"] and datatrove[6] == "0.61"
+    assert (
+        lines[3]
+        == "datatrove / forja: wall time x25.00, CPU x25.00, peak tree RSS x0.80, recall 0.61 vs 0.73"
+    )
 
 
 def test_an_interpreter_without_datatrove_is_named_in_one_line():
