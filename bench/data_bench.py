@@ -209,7 +209,7 @@ def planted_step(name: str, work: Path, memory: str, workers: int, clean_out: st
         m = run_ingest(
             [str(work / "corpus" / "corpus.jsonl")],
             work / "ingest",
-            IngestConfig(memory_limit=memory),
+            IngestConfig(memory_limit=memory, workers=workers or None),  # 0: all the cores
         )
         out = {
             "docs": m["counts"]["total"]["documents"],

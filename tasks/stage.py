@@ -368,6 +368,13 @@ def map_in_processes(workers: int) -> ShardMapper:
     return map_shards
 
 
+def map_planned(stage: Stage, shards: list[dict[str, Any]], work: str, config: dict[str, Any]):
+    """Run the shards in as many processes as their plan says (each shard's `processes`: ingest's
+    and clean's plans size it from the stage's cores and the input; 1, or none: in this process)."""
+    processes = int(shards[0].get("processes") or 1) if shards else 1
+    return map_in_processes(processes)(stage, shards, work, config)
+
+
 def run_stage(
     stage: Stage | str,
     inputs: Any,
@@ -408,6 +415,7 @@ __all__ = [
     "get_stage",
     "map_here",
     "map_in_processes",
+    "map_planned",
     "module_files",
     "register",
     "run_stage",

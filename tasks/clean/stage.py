@@ -21,7 +21,7 @@ from tasks.clean.dedup import dedup_shards
 from tasks.clean.engine import clean_shard, input_parts, shard_processes
 from tasks.clean.output import write_output
 from tasks.clean.report import ingest_duplicates
-from tasks.stage import Stage, StageRun, register, run_stage
+from tasks.stage import Stage, StageRun, map_planned, register, run_stage
 
 log = logging.getLogger("forja.clean")
 
@@ -73,11 +73,5 @@ def run_clean(in_dir, out, config: CleanConfig | dict[str, Any] | None = None) -
     """Clean an ingest output folder into OUT (what `forja clean` does); returns the manifest (with
     the report). OUT already holding the output of the same key is returned as it is. The parts
     are cleaned in as many processes as the plan says (engine.shard_processes: up to `workers`)."""
-    from tasks.stage import map_in_processes
-
-    def map_shards(stage: Stage, shards: list[dict[str, Any]], work: str, config: dict[str, Any]):
-        processes = shards[0]["processes"] if shards else 1
-        return map_in_processes(processes)(stage, shards, work, config)
-
     cfg = CleanStage().validate(config)
-    return run_stage(STAGE, in_dir, out, cfg, map_shards=map_shards)
+    return run_stage(STAGE, in_dir, out, cfg, map_shards=map_planned)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import os
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -55,10 +56,19 @@ class IngestConfig(BaseModel):
         "iso8859-2 or cp1251), instead of detecting it; HTML pages use it when they declare none.",
     )
 
+    workers: int | None = Field(
+        None,
+        ge=1,
+        le=256,
+        description="CPU cores the stage uses; none: all of this machine's. `forja ingest` reads the "
+        "shards in up to this many processes (at most one per shard and per 32 MB of input), each "
+        "with its share of the memory. Never changes the output.",
+    )
     memory_limit: MemoryLimit = Field(
         "2GB",
-        description="Memory the stage may use, e.g. '2GB': a shard's table of the texts it has read "
-        "(to drop repeats before staging them) gets up to a third, and DuckDB (the commit's dedup, "
+        description="Memory the stage may use, e.g. '2GB': the shards' tables of the texts they have "
+        "read (to drop repeats before staging them; one per process reading) share up to a third, "
+        "and DuckDB (the commit's dedup, "
         "which runs after the shards and spills to disk in the staging folder) half. Never changes "
         "the output.",
     )
@@ -79,6 +89,10 @@ class IngestConfig(BaseModel):
         return {
             name: codec_name(e, f"ingest.encodings.{name}") or "" for name, e in v.items() if e and e.strip()
         }
+
+    def cores(self) -> int:
+        """The cores the stage uses: `workers`, or all that this process may run on."""
+        return self.workers or len(os.sched_getaffinity(0))
 
     def for_source(self, name: str) -> IngestConfig:
         """The config one source of a mixture is read with: its own encoding, if it has one."""
@@ -112,8 +126,8 @@ def identity_dict(config: IngestConfig) -> dict[str, Any]:
     """The config as the digest and the cache key see it: `encoding` unset is left out, so the
     digests and keys of configs made before the field existed stay the same; `encodings` is left
     out too: a source is read with its own (`for_source`), and another source's does not matter;
-    and `memory_limit`, which never changes the output."""
-    data = config.model_dump(mode="json", exclude={"memory_limit"})
+    and `memory_limit` and `workers`, which never change the output."""
+    data = config.model_dump(mode="json", exclude={"memory_limit", "workers"})
     if data.get("encoding") is None:
         data.pop("encoding", None)
     data.pop("encodings", None)

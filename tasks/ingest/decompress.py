@@ -36,22 +36,27 @@ class RawReadError(Exception):
 
 
 class _Guarded(io.RawIOBase):
-    """The raw source, with its read errors turned into `RawReadError`."""
+    """The raw source, with its read errors turned into `RawReadError`; `limit`: at most this many
+    bytes are read (a stretch of a big file, plan.py)."""
 
-    def __init__(self, f: BinaryIO, on_bytes: OnBytes | None = None):
+    def __init__(self, f: BinaryIO, on_bytes: OnBytes | None = None, limit: int | None = None):
         self._f = f
         self._on_bytes = on_bytes
+        self._left = limit
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, b: Any) -> int:
+        want = len(b) if self._left is None else min(len(b), self._left)
         try:
-            data = self._f.read(len(b))
+            data = self._f.read(want) if want else b""
         except Exception as e:
             raise RawReadError(e) from e
         n = len(data)
         b[:n] = data
+        if self._left is not None:
+            self._left -= n
         if self._on_bytes:
             self._on_bytes(n)
         return n
@@ -132,8 +137,12 @@ def open_item(item: dict[str, Any], on_bytes: OnBytes | None) -> Iterator[Binary
             raise SourceUnavailable(f"{item['path']} cannot be opened: {redacted_error(e, url)}") from None
     else:
         f = open(item["path"], "rb", buffering=0)  # noqa: SIM115 (closed below)
+    limit = None
+    if stretch := item.get("range"):  # [start, end, first line] of a big file (plan.py)
+        f.seek(stretch[0])
+        limit = stretch[1] - stretch[0]
     try:
-        yield _Salvaging(decompressed(_Guarded(f, on_bytes), item.get("compression")))  # type: ignore[misc]
+        yield _Salvaging(decompressed(_Guarded(f, on_bytes, limit), item.get("compression")))  # type: ignore[misc]
     finally:
         with contextlib.suppress(Exception):
             f.close()

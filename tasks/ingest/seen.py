@@ -27,7 +27,8 @@ def table_slots(memory_limit: int, input_bytes: int) -> int:
     """Slots for one shard's table, a power of two: MEMORY_SHARE of memory_limit (rounded down),
     or fewer for a small shard (room for one text per BYTES_PER_TEXT of its input, rounded up).
     The same at any corpus size past that: memory set by the setting, not by the corpus. Shards
-    that run at once (a flow's threads) hold a table each."""
+    read at once hold a table each: ingest_shard passes memory_limit divided by the processes
+    the plan reads in (plan.reading_processes)."""
     budget = 1 << max(0, (int(memory_limit * MEMORY_SHARE) // SLOT_BYTES).bit_length() - 1)
     wanted = 1 << max(0, int(input_bytes / BYTES_PER_TEXT / MAX_LOAD)).bit_length()
     return max(MIN_SLOTS, min(budget, wanted))

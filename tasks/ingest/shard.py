@@ -177,7 +177,8 @@ def ingest_shard(
     quarantine = PartWriter(folder, "quarantine", QUARANTINE_SCHEMA, config.part_bytes)
     counts: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
-    seen = SeenTexts(table_slots(memory_bytes(config.memory_limit), int(shard.get("bytes") or 0)))
+    memory = memory_bytes(config.memory_limit) // int(shard.get("processes") or 1)  # shards at once
+    seen = SeenTexts(table_slots(memory, int(shard.get("bytes") or 0)))
     pending: list[tuple[Doc, str, bytes]] = []  # read, not yet checked against `seen`
     pending_bytes = 0
     doubts: list[dict[str, Any]] = []
@@ -211,7 +212,8 @@ def ingest_shard(
 
     try:
         for item in items:
-            counts["urls" if item["kind"] == "url" else "files"] += item["kind"] != "error"
+            if item["kind"] != "error" and not item.get("range", [0])[0]:  # a big file's stretch: once
+                counts["urls" if item["kind"] == "url" else "files"] += 1
             for ev in read_item(item, opts, on_bytes=lambda n: progress.update(0, n)):
                 if isinstance(ev, Skip):  # read and not kept on purpose: counted, not an item
                     counts[f"skipped_{ev.kind}"] += 1

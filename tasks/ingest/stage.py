@@ -25,7 +25,7 @@ from tasks.ingest.layout import LOCK, STAGE, STAGING, new_run_id
 from tasks.ingest.locations import enumerate_sources
 from tasks.ingest.plan import plan_ingest
 from tasks.ingest.shard import ingest_shard
-from tasks.stage import Stage, StageRun, register, run_stage
+from tasks.stage import Stage, StageRun, map_planned, register, run_stage
 
 log = logging.getLogger("forja.ingest")
 
@@ -99,7 +99,8 @@ def run_ingest(
     config: IngestConfig | dict[str, Any] | None = None,
     fresh: bool = False,
 ) -> dict[str, Any]:
-    """The whole stage in one process (what `forja ingest` does); returns the manifest plus
-    "changed" and "run" (see commit_ingest). Sources unchanged since the last run: nothing is read,
-    unless `fresh` (then only what is new is added, as always)."""
-    return run_stage(STAGE, list(sources), out, config, fresh=fresh)
+    """The whole stage (what `forja ingest` does); returns the manifest plus "changed" and "run"
+    (see commit_ingest). The shards are read in as many processes as the plan says
+    (plan.reading_processes: up to `workers`), the commit runs here. Sources unchanged since the
+    last run: nothing is read, unless `fresh` (then only what is new is added, as always)."""
+    return run_stage(STAGE, list(sources), out, config, fresh=fresh, map_shards=map_planned)

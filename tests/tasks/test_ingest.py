@@ -46,6 +46,7 @@ from tasks.ingest import (
     run_ingest,
 )
 from tasks.ingest import commit as commit_mod
+from tasks.ingest import plan as plan_mod
 from tasks.ingest import shard as shard_mod
 from tasks.ingest.readers.jsonl import LineSplitter
 from tasks.ingest.readers.text import TextSplitter
@@ -821,3 +822,69 @@ def test_the_shard_table_is_sized_by_the_memory_setting_not_the_corpus():
     assert table_slots(gb, 10 * gb) * SLOT_BYTES <= gb / 3
     assert table_slots(2 * gb, 10 * gb) == 2 * table_slots(gb, 10 * gb)
     assert table_slots(gb, 1000) == 1 << 10  # a small shard: a small table
+
+
+# --------------------------------------------------------------------------- a big file on every core
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    lines=st.lists(st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"x")), min_size=1, max_size=30),
+    last_newline=st.booleans(),
+    target=st.integers(1, 120),
+    scan=st.integers(1, 50),
+)
+def test_a_big_file_is_cut_just_after_line_ends_and_knows_its_line_numbers(
+    tmp_path_factory, lines, last_newline, target, scan
+):
+    data = b"\n".join(lines) + b"\n" * last_newline
+    if not data:
+        return
+    path = tmp_path_factory.mktemp("cut") / "big.jsonl"
+    path.write_bytes(data)
+    ranges = plan_mod.line_ranges(str(path), len(data), target, scan_bytes=scan)
+    assert ranges[0][0] == 0 and ranges[-1][1] == len(data)
+    for (start, end, line), nxt in zip(ranges, [*ranges[1:], None], strict=True):
+        assert start < end and line == data[:start].count(b"\n") + 1
+        cut = data.find(b"\n", start + target)  # the first line end at or past target bytes on
+        if nxt is None:  # the last stretch: no cut before the end of the file
+            assert cut < 0 or cut + 1 >= len(data)
+        else:
+            assert nxt[0] == end == cut + 1
+
+
+def test_a_big_jsonl_file_is_read_in_stretches_by_every_core_with_the_same_documents(tmp_path, monkeypatch):
+    rows = [json.dumps({"text": f"document {i % 300}" + " word" * (i % 300 % 17)}) for i in range(400)]
+    rows[250] = "{not json"
+    rows[120:120] = ["", "   "]  # blank lines are no items
+    src = write(tmp_path / "big.jsonl", "\n".join(rows) + "\n")
+    import tasks.stage
+
+    monkeypatch.setattr(plan_mod, "PROCESS_BYTES", 1)  # a process per shard, however small
+    pools: list[int] = []
+    real = tasks.stage.map_in_processes
+    monkeypatch.setattr(tasks.stage, "map_in_processes", lambda n: pools.append(n) or real(n))
+    cut = IngestConfig(shard_bytes=2048, workers=2)
+    shards = plan_ingest([str(src)], cut)
+    assert len(shards) > 4 and {s["processes"] for s in shards} == {2}
+    assert [it["range"][0] for s in shards for it in s["items"]][:2] == [0, shards[0]["items"][0]["range"][1]]
+
+    whole = run_ingest([str(src)], tmp_path / "whole", IngestConfig(workers=1))
+    two = run_ingest([str(src)], tmp_path / "two", cut)
+    one = run_ingest([str(src)], tmp_path / "one", cut.model_copy(update={"workers": 1}))
+    assert pools == [1, 2, 1]  # the stretches were read in two processes
+    # the same documents, each with its line in the file; the first of two copies kept
+    key = [(r["doc_id"], r["path"], r["offset"]) for r in data_rows(tmp_path / "whole")]
+    assert sorted(key) == sorted((r["doc_id"], r["path"], r["offset"]) for r in data_rows(tmp_path / "two"))
+    assert max(offset for _, _, offset in key) == 300 + 2  # rows 300.. copy rows 0..; 2 blank lines
+    bad = [(r["offset"], r["reason"]) for r in quarantine_rows(tmp_path / "two")]
+    assert (
+        bad
+        == [(r["offset"], r["reason"]) for r in quarantine_rows(tmp_path / "whole")]
+        == [(253, "bad_json")]
+    )
+    for m in (whole, two):
+        check_accounting(m)
+        assert m["run"]["files"] == 1 and m["run"]["duplicates"] == 100
+    # the processes do not change the output: the digest of one is the digest of two
+    assert one["digest"] == two["digest"] != whole["digest"]

@@ -79,7 +79,9 @@ class JsonlReader:
 
     def read(self, item: dict[str, Any], head: bytes, stream: BinaryIO) -> Iterator[Doc | Reject]:
         path, field, sp = item["path"], self.opts.text_field, self.splitter
-        first = True
+        if stretch := item.get("range"):  # a stretch of a big file: its lines are numbered on
+            sp.lineno = stretch[2]
+        first = not stretch or stretch[0] == 0
         for chunk in chunks(head, stream, self.opts.chunk_bytes):
             if first and chunk.startswith(UTF8_BOM):
                 chunk = chunk[3:]
