@@ -43,7 +43,7 @@ if stage == "ingest":
     from tasks.ingest import IngestConfig, run_ingest
     out = work / "ingest-trace"
     shutil.rmtree(out, ignore_errors=True)
-    m = run_ingest([str(work / "corpus" / "corpus.jsonl")], out, IngestConfig(memory_limit=memory))
+    m = run_ingest([str(work / "corpus" / "corpus.jsonl")], out, IngestConfig(memory_limit=memory, workers=workers))
     print(f"done: {m['counts']['total']['documents']:,} documents", file=sys.stderr)
 else:
     from tasks.clean import CleanConfig, run_clean
@@ -80,7 +80,7 @@ def main() -> None:
         help="ingest: record at most this many texts in a shard's table (0: as it holds); below a "
         "corpus's document count, the commit rewrites its parts as it does past a full table",
     )
-    ap.add_argument("--workers", type=int, default=0, help="clean: the stage's cores (0: all)")
+    ap.add_argument("--workers", type=int, default=0, help="the stage's cores (0: all)")
     a = ap.parse_args()
     proc = subprocess.Popen(
         [sys.executable, "-c", CHILD, a.stage, str(a.work), a.memory, str(a.seen_max), str(a.workers)],
