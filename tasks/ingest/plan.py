@@ -32,10 +32,12 @@ def plan_ingest(
 ) -> list[dict[str, Any]]:
     """Shards of input items, in a deterministic order.
 
-    A shard holds files up to `shard_bytes` / `shard_files`; a URL of unknown size gets a shard of
-    its own. Each shard is a small JSON-able dict: {"index", "count", "sources", "bytes", "items",
-    "skipped", "processes"} (processes: how many shards `forja ingest` reads at once). Missing sources raise StageError here, before any work. `exclude` lists folders a
-    folder walk skips (run_ingest passes OUT, in case it lies inside a source folder).
+    A shard holds files up to `shard_bytes` / `shard_files` (or one stretch of a bigger JSONL
+    file); a URL of unknown size gets a shard of its own. Each shard is a small JSON-able dict:
+    {"index", "count", "sources", "bytes", "items", "skipped", "processes"} (processes: how many
+    shards `forja ingest` reads at once). Missing sources raise StageError here, before any work.
+    `exclude` lists folders a folder walk skips (run_ingest passes OUT, in case it lies inside a
+    source folder).
     """
     config = as_config(config)
     items, skipped = enumerate_sources(sources, config.include_hidden, exclude)
