@@ -78,6 +78,23 @@ def _raise_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+@contextlib.contextmanager
+def _stage_interrupts(out: Path) -> Iterator[None]:
+    """Ctrl-C in `forja ingest|clean|tokenize`: one line on what is left, exit 130, no traceback.
+    A stage publishes its output last (the manifest after every part), so OUT is as it was."""
+    t0 = time.monotonic()
+    try:
+        yield
+    except KeyboardInterrupt:
+        typer.secho(
+            f"interrupted after {time.monotonic() - t0:.0f}s; {out} is as it was (a stage publishes its "
+            "output only when it completes): run the same command to start again",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
+        raise typer.Exit(130) from None
+
+
 def _fail(message: str, code: int = 2) -> None:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
@@ -508,7 +525,8 @@ def ingest(
     from tasks.ingest import IngestConfig, run_ingest
 
     _setup_logging()
-    m = run_ingest(sources, out, apply_sets(IngestConfig(), set_ or []), fresh=fresh)
+    with _stage_interrupts(out):
+        m = run_ingest(sources, out, apply_sets(IngestConfig(), set_ or []), fresh=fresh)
     typer.echo(_summary(m, ("changed", "run", "counts", "digest")))
 
 
@@ -523,7 +541,8 @@ def clean(
     from tasks.clean import CleanConfig, run_clean
 
     _setup_logging()
-    m = run_clean(src, out, apply_sets(CleanConfig(), set_ or []))
+    with _stage_interrupts(out):
+        m = run_clean(src, out, apply_sets(CleanConfig(), set_ or []))
     typer.echo(_summary(m, ("counts", "digest")))
 
 
@@ -538,7 +557,8 @@ def tokenize(
     from tasks.tokenize import TokenizeConfig, run_tokenize
 
     _setup_logging()
-    m = run_tokenize(src, out, apply_sets(TokenizeConfig(), set_ or []))
+    with _stage_interrupts(out):
+        m = run_tokenize(src, out, apply_sets(TokenizeConfig(), set_ or []))
     typer.echo(_summary(m, ("splits", "counts", "tokenizer_sha256", "digest")))
 
 

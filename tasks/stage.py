@@ -29,6 +29,7 @@ import importlib
 import logging
 import multiprocessing
 import shutil
+import signal
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -351,21 +352,40 @@ def _run_shard(stage_name: str, shard: dict[str, Any], work: str, config: dict[s
 
 def map_in_processes(workers: int) -> ShardMapper:
     """A mapper that runs the shards in `workers` fresh processes (spawn: forking a process that
-    holds DuckDB or SentencePiece threads is unsafe); results come back in shard order."""
+    holds DuckDB or SentencePiece threads is unsafe); results come back in shard order.
+
+    Ctrl-C, or a shard that fails, stops the map at once: the shards not started are cancelled and
+    the worker processes ended (what they staged goes with the run's staging folder). The workers
+    ignore SIGINT, which a terminal sends to every process of the command: the parent alone
+    decides, so no worker prints a traceback of its own, and none goes on to its next shard."""
 
     def map_shards(stage: Stage, shards: list[dict[str, Any]], work: str, config: dict[str, Any]):
         if min(workers, len(shards)) <= 1:
             return map_here(stage, shards, work, config)
         ctx = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(min(workers, len(shards)), mp_context=ctx) as pool:
+        pool = concurrent.futures.ProcessPoolExecutor(
+            min(workers, len(shards)), mp_context=ctx, initializer=_ignore_sigint
+        )
+        try:
             futures = [pool.submit(_run_shard, stage.name, s, work, config) for s in shards]
             progress = Progress(stage.name, total=len(shards), unit="shards", logger=log)
-            for _ in concurrent.futures.as_completed(futures):
+            for done in concurrent.futures.as_completed(futures):
+                done.result()  # a failed shard raises now, not after the others
                 progress.update()
             progress.close()
             return [f.result() for f in futures]  # in shard order, whatever finished first
+        except BaseException:
+            for process in list((getattr(pool, "_processes", None) or {}).values()):
+                process.terminate()  # CPython's executor keeps its workers there; no public way
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     return map_shards
+
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def map_planned(stage: Stage, shards: list[dict[str, Any]], work: str, config: dict[str, Any]):

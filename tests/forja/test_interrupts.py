@@ -1,4 +1,5 @@
-"""Ctrl-C in `forja run`, the way a terminal sends it: SIGINT to the whole foreground process group.
+"""Ctrl-C in `forja run` (and in `forja ingest`, whose shards run in worker processes), the way a
+terminal sends it: SIGINT to the whole foreground process group.
 
 The run must stop within seconds with a few lines and no traceback, leave the Prefect flow run
 Crashed (not RUNNING) and the MLflow run KILLED, keep its last complete checkpoint, and print the
@@ -177,3 +178,34 @@ def test_ctrl_c_in_forja_serve_ends_the_runs_in_flight_crashed_not_running(tmp_p
     assert "RUNNING" not in tasks and "CRASHED" in tasks, tasks
     statuses = [s for (s,) in sqlite3.connect(home / "mlflow.db").execute("SELECT status FROM runs")]
     assert statuses == ["KILLED"], statuses
+
+
+def test_ctrl_c_in_forja_ingest_ends_its_worker_processes_at_once(tmp_path):
+    """Ctrl-C while `forja ingest` reads a big file's stretches in two processes: the parent alone
+    handles it, ends the workers and cancels the shards not started, prints one line and exits 130;
+    nothing is published. (Before, each worker took the KeyboardInterrupt as its shard's result
+    and went on to the next shard, and the command ended only after every shard was read.)"""
+    big = tmp_path / "big.jsonl"
+    words = "word " * 200
+    with open(big, "w") as f:
+        f.writelines(f'{{"text": "{i} {words}"}}\n' for i in range(100_000))  # 100 MB: 50 shards
+    out, log = tmp_path / "out", tmp_path / "log"
+    args = ["ingest", str(big), "--out", str(out), "--set", "shard_bytes=2000000", "--set", "workers=2"]
+    proc = start(args, tmp_path / "home", log)
+    deadline = time.monotonic() + 120
+    while not list(out.glob(".staging/*/shard-*")):  # a worker has begun its first shard
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.01)
+    t0 = time.monotonic()
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=120) == 130, log.read_text()[-3000:]
+    took = time.monotonic() - t0
+    text = log.read_text()
+    assert "interrupted after" in text and "run the same command to start again" in text, text[-2000:]
+    assert "Traceback" not in text, text[-3000:]
+    assert not (out / "manifest.json").exists()
+    assert len(list(out.glob(".staging/*/shard-*"))) < 50  # the shards not started were not read
+    assert took < 15, f"{took:.1f}s to stop"
+    time.sleep(1)  # the ended workers are reaped by init: none may still run
+    ps = subprocess.run(["ps", "-o", "stat=", "-g", str(proc.pid)], capture_output=True, text=True)
+    assert [s for s in ps.stdout.split() if not s.startswith("Z")] == [], ps.stdout
