@@ -202,9 +202,11 @@ def promote_if_better(
     }
     for k, v in tags.items():
         c.set_model_version_tag(name, version, k, v)
-    c.set_registered_model_tag(name, "dataset", dataset)
     op, not_op = ("<", ">=") if METRIC_DIRECTIONS[metric] == "lower" else (">", "<=")
     with tracking.registry_lock():
+        # under the lock: MLflow's SQL store sets a tag by a read, then an insert, so two runs'
+        # first models set at once failed one of them (UNIQUE constraint, registered_model_tags)
+        c.set_registered_model_tag(name, "dataset", dataset)
         champ = tracking.champion(name)
         if champ is not None and str(champ.version) == str(version):
             return {"promoted": True, "reason": "already champion", **_figures(metric, value)}
