@@ -39,7 +39,7 @@ def main() -> None:
     from tasks.clean import CleanConfig, dedup_shards
     from tasks.clean.stage import CleanStage, plan_shards
     from tasks.common import config_dict
-    from tasks.stage import map_in_processes
+    from tasks.stage import map_planned
 
     config = CleanConfig(memory_limit=args.memory, workers=args.workers or None)
     trace = args.work / "dedup-trace"
@@ -49,8 +49,7 @@ def main() -> None:
         (trace / "work").mkdir(parents=True)
         shards = plan_shards(args.work / "ingest", config)
         t = time.perf_counter()
-        processes = shards[0]["processes"] if shards else 1
-        results = map_in_processes(processes)(CleanStage(), shards, str(trace / "work"), config_dict(config))
+        results = map_planned(CleanStage(), shards, str(trace / "work"), config_dict(config))
         print(f"parts: {len(shards)} in {time.perf_counter() - t:.1f} s", file=sys.stderr)
         results_file.write_text(json.dumps(results))
     results = json.loads(results_file.read_text())

@@ -388,6 +388,13 @@ def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def planned_processes(cores: int, shards: int, input_bytes: int, min_bytes: int) -> int:
+    """How many processes a plan's shards run in: one per core, at most one per shard and per
+    `min_bytes` of input (a fresh interpreter costs ~1.2 s of imports: a small input stays in this
+    process). Ingest's and clean's plans record it in their shards for `map_planned`."""
+    return max(1, min(cores, shards, input_bytes // min_bytes))
+
+
 def map_planned(stage: Stage, shards: list[dict[str, Any]], work: str, config: dict[str, Any]):
     """Run the shards in as many processes as their plan says (each shard's `processes`: ingest's
     and clean's plans size it from the stage's cores and the input; 1, or none: in this process)."""
@@ -437,6 +444,7 @@ __all__ = [
     "map_in_processes",
     "map_planned",
     "module_files",
+    "planned_processes",
     "register",
     "run_stage",
 ]

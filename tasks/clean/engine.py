@@ -58,6 +58,7 @@ from tasks.common import (
     sql_string,
     verify_outputs,
 )
+from tasks.stage import planned_processes
 
 log = logging.getLogger("forja.clean")
 
@@ -128,7 +129,7 @@ def shard_processes(parts: list[Path], config: CleanConfig) -> int:
     part and per PROCESS_BYTES of parts (a fresh interpreter costs ~1.2 s of imports: a small
     corpus is cleaned in this process, with all the stage's cores as DuckDB threads)."""
     size = sum(p.stat().st_size for p in parts)
-    return max(1, min(config.cores(), len(parts), size // PROCESS_BYTES))
+    return planned_processes(config.cores(), len(parts), size, PROCESS_BYTES)
 
 
 def _check_schema(part: Path) -> None:

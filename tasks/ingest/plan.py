@@ -18,6 +18,7 @@ from typing import Any
 from tasks.ingest.config import IngestConfig, as_config
 from tasks.ingest.locations import enumerate_sources
 from tasks.ingest.urls import redact
+from tasks.stage import planned_processes
 
 log = logging.getLogger("forja.ingest")
 
@@ -74,7 +75,7 @@ def reading_processes(shards: list[dict[str, Any]], config: IngestConfig) -> int
     """How many processes `forja ingest` reads the shards in: one per core of the stage, at most
     one per shard and per PROCESS_BYTES of input (a small ingest stays in one process)."""
     size = sum(s["bytes"] for s in shards)
-    return max(1, min(config.cores(), len(shards), size // PROCESS_BYTES))
+    return planned_processes(config.cores(), len(shards), size, PROCESS_BYTES)
 
 
 def _stretches(item: dict[str, Any], shard_bytes: int) -> list[dict[str, Any]]:
