@@ -16,12 +16,14 @@ task per band. Each stage starts after the one before:
     minhash 1-4 MinhashDedupSignature, Buckets, Cluster (5-grams of words, 14 bands x 8 hashes, the
                 FineWeb settings), then MinhashDedupFilter over the rest
 
-Every removed document goes to an exclusion writer; the last line printed is JSON: the seconds and
-CPU seconds, documents in and out, and per forja rule name (exact_dedup, quality, near_dedup) the
-sha256 doc_ids of the removed documents (what ingest calls a doc_id), written to WORK/removed.json
-for bench/data_bench.py to score against the planted pairs. Imports nothing from forja: it runs in
-whatever interpreter has datatrove (`--datatrove-python`), so datatrove's dependencies never touch
-forja's environment.
+Every removed document goes to an exclusion writer; the last line printed is JSON: the seconds,
+the documents kept, and per forja rule name (exact_dedup, quality, near_dedup) the sha256 doc_ids
+of the removed documents (what ingest calls a doc_id), written to WORK/removed.json for
+bench/data_bench.py to score against the planted pairs. Its CPU is sampled over the whole process
+tree by the runner (measure.run_step_tree): getrusage here would miss the pool's workers. Imports
+nothing from forja: it runs in whatever interpreter has datatrove (`--datatrove-python`), so
+datatrove's dependencies never touch forja's environment (and `split_lines` is its own, not
+tasks/ingest/plan.line_ranges).
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ import argparse
 import gzip
 import hashlib
 import json
-import resource
 import shutil
 import time
 from pathlib import Path
@@ -128,18 +129,12 @@ def run(corpus: Path, work: Path, workers: int) -> dict:
     for path in Path(w["out"]).rglob("*.jsonl.gz"):
         with gzip.open(path, "rt", encoding="utf-8") as f:
             kept += sum(1 for _ in f)
-    cpu = sum(
-        getattr(resource.getrusage(who), f)
-        for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
-        for f in ("ru_utime", "ru_stime")
-    )
     from importlib.metadata import version
 
     return {
         "tool": f"datatrove {version('datatrove')}",
         "workers": workers,
         "seconds": seconds,
-        "cpu_s": cpu,
         "rows_out": kept,
         "dropped": {r: len(v) for r, v in ids.items()},
         "removed": str(work / "removed.json"),

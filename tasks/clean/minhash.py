@@ -278,8 +278,9 @@ def set_jaccard(sets_a: pa.Array | pa.ChunkedArray, sets_b: pa.Array | pa.Chunke
 
     Every hash becomes a key with its row in the high bits and the hash's top bits below, so all
     of A's keys, set after set, are already sorted: a binary search finds where each of B's would
-    be, and the full hashes there say whether A holds it: no sort. When two hashes of one set of A share their top bits (a chance of about 1e-10 per pair)
-    or A is not sorted, the batch is sorted by (row, hash) instead."""
+    be, and the full hashes there say whether A holds it: no sort. When two hashes of one set of A
+    share their top bits (a chance of about 1e-10 per pair) or A is not sorted, the batch is sorted
+    by (row, hash) instead."""
     a, row_a = _set_values(sets_a)
     b, row_b = _set_values(sets_b)
     n = len(sets_a)
