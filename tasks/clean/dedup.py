@@ -37,7 +37,7 @@ from tasks.common import DUCKDB_SHARE, StageError, in_threads, memory_bytes, sql
 
 log = logging.getLogger("forja.clean")
 
-PAIR_BATCH = 65536  # at most this many candidate pairs per numpy batch (2 x 512 B of signature each)
+PAIR_BATCH = 65536  # at most this many candidate pairs per numpy batch (2 x 128 B of 8-bit signature each)
 MIN_PAIR_BATCH = 256
 VERIFY_BATCH = 2048  # screened pairs whose texts are shingled per batch (2 texts each)
 VERIFY_MARGIN = 0.2  # pairs whose estimate is this far below the threshold are verified too
@@ -53,8 +53,8 @@ def dedup_shards(
     Writes `work_dir/dedup.parquet` (the rows to drop: key, rule, reason, dup_of, similarity,
     n_bytes, and where they lie in the work files) and returns counts and examples per rule.
     The only table held for the whole corpus is `keys` (gid, shard, row, norm_key: 40 bytes a
-    document, in DuckDB, which spills); band hashes stream from the work files, and full MinHash
-    signatures are read for the candidate pairs alone.
+    document, in DuckDB, which spills); band hashes stream from the work files, and the MinHash
+    signatures (8 bits a bin: 128 bytes) are read for the candidate pairs alone.
     """
     config = as_config(config)
     work_dir = Path(work_dir)
@@ -152,11 +152,12 @@ def _near_dedup(
 ) -> dict[str, Any]:
     """Candidates from LSH buckets (SQL); their MinHash estimate screens them (with a margin below
     the threshold, as the estimate is noisy on short documents: standard deviation about 0.1 under
-    20 shingles); the true shingle Jaccard of the screened pairs decides: each screened document's
-    set of shingle hashes is computed once (a document is in several screened pairs), then the sets
-    of every pair are compared. A document is removed only as a verified duplicate of a document
-    that is kept, so every removal names its kept document and a measured similarity at or above
-    the threshold (no chain of near-duplicates removes a document unlike the one kept).
+    20 shingles; the stored 8-bit signatures pass every pair the full ones would); the true
+    shingle Jaccard of the screened pairs decides: each screened document's set of shingle hashes
+    is computed once (a document is in several screened pairs), then the sets of every pair are
+    compared. A document is removed only as a verified duplicate of a document that is kept, so
+    every removal names its kept document and a measured similarity at or above the threshold
+    (no chain of near-duplicates removes a document unlike the one kept).
 
     Out of core, step by step: the band keys live in a DuckDB table (which spills past its share
     of memory_limit); the buckets are formed one band at a time; the screened and the similar
@@ -347,9 +348,9 @@ def bands_per_pass(config: CleanConfig, n_docs: int, bands: int) -> int:
 
 
 def pair_batch(config: CleanConfig) -> int:
-    """Candidate pairs per batch: each holds two signatures (num_perm x 4 bytes) in Arrow and their
-    numpy comparison; the batches may take an eighth of the memory DuckDB does not get."""
-    per_pair = 2 * config.num_perm * 4 * 3
+    """Candidate pairs per batch: each holds two 8-bit signatures (num_perm bytes) in Arrow and
+    their numpy comparison; the batches may take an eighth of the memory DuckDB does not get."""
+    per_pair = 2 * config.num_perm * 3
     budget = memory_bytes(config.memory_limit) * (1 - DUCKDB_SHARE) / 8
     return int(min(PAIR_BATCH, max(MIN_PAIR_BATCH, budget // per_pair)))
 

@@ -15,6 +15,12 @@ Design choices, and why:
   lower-cased, split on ASCII whitespace. Words and shingles are hashed with seeded multiply-mix
   hashes over the raw bytes (numpy, no Python object per word): the same text gets the same
   signature in every run, shard and process (Python's `hash()` is salted and never used).
+- The stored signature keeps the low 8 bits of each bin (b-bit minwise hashing; Li & Koenig
+  2010): the LSH band keys are hashed from the full 32-bit bins first, and the 8-bit signature
+  only screens the candidate pairs, which near dedup joins to it (a quarter of the bytes to
+  join, spill and store: 128 per document, not 512). Equal bins stay equal in their low byte,
+  so the screen passes every pair the full signatures would pass; different minima also agree
+  there once in 256 bins, which lets a few more pairs through to the exact check.
 - Bands: the (bands, rows) split that minimises the weighted false-positive + false-negative
   probability at the Jaccard threshold, as datasketch's `MinHashLSH` chooses it, weighted towards
   recall (LSH_WEIGHTS) because every candidate is verified. Each band of `rows`
@@ -56,6 +62,7 @@ def _splitmix64(seed: int, n: int) -> np.ndarray:
 _MULT = _splitmix64(0x5EED_F0A7, 64)
 _BAND_MULT = _splitmix64(0xBA4D_5EED, 1024)
 
+SIG_BITS = 8  # bits of each bin kept in the stored signature (b-bit minwise hashing)
 MINHASH_TYPE = "STRUCT(sig BLOB, bands UBIGINT[])"  # the DuckDB type of `minhash_udf`'s result
 
 
@@ -219,13 +226,15 @@ def lsh_params(
 def minhash_arrow(
     arr: pa.Array | pa.ChunkedArray, num_perm: int, shingle_words: int, bands: int, rows: int
 ) -> pa.StructArray:
-    """Signature and band keys of every text, as the Arrow struct `MINHASH_TYPE` (null: too short)."""
+    """The 8-bit signature (num_perm bytes) and band keys of every text, as the Arrow struct
+    `MINHASH_TYPE` (null: too short). The band keys come from the full 32-bit bins."""
     n = len(arr)
     wh, wdoc = word_hashes(arr)
     sh, sdoc = shingle_hashes(wh, wdoc, shingle_words)
     sig, has = oph_signatures(sh, sdoc, n, num_perm)
     keys = band_keys(sig, bands, rows)
-    width = num_perm * 4
+    sig = sig.astype(np.uint8)  # the low byte of each bin
+    width = num_perm
     sig_offsets = pa.py_buffer(
         (np.arange(n + 1, dtype=np.int64) * width).astype(np.int32 if n * width < 2**31 else np.int64)
     )
@@ -249,7 +258,11 @@ def minhash_udf(num_perm: int, shingle_words: int, threshold: float):
 
 
 def similarity(sig_a: np.ndarray, sig_b: np.ndarray) -> np.ndarray:
-    """Estimated Jaccard similarity of row-aligned signature pairs: the share of equal bins."""
+    """Estimated Jaccard similarity of row-aligned 8-bit signature pairs: the share of equal bins.
+
+    Bins equal in 32 bits are equal in their low byte, and different minima agree there once in
+    2^SIG_BITS bins, so this is the full signatures' estimate plus about (1 - J) / 256: a screen
+    on it passes every pair the full signatures would pass (and a few more, which are verified)."""
     return (sig_a == sig_b).mean(axis=1)
 
 
@@ -349,24 +362,24 @@ def _by_doc_then_hash(doc: np.ndarray, sh: np.ndarray) -> np.ndarray:
 
 
 def signatures_from_blobs(blobs: list[bytes] | pa.Array, num_perm: int) -> np.ndarray:
-    """(n, num_perm) uint32 from the `sig` BLOBs stored in the shard work files."""
+    """(n, num_perm) uint8 from the `sig` BLOBs stored in the shard work files."""
     if isinstance(blobs, pa.ChunkedArray):
         blobs = blobs.combine_chunks()
     if isinstance(blobs, pa.Array):
         if len(blobs) == 0:
-            return np.zeros((0, num_perm), np.uint32)
+            return np.zeros((0, num_perm), np.uint8)
         bufs = blobs.buffers()
         otype = np.int64 if pa.types.is_large_binary(blobs.type) else np.int32
         offs = np.frombuffer(
             bufs[1], dtype=otype, count=len(blobs) + 1, offset=blobs.offset * np.dtype(otype).itemsize
         )
         raw = np.frombuffer(bufs[2], dtype=np.uint8)[offs[0] : offs[-1]]
-        if len(raw) != len(blobs) * num_perm * 4:
+        if len(raw) != len(blobs) * num_perm:
             raise ValueError(
-                f"signatures of {num_perm} x 4 bytes expected, got {len(raw)} bytes for {len(blobs)}"
+                f"signatures of {num_perm} bytes expected, got {len(raw)} bytes for {len(blobs)}"
             )
-        return raw.view(np.uint32).reshape(len(blobs), num_perm)
-    return np.frombuffer(b"".join(blobs), dtype=np.uint32).reshape(len(blobs), num_perm).copy()
+        return raw.reshape(len(blobs), num_perm)
+    return np.frombuffer(b"".join(blobs), dtype=np.uint8).reshape(len(blobs), num_perm).copy()
 
 
 def describe(num_perm: int, shingle_words: int, threshold: float) -> dict[str, Any]:
@@ -374,6 +387,7 @@ def describe(num_perm: int, shingle_words: int, threshold: float) -> dict[str, A
     return {
         "method": "one-permutation MinHash + rotation densification, LSH banding",
         "num_perm": num_perm,
+        "signature_bits": SIG_BITS,
         "shingle_words": shingle_words,
         "threshold": threshold,
         "bands": bands,

@@ -3,7 +3,7 @@
 -- and each band hashed to one key (`bands`, computed per shard by tasks/clean/minhash.py; the key is
 -- salted with the band's index). Documents that share any band key are candidates. Each bucket
 -- yields the pairs (first member, other member) and (member, next member), in `gid` order.
--- Step 2 (tasks/clean/dedup.py): every pair is screened with the full signatures and decided by its
+-- Step 2 (tasks/clean/dedup.py): every pair is screened with the 8-bit signatures and decided by its
 -- true shingle Jaccard; in gid order, a document similar to one kept is dropped.
 WITH keyed AS (
     SELECT gid, unnest(bands) AS band_key

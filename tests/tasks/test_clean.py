@@ -395,6 +395,24 @@ def test_minhash_estimates_jaccard_and_is_batch_independent(paragraphs: list[str
     assert short.null_count == 2
 
 
+def test_the_8_bit_screen_passes_every_pair_the_full_signatures_pass(paragraphs: list[str]):
+    # near dedup screens candidate pairs with the stored low byte of each bin, not the full 32 bits
+    base = [" ".join(paragraphs[i : i + 6]) for i in range(0, 240, 30)]
+    texts = base + [near_copy(t, k, "xyz"[k % 3]) for t in base for k in (3, 8, 20, 40)]
+    b, r = minhash.lsh_params(0.8, 128)
+    stored = minhash.signatures_from_blobs(
+        minhash.minhash_arrow(pa.array(texts), 128, 5, b, r).field("sig"), 128
+    )
+    wh, wdoc = minhash.word_hashes(pa.array(texts))
+    full, _ = minhash.oph_signatures(*minhash.shingle_hashes(wh, wdoc, 5), len(texts), 128)
+    assert stored.dtype == np.uint8 and np.array_equal(stored, (full & 0xFF).astype(np.uint8))
+    i, j = np.triu_indices(len(texts), 1)
+    est8, est32 = minhash.similarity(stored[i], stored[j]), (full[i] == full[j]).mean(axis=1)
+    assert (est8 >= est32).all()  # a bin equal in 32 bits is equal in its low byte
+    assert (est8 - est32).max() <= 6 / 128 and (est8 - est32).mean() < 0.01  # chance: 1 in 256 bins
+    assert ((est32 >= 0.6) & (est32 < 1)).any() and (est8 < 0.1).any()
+
+
 def shingle_set(t: str, n: int = 5) -> set:
     w = t.lower().split()
     return {tuple(w[i : i + n]) for i in range(len(w) - n + 1)}
