@@ -102,6 +102,23 @@ def configure_duckdb(
     con.execute(f"SET preserve_insertion_order = {'true' if ordered else 'false'}")
 
 
+def duckdb_failed(what: str, e: Exception, stage: str, memory_limit: str) -> StageError:
+    """The StageError for a DuckDB query of `stage` that failed while doing `what`. Out of memory,
+    it names the setting that fixes it: DuckDB's own advice is SQL (SET memory_limit), which the
+    stage sets itself from its `memory_limit`."""
+    import duckdb
+
+    if not isinstance(e, duckdb.OutOfMemoryException):
+        return StageError(f"{what} failed: {e}")
+    reason = str(e).strip().splitlines()[0]
+    more = f"{2 * memory_bytes(memory_limit) // 10**6}MB"
+    return StageError(
+        f"{what} ran out of memory: {reason}; DuckDB gets {duckdb_memory(memory_limit)} of memory_limit="
+        f"{memory_limit} and spills past it where it can. Give the stage more: --set memory_limit={more} "
+        f"(in a flow: --set {stage}.memory_limit={more})"
+    )
+
+
 QUERY_INTERRUPTED = "Query interrupted"
 
 

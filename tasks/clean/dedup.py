@@ -33,7 +33,7 @@ from tasks.clean.config import CleanConfig, as_config
 from tasks.clean.engine import KEY_ORDER, connect
 from tasks.clean.report import doc_key, snippet
 from tasks.clean.rules import Rule, load_rules
-from tasks.common import DUCKDB_SHARE, StageError, in_threads, memory_bytes, sql_list, sql_string
+from tasks.common import DUCKDB_SHARE, duckdb_failed, in_threads, memory_bytes, sql_list, sql_string
 
 log = logging.getLogger("forja.clean")
 
@@ -95,7 +95,7 @@ def dedup_shards(
                     )
                     info = _near_dedup(con, r, live, config, work_dir)
             except duckdb.Error as e:
-                raise StageError(f"{r.path}: the rule failed: {e}") from e
+                raise duckdb_failed(f"the rule {r.path}", e, "clean", config.memory_limit) from e
             n = con.execute("SELECT count(*) FROM drops WHERE rule = ?", [name]).fetchone()[0]
             summary[name] = {
                 "kind": r.kind,

@@ -52,8 +52,8 @@ from tasks.clean.rules import Rule, check_variables
 from tasks.common import (
     MANIFEST,
     ROW_GROUP_ROWS,
-    StageError,
     configure_duckdb,
+    duckdb_failed,
     read_manifest,
     sql_string,
     verify_outputs,
@@ -204,7 +204,7 @@ def clean_shard(
                     f"COPY ({select}) TO {sql_string(tmp)} (FORMAT parquet, COMPRESSION uncompressed, ROW_GROUP_SIZE {ROW_GROUP_ROWS})"
                 )
             except duckdb.Error as e:
-                raise StageError(f"cleaning {part} failed: {e}") from e
+                raise duckdb_failed(f"cleaning {part}", e, "clean", config.memory_limit) from e
         result = _summarise_shard(con, part, work_file, rules, config)
     dt = time.perf_counter() - t0
     log.info(

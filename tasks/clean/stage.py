@@ -16,11 +16,14 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import duckdb
+
 from tasks.clean.config import CleanConfig, rule_files
 from tasks.clean.dedup import dedup_shards
 from tasks.clean.engine import clean_shard, input_parts, shard_processes
 from tasks.clean.output import write_output
 from tasks.clean.report import ingest_duplicates
+from tasks.common import duckdb_failed
 from tasks.stage import Stage, StageRun, map_planned, register, run_stage
 
 log = logging.getLogger("forja.clean")
@@ -50,9 +53,12 @@ class CleanStage(Stage):
 
     def write(self, run: StageRun, results: list[dict[str, Any]]) -> dict[str, Any]:
         work = run.staging / "work"
-        dedup = dedup_shards(results, work, run.config)
-        dups = ingest_duplicates(run.inputs)
-        return write_output(results, dedup, run.staging, run.config, run.upstream, work, dups)
+        try:
+            dedup = dedup_shards(results, work, run.config)
+            dups = ingest_duplicates(run.inputs)
+            return write_output(results, dedup, run.staging, run.config, run.upstream, work, dups)
+        except duckdb.OutOfMemoryException as e:  # the rules' own queries say which rule
+            raise duckdb_failed("clean's dedup and output", e, STAGE, run.config.memory_limit) from e
 
     def summary(self, manifest: dict[str, Any]) -> str:
         c = manifest["counts"]

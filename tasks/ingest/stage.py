@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from lm.fileio import sha256_json
-from tasks.common import StageError
+from tasks.common import StageError, duckdb_failed
 from tasks.ingest.commit import commit_ingest
 from tasks.ingest.config import IngestConfig, identity_dict
 from tasks.ingest.layout import LOCK, STAGE, STAGING, new_run_id
@@ -85,7 +85,12 @@ class IngestStage(Stage):
         return ingest_shard(shard, shard["out"], IngestConfig.model_validate(config), shard["run_id"])
 
     def write(self, run: StageRun, results: list[dict[str, Any]]) -> dict[str, Any]:
-        return commit_ingest(run.out, results, run.config, key=run.key)
+        import duckdb  # as commit.py does: only the commit needs it
+
+        try:
+            return commit_ingest(run.out, results, run.config, key=run.key)
+        except duckdb.OutOfMemoryException as e:
+            raise duckdb_failed("ingest's commit", e, "ingest", run.config.memory_limit) from e
 
     def summary(self, manifest: dict[str, Any]) -> str:
         return f"ingest: snapshot {manifest.get('snapshot', 0)}" + (

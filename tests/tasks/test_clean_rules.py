@@ -288,3 +288,32 @@ def test_a_built_in_rule_file_edited_re_runs_clean(tmp_path: Path, monkeypatch):
     swapped = [copy / p.name if p.parent == SQL_DIR else p for p in files]
     monkeypatch.setattr(type(stage), "code_files", lambda self, cfg: swapped)
     assert stage.key("upstream", config) != before
+
+
+# --------------------------------------------------------------------------- out of memory
+
+
+HOG = """-- kind: map
+-- Appends the length of a 200 MB string to every text: more than DuckDB's share of 128MB holds.
+SELECT * REPLACE (text || (SELECT length(string_agg(x::VARCHAR, ',')) FROM range(30000000) t(x))::VARCHAR AS text)
+FROM input
+"""
+
+
+def test_a_stage_out_of_memory_says_which_setting_fixes_it(tmp_path: Path):
+    # DuckDB's own advice is SQL (SET memory_limit=...); a user of `forja clean` needs the --set
+    ing = make_ingest(tmp_path / "in", KEEP)
+    d = rules_dir(tmp_path / "rules", {"045_hog.sql": HOG})
+    sets = ["--set", f"rules_dir={d}", "--set", "memory_limit=128MB", "--set", "workers=1"]
+    r = subprocess.run(
+        [sys.executable, "-m", "forja.cli", "clean", str(ing), "--out", str(tmp_path / "out"), *sets],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr and "SET memory_limit" not in r.stderr, r.stderr[-3000:]
+    assert "part-00000.parquet ran out of memory: Out of Memory Error" in r.stderr, r.stderr[-3000:]
+    assert "DuckDB gets 61MiB of memory_limit=128MB" in r.stderr
+    assert "--set memory_limit=256MB (in a flow: --set clean.memory_limit=256MB)" in r.stderr
+    assert not (tmp_path / "out" / "manifest.json").exists()
