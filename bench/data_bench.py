@@ -148,11 +148,17 @@ def make_jsonl(folder: Path, size: int, seed: int = 0, threshold: float = 0.8) -
     return {"bytes": total, "docs": sum(counts.values()), "counts": counts}
 
 
-def score(work: Path, threshold: float, dropped_file: Path | None = None) -> dict:
+def score(work: Path, threshold: float, dropped_file: Path | None = None, also: Path | None = None) -> dict:
     """Recall on the planted near copies and the removals that were not planted (with their measured
     similarity), from clean's dropped.parquet (or `dropped_file`: another tool's removals, whose
     near removals may have no dup_of: then removing either document of a planted pair finds it);
-    in DuckDB, so memory stays flat at any size."""
+    in DuckDB, so memory stays flat at any size.
+
+    The recall counts the planted pairs neither of whose documents another rule removed; with
+    `also` (the other tool's dropped file), neither tool's other rules, and a pair counts as found
+    when near dedup removed either document, whatever it names as kept (as for a tool without
+    dup_of): two tools scored with each other's file as `also` are scored on the same pairs by the
+    same rule."""
     import duckdb
 
     con = duckdb.connect()
@@ -162,14 +168,19 @@ def score(work: Path, threshold: float, dropped_file: Path | None = None) -> dic
     dropped = f"read_parquet('{dropped_file or work / 'clean' / 'dropped.parquet'}')"
     con.execute(f"CREATE TABLE p AS SELECT DISTINCT ON (doc_id) * FROM {planted}")
     con.execute(f"CREATE TABLE d AS SELECT doc_id, rule, dup_of, similarity FROM {dropped}")
+    other = "SELECT doc_id FROM d WHERE rule <> 'near_dedup'"
+    if also is not None:
+        other += f" UNION SELECT doc_id FROM read_parquet('{also}') WHERE rule <> 'near_dedup'"
+    con.execute(f"CREATE TABLE other AS {other}")
     near = con.execute(
         "SELECT count(*), count(*) FILTER (WHERE jaccard >= ?), "
         "count(*) FILTER (WHERE d.doc_id IS NOT NULL OR o.doc_id IS NOT NULL), "
         "count(*) FILTER (WHERE jaccard >= ? AND (d.doc_id IS NOT NULL OR o.doc_id IS NOT NULL)) "
         "FROM p LEFT JOIN d ON d.doc_id = p.doc_id AND d.rule = 'near_dedup' "
-        "LEFT JOIN d o ON o.doc_id = p.orig AND o.rule = 'near_dedup' AND (o.dup_of = p.doc_id OR o.dup_of IS NULL) "
-        "WHERE p.kind = 'near' AND p.doc_id NOT IN (SELECT doc_id FROM d WHERE rule <> 'near_dedup') "
-        "AND p.orig NOT IN (SELECT doc_id FROM d WHERE rule <> 'near_dedup')",
+        "LEFT JOIN d o ON o.doc_id = p.orig AND o.rule = 'near_dedup' "
+        f"AND {'true' if also else '(o.dup_of = p.doc_id OR o.dup_of IS NULL)'} "
+        "WHERE p.kind = 'near' AND p.doc_id NOT IN (SELECT doc_id FROM other) "
+        "AND p.orig NOT IN (SELECT doc_id FROM other)",
         [threshold, threshold],
     ).fetchone()
     # A removal is planted when a planted pair links it to the document it names (either way), when it
@@ -254,8 +265,15 @@ def planted_step(name: str, work: Path, memory: str, workers: int, clean_out: st
         pq.write_table(
             pa.Table.from_pylist(dropped_rows(removed), schema), work / "datatrove-dropped.parquet"
         )
-        out = score(work, CleanConfig().near_dedup_threshold, work / "datatrove-dropped.parquet")
+        threshold, theirs = CleanConfig().near_dedup_threshold, work / "datatrove-dropped.parquet"
+        out = score(work, threshold, theirs)
         out["clean_exact_dedup"] = len(removed.get("exact_dedup", []))
+        # both tools on the same planted pairs: those that neither tool's other rules removed
+        ours = work / "clean" / "dropped.parquet"
+        out["shared"] = {
+            "forja": score(work, threshold, None, theirs),
+            "datatrove": score(work, threshold, theirs, ours),
+        }
     return {"seconds": time.perf_counter() - t0, "cpu_s": cpu_seconds() - c0, **out}
 
 

@@ -158,7 +158,8 @@ def dropped_rows(removed: dict[str, list[str]]) -> list[dict]:
 def comparison(docs: int, forja: dict, datatrove: dict) -> list[str]:
     """The side-by-side lines: per tool wall s, CPU s of its process tree, docs/s, peak tree RSS,
     recall (all planted near pairs / those at the threshold), removals that were not planted; then
-    datatrove / forja ratios.
+    datatrove / forja ratios; then, when datatrove's dedup dict has "shared", both recalls on the
+    same planted pairs (each tool's own recall leaves out the pairs its other rules removed).
 
     `forja` and `datatrove`: {"tool", "seconds", "tree_cpu_s", "peak_tree_rss_mb", "dedup":
     data_bench.score's dict}."""
@@ -178,6 +179,14 @@ def comparison(docs: int, forja: dict, datatrove: dict) -> list[str]:
         f"peak tree RSS x{datatrove['peak_tree_rss_mb'] / forja['peak_tree_rss_mb']:.2f}, "
         f"recall {datatrove['dedup']['recall']} vs {forja['dedup']['recall']}"
     )
+    if shared := datatrove["dedup"].get("shared"):
+        f, d = shared["forja"], shared["datatrove"]
+        lines.append(
+            f"on the same {f['planted_near']:,} planted pairs ({f['planted_near_at_threshold']:,} at the "
+            f"threshold) that neither tool's other rules removed, found when near dedup removed either "
+            f"document: recall forja {f['recall']} / "
+            f"{f['recall_at_threshold']}, datatrove {d['recall']} / {d['recall_at_threshold']}"
+        )
     return lines
 
 

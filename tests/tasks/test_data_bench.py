@@ -72,6 +72,24 @@ def test_another_tool_s_removals_without_dup_of_are_scored_like_clean_s(
         assert got["recall"] == round(len({r["doc_id"] for r in found}) / got["planted_near"], 4), name
         assert got["false_removals"] == 1, name
         assert got["clean_exact_dedup"] == 0
+    # scored on the pairs neither tool's other rules removed: a quality removal in the other tool's file
+    gone = [found[0]["doc_id"], missed[0]["orig"]]
+    pairs_gone = sum(r["doc_id"] in gone or r["orig"] in gone for r in near)
+    other = tmp_path / "other.parquet"
+    pq.write_table(pa.Table.from_pylist([{"doc_id": d, "rule": "quality"} for d in gone]), other)
+    shared = score(work, 0.8, tmp_path / "forja.parquet", also=other)
+    assert shared["planted_near"] == got["planted_near"] - pairs_gone and pairs_gone >= 2
+    # a pair whose original near dedup removed as a copy of a third document: found only by the rule
+    # of two tools on the same pairs (either document removed), as a tool without dup_of is scored
+    r0 = next(r for r in missed if r["orig"] in once)
+    third = {"doc_id": r0["orig"], "rule": "near_dedup", "dup_of": "e" * 64, "similarity": 0.9}
+    pq.write_table(pa.Table.from_pylist([*forja, third], SCHEMA), tmp_path / "forja.parquet")
+    none = tmp_path / "none.parquet"
+    pq.write_table(pa.Table.from_pylist([], SCHEMA), none)
+    strict, same = (score(work, 0.8, tmp_path / "forja.parquet", also=a) for a in (None, none))
+    assert strict["planted_near"] == same["planted_near"] == got["planted_near"]
+    n = got["planted_near"]
+    assert strict["recall"] == round(len(found) / n, 4) and same["recall"] == round((len(found) + 1) / n, 4)
 
 
 def test_the_comparison_prints_both_tools_and_the_ratios():
@@ -88,6 +106,15 @@ def test_the_comparison_prints_both_tools_and_the_ratios():
     assert (
         lines[3]
         == "datatrove / forja: wall time x25.00, CPU x25.00, peak tree RSS x0.80, recall 0.61 vs 0.73"
+    )
+    assert len(lines) == 4
+    shared = {"planted_near": 2000, "planted_near_at_threshold": 1500, "recall_at_threshold": 0.99}
+    dt = run("datatrove 0.10", 100.0, 150.0, 400.0, 0.61)
+    dt["dedup"]["shared"] = {"forja": {**shared, "recall": 0.8}, "datatrove": {**shared, "recall": 0.9}}
+    lines = comparison(10_000, run("forja", 4.0, 6.0, 500.0, 0.73), dt)
+    assert lines[4] == (
+        "on the same 2,000 planted pairs (1,500 at the threshold) that neither tool's other rules removed, "
+        "found when near dedup removed either document: recall forja 0.8 / 0.99, datatrove 0.9 / 0.99"
     )
 
 
