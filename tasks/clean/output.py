@@ -71,6 +71,7 @@ DROPPED_SCHEMA = pa.schema(
 
 BUCKET_FILES_MAX = 512  # open bucket files at once in the output phase (well under `ulimit -n`)
 SAMPLE_ROWS = 200_000  # doc_ids sampled for the bucket bounds
+SPLIT_ROWS_MAX = 1 << 18  # rows per batch of the split into buckets, at most
 
 
 def bucket_bytes(config: CleanConfig) -> int:
@@ -79,6 +80,15 @@ def bucket_bytes(config: CleanConfig) -> int:
     a second core) are held at once, beside the row group being written."""
     own = memory_bytes(config.memory_limit) * (1 - DUCKDB_SHARE)
     return max(4 * 2**20, int(own / 16))
+
+
+def split_rows(config: CleanConfig, text_bytes: int, rows: int) -> int:
+    """Rows per batch of the split into buckets: about two buckets' worth of text (the batch and its
+    copy, cut by bucket, are what the split holds), at least a row group. A batch is written as one
+    slice per bucket, so small batches make many small slices: 8,192 rows over the 308 buckets of
+    10 GB at memory 1GB were 27 rows a slice, and the split took 24-29 s against 15.5 s for 65,536."""
+    per_row = max(1, text_bytes // max(1, rows))
+    return int(min(SPLIT_ROWS_MAX, max(ROW_GROUP_ROWS, 2 * bucket_bytes(config) // per_row)))
 
 
 def _kept_sql(works: list[str], dedup_file: str) -> str:
@@ -107,10 +117,15 @@ def bucket_bounds(con: duckdb.DuckDBPyConnection, works: list[str], n_buckets: i
 
 
 def _split(
-    con: duckdb.DuckDBPyConnection, sql: str, bounds: list[str], folder: Path
+    con: duckdb.DuckDBPyConnection,
+    sql: str,
+    bounds: list[str],
+    folder: Path,
+    batch_rows: int = ROW_GROUP_ROWS,
 ) -> tuple[list[Path], int, dict[str, int]]:
     """Stream the kept rows (in no order) into one Arrow file per doc_id range; returns the files in
-    doc_id order, the bytes of text and the documents per language. Holds one batch at a time."""
+    doc_id order, the bytes of text and the documents per language. Holds one batch of
+    `batch_rows` at a time (and its copy, cut by bucket)."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"bucket-{i:05d}.arrow" for i in range(len(bounds) + 1)]
     edges = np.array(bounds, dtype=object)
@@ -118,7 +133,7 @@ def _split(
     total = 0
     languages: dict[str, int] = {}
     try:
-        for batch in con.sql(sql).to_arrow_reader(ROW_GROUP_ROWS):
+        for batch in con.sql(sql).to_arrow_reader(batch_rows):
             table = pa.Table.from_batches([batch]).cast(OUT_SCHEMA)
             total += int(pc.sum(table.column("n_bytes")).as_py() or 0)
             for vc in pc.value_counts(pc.drop_null(table.column("lang"))).to_pylist():
@@ -182,16 +197,19 @@ def write_parts(
     No sort of the whole corpus: the rows are split by doc_id range into bucket files under
     `scratch` (about bucket_bytes of text each, one pass, in no order), then each bucket is sorted
     in memory and cut in turn (the next one sorted while this one is written). What is held at
-    once is two buckets and one row group, whatever the corpus size; the parts are the same bytes
-    as one ORDER BY over the whole corpus gives.
+    once is a batch of the split (split_rows: about two buckets of text), then two buckets and
+    one row group, whatever the corpus size; the parts are the same bytes as one ORDER BY over the
+    whole corpus gives.
     `n_buckets` (none: from the text and bucket_bytes) changes how, never what, it writes.
     """
     if not works:
         return [], 0, {}
+    text_bytes, rows = _text_bytes(con, works)
     if n_buckets is None:
-        n_buckets = min(BUCKET_FILES_MAX, -(-_text_bytes(con, works) // bucket_bytes(config)))
+        n_buckets = min(BUCKET_FILES_MAX, -(-text_bytes // bucket_bytes(config)))
     bounds = bucket_bounds(con, works, n_buckets)
-    buckets, total, languages = _split(con, _kept_sql(works, dedup_file), bounds, scratch)
+    batch = split_rows(config, text_bytes, rows)
+    buckets, total, languages = _split(con, _kept_sql(works, dedup_file), bounds, scratch, batch)
     with _Parts(tmp, config.part_bytes) as parts:
         for table in _sorted_buckets(buckets, ahead=config.cores() > 1):
             parts.add(table)
@@ -277,12 +295,13 @@ class _Parts:
         self.buf, self.buf_rows, self.rows, self.text_bytes = [], 0, 0, 0
 
 
-def _text_bytes(con: duckdb.DuckDBPyConnection, works: list[str]) -> int:
-    """The bytes of text the per-document rules kept (before dedup: an upper bound of the output)."""
+def _text_bytes(con: duckdb.DuckDBPyConnection, works: list[str]) -> tuple[int, int]:
+    """The bytes of text and the rows the per-document rules kept (before dedup: upper bounds of
+    the output)."""
     got = con.execute(
-        f"SELECT coalesce(sum(n_bytes), 0) FROM read_parquet({sql_list(works)}) WHERE _drop IS NULL"
-    ).fetchall()[0][0]
-    return int(got)
+        f"SELECT coalesce(sum(n_bytes), 0), count(*) FROM read_parquet({sql_list(works)}) WHERE _drop IS NULL"
+    ).fetchall()[0]
+    return int(got[0]), int(got[1])
 
 
 def write_dropped(

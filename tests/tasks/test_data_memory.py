@@ -17,11 +17,12 @@ from test_clean import make_ingest, near_copy
 from test_clean import paragraphs as paragraphs
 
 import tasks.clean.dedup as dedup_module
+import tasks.clean.output as output_module
 from lm.fileio import read_json, sha256_file
 from tasks.clean import CleanConfig, clean_shard, connect, dedup_shards, input_parts, run_clean
 from tasks.clean.dedup import keep_first, pair_batch
 from tasks.clean.engine import KEY_ORDER
-from tasks.clean.output import bucket_bounds, write_parts
+from tasks.clean.output import SPLIT_ROWS_MAX, bucket_bounds, split_rows, write_parts
 from tasks.common import duckdb_memory, in_threads, memory_bytes, sql_list, write_parquet
 from tasks.ingest import IngestConfig
 
@@ -141,7 +142,9 @@ def test_buckets_formed_a_band_at_a_time_decide_as_all_at_once(
     assert outs["all at once"]["digest"] == outs["a band a time"]["digest"]
 
 
-def test_output_sorted_bucket_by_bucket_is_one_order_by_of_the_corpus(tmp_path: Path, paragraphs: list[str]):
+def test_output_sorted_bucket_by_bucket_is_one_order_by_of_the_corpus(
+    tmp_path: Path, paragraphs: list[str], monkeypatch: pytest.MonkeyPatch
+):
     # the same texts in two parts: rows sharing a doc_id (dedup off keeps both), which must stay
     # together and in (source, path, offset) order whatever bucket bounds fall near them
     docs = paragraphs[:300]
@@ -152,10 +155,12 @@ def test_output_sorted_bucket_by_bucket_is_one_order_by_of_the_corpus(tmp_path: 
     dedup = dedup_shards(shards, work, cfg)
     works = [s["work"] for s in shards]
     digests = {}
-    for n, workers in ((1, 2), (4, 1), (4, 2), (40, 2)):  # workers=2: the next bucket sorted ahead
+    for n, workers in ((1, 2), (4, 1), (4, 2), (40, 2), (40, 1)):  # workers=2: the next bucket sorted ahead
         out, scratch = tmp_path / f"out{n}-{workers}", tmp_path / f"scratch{n}-{workers}"
         out.mkdir()
         w_cfg = cfg.model_copy(update={"workers": workers})
+        if workers == 1:  # the split into buckets in batches of 7 rows, not one batch
+            monkeypatch.setattr(output_module, "split_rows", lambda *_: 7)
         with connect(w_cfg, work, ordered=False) as con:
             if n > 1:
                 assert len(bucket_bounds(con, works, n)) > 1
@@ -165,7 +170,7 @@ def test_output_sorted_bucket_by_bucket_is_one_order_by_of_the_corpus(tmp_path: 
         assert len(parts) > 3 and total == sum(
             len(t.encode()) for t in docs[:200] + docs[100:300] + docs[:50]
         )
-    assert digests[1, 2] == digests[4, 1] == digests[4, 2] == digests[40, 2]
+    assert digests[1, 2] == digests[4, 1] == digests[4, 2] == digests[40, 2] == digests[40, 1]
     for i, digest in enumerate(digests[40, 2]):  # row group by row group: what one write of the part gives
         whole = pq.read_table(tmp_path / "out40-2" / f"part-{i:05d}.parquet")
         assert write_parquet(whole, tmp_path / "whole.parquet")["sha256"] == digest
@@ -179,6 +184,17 @@ def test_output_sorted_bucket_by_bucket_is_one_order_by_of_the_corpus(tmp_path: 
         ).fetchall()
     assert [tuple(r.values()) for r in got.select(["doc_id", "source", "path", "offset"]).to_pylist()] == ref
     assert len(set(got.column("doc_id").to_pylist())) < got.num_rows  # shared doc_ids were there
+
+
+def test_the_split_into_buckets_reads_about_two_buckets_of_text_a_batch():
+    rows = 10**6  # of 1,200 bytes of text each: the bench's corpus
+    one_gb, two_gb, least = (
+        split_rows(CleanConfig(memory_limit=m), 1200 * rows, rows) for m in ("1GB", "2GB", "128MB")
+    )
+    assert 40_000 < one_gb < 60_000 and two_gb == 2 * one_gb  # 2 x 31 MB of text at 1GB
+    assert least == 8192  # a row group at least
+    assert split_rows(CleanConfig(memory_limit="16GB"), 10 * rows, rows) == SPLIT_ROWS_MAX
+    assert split_rows(CleanConfig(), 0, 0) == SPLIT_ROWS_MAX
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
