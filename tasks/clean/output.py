@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import logging
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,8 @@ from tasks.common import (
     sql_list,
     sql_string,
 )
+
+log = logging.getLogger("forja.clean")
 
 OUT_SCHEMA = pa.schema(
     [
@@ -209,7 +213,14 @@ def write_parts(
         n_buckets = min(BUCKET_FILES_MAX, -(-text_bytes // bucket_bytes(config)))
     bounds = bucket_bounds(con, works, n_buckets)
     batch = split_rows(config, text_bytes, rows)
+    t = time.perf_counter()
     buckets, total, languages = _split(con, _kept_sql(works, dedup_file), bounds, scratch, batch)
+    log.info(
+        "output: kept rows split into %d buckets in %.1fs (batches of %d rows)",
+        len(buckets),
+        time.perf_counter() - t,
+        batch,
+    )
     with _Parts(tmp, config.part_bytes) as parts:
         for table in _sorted_buckets(buckets, ahead=config.cores() > 1):
             parts.add(table)
