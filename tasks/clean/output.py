@@ -87,12 +87,13 @@ def bucket_bytes(config: CleanConfig) -> int:
 
 
 def split_rows(config: CleanConfig, text_bytes: int, rows: int) -> int:
-    """Rows per batch of the split into buckets: about two buckets' worth of text (the batch and its
-    copy, cut by bucket, are what the split holds), at least a row group. A batch is written as one
-    slice per bucket, so small batches make many small slices: 8,192 rows over the 308 buckets of
-    10 GB at memory 1GB were 27 rows a slice, and the split took 24-29 s against 15.5 s for 65,536."""
+    """Rows per batch of the split into buckets: about one bucket's worth of text, at least a row
+    group. A batch is written as one slice per bucket, so small batches make many small slices:
+    8,192 rows over the 308 buckets of 10 GB at memory 1GB were 27 rows a slice (a split of 23-29
+    s); a bucket of text, about 25,000 rows there, takes 20.7 s with the same peak as before, and
+    two buckets 15-18 s with 140 MB more."""
     per_row = max(1, text_bytes // max(1, rows))
-    return int(min(SPLIT_ROWS_MAX, max(ROW_GROUP_ROWS, 2 * bucket_bytes(config) // per_row)))
+    return int(min(SPLIT_ROWS_MAX, max(ROW_GROUP_ROWS, bucket_bytes(config) // per_row)))
 
 
 def _kept_sql(works: list[str], dedup_file: str) -> str:
@@ -201,7 +202,7 @@ def write_parts(
     No sort of the whole corpus: the rows are split by doc_id range into bucket files under
     `scratch` (about bucket_bytes of text each, one pass, in no order), then each bucket is sorted
     in memory and cut in turn (the next one sorted while this one is written). What is held at
-    once is a batch of the split (split_rows: about two buckets of text), then two buckets and
+    once is a batch of the split (split_rows: about one bucket of text), then two buckets and
     one row group, whatever the corpus size; the parts are the same bytes as one ORDER BY over the
     whole corpus gives.
     `n_buckets` (none: from the text and bucket_bytes) changes how, never what, it writes.

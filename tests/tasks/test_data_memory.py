@@ -186,12 +186,12 @@ def test_output_sorted_bucket_by_bucket_is_one_order_by_of_the_corpus(
     assert len(set(got.column("doc_id").to_pylist())) < got.num_rows  # shared doc_ids were there
 
 
-def test_the_split_into_buckets_reads_about_two_buckets_of_text_a_batch():
+def test_the_split_into_buckets_reads_about_a_bucket_of_text_a_batch():
     rows = 10**6  # of 1,200 bytes of text each: the bench's corpus
     one_gb, two_gb, least = (
         split_rows(CleanConfig(memory_limit=m), 1200 * rows, rows) for m in ("1GB", "2GB", "128MB")
     )
-    assert 40_000 < one_gb < 60_000 and two_gb == 2 * one_gb  # 2 x 31 MB of text at 1GB
+    assert 20_000 < one_gb < 30_000 and abs(two_gb - 2 * one_gb) <= 1  # 31 MB of text at 1GB
     assert least == 8192  # a row group at least
     assert split_rows(CleanConfig(memory_limit="16GB"), 10 * rows, rows) == SPLIT_ROWS_MAX
     assert split_rows(CleanConfig(), 0, 0) == SPLIT_ROWS_MAX
