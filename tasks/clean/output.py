@@ -105,14 +105,17 @@ def _kept_sql(works: list[str], dedup_file: str) -> str:
     )
 
 
-def bucket_bounds(con: duckdb.DuckDBPyConnection, works: list[str], n_buckets: int) -> list[str]:
+def bucket_bounds(
+    con: duckdb.DuckDBPyConnection, works: list[str], n_buckets: int, rows: int | None = None
+) -> list[str]:
     """doc_id bounds cutting the kept rows into about `n_buckets` buckets of equal size, from the
     quantiles of a deterministic sample of doc_ids (a hash filter): bucket i holds the doc_ids in
     [bounds[i - 1], bounds[i]). Any bounds give the same output; these only keep buckets even."""
     if n_buckets <= 1 or not works:
         return []
     src = f"read_parquet({sql_list(works)})"
-    rows = con.execute(f"SELECT count(*) FROM {src} WHERE _drop IS NULL").fetchall()[0][0]
+    if rows is None:  # the kept rows (write_parts has counted them already)
+        rows = _text_bytes(con, works)[1]
     every = max(1, rows // SAMPLE_ROWS)
     qs = [i / n_buckets for i in range(1, n_buckets)]
     got = con.execute(
@@ -212,7 +215,7 @@ def write_parts(
     text_bytes, rows = _text_bytes(con, works)
     if n_buckets is None:
         n_buckets = min(BUCKET_FILES_MAX, -(-text_bytes // bucket_bytes(config)))
-    bounds = bucket_bounds(con, works, n_buckets)
+    bounds = bucket_bounds(con, works, n_buckets, rows)
     batch = split_rows(config, text_bytes, rows)
     t = time.perf_counter()
     buckets, total, languages = _split(con, _kept_sql(works, dedup_file), bounds, scratch, batch)
